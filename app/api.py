@@ -1,0 +1,172 @@
+"""The HTTP API around the hot path: model listing, routing dry-run, health, metrics and admin.
+
+These routes are FastAPI (validation, OpenAPI docs); the two proxied routes are served by
+``app.proxy`` before FastAPI sees them, and are declared here only so they appear in the OpenAPI
+document that clients and fuzzers read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, Header, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.errors import GatewayError
+from app.gateway import Gateway
+from app.routing import AUTO_MODELS
+
+router = APIRouter()
+
+
+def _gw(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def model_rows(gw: Gateway, task: str | None = None) -> list[dict[str, Any]]:
+    """One row per registry model: what it needs, whether it fits, and the upstream's state."""
+    budget = gw.memory.budget_gb
+    inv = gw.inventory
+    cooling = gw.breaker.cooling()
+    rows = []
+    for entry in gw.registry:
+        if task and task not in entry.tasks:
+            continue
+        fits = entry.min_ram_gb <= budget
+        available = None if inv.available is None else entry.name in inv.available
+        rows.append({
+            "id": entry.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "foundry-gateway",
+            "task": entry.task,
+            "tasks": list(entry.tasks),
+            "min_ram_gb": entry.min_ram_gb,
+            "fits": fits,
+            "fit": (f"fits ({entry.min_ram_gb:g} ≤ {budget:.1f} GiB budget)" if fits
+                    else f"needs {entry.min_ram_gb:g} GiB > {budget:.1f} GiB budget"),
+            "upstream_id": inv.upstream_id(entry),
+            "available": available,
+            "loaded": inv.is_loaded(entry) if available else False,
+            "cooling_down": entry.name in cooling,
+            "local_path": str(entry.path) if entry.path else None,
+            "notes": entry.notes,
+        })
+    return rows
+
+
+@router.get("/v1/models", summary="Registry models with task, RAM fit and upstream state")
+async def list_models(request: Request, task: str | None = Query(None, max_length=200)) -> dict[str, Any]:
+    return {"object": "list", "data": model_rows(_gw(request), task)}
+
+
+@router.get("/v1/models/{model_id:path}", summary="One registry model")
+async def get_model(request: Request, model_id: str) -> dict[str, Any]:
+    gw = _gw(request)
+    entry = gw.registry.lookup(model_id)
+    if entry is None:
+        raise GatewayError(404, f"Model '{model_id}' is not in the registry.", code="model_not_found", param="model")
+    return next(row for row in model_rows(gw) if row["id"] == entry.name)
+
+
+@router.get("/v1/route", summary="Routing dry-run: the model a request would get, and why")
+async def route_dry_run(
+    request: Request,
+    task: str | None = Query(None, max_length=200),
+    model: str | None = Query(None, max_length=500),
+) -> dict[str, Any]:
+    gw = _gw(request)
+    header_task = task if task is not None else request.headers.get(gw.settings.task_header)
+    route = gw.route(model, header_task)
+    out = route.as_dict()
+    out["upstream_id"] = gw.inventory.upstream_id(route.model)
+    out["host"] = {"ram_gb": round(gw.memory.total_gb, 2), "budget_gb": round(gw.memory.budget_gb, 2),
+                   "source": gw.memory.source}
+    return out
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: registry loaded and upstream reachable")
+async def readyz(request: Request) -> JSONResponse:
+    gw = _gw(request)
+    inv = gw.inventory
+    ready = inv.up and len(gw.registry) > 0 and not gw.draining
+    body = {
+        "status": "ready" if ready else "not_ready",
+        "upstream": {"url": gw.upstream.base_url, "up": inv.up, "error": inv.last_error or None,
+                     "models": len(inv.ids), "loaded": sorted(inv.loaded)},
+        "registry": {"models": len(gw.registry), "tasks": list(gw.registry.tasks)},
+        "draining": gw.draining,
+    }
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+async def metrics(request: Request, authorization: str | None = Header(None)) -> Response:
+    gw = _gw(request)
+    if gw.settings.metrics_api_key:
+        gw.check_key(authorization, (gw.settings.metrics_api_key.encode(),))
+    data, content_type = gw.metrics.render()
+    return Response(data, media_type=content_type)
+
+
+def _admin(request: Request, authorization: str | None) -> Gateway:
+    gw = _gw(request)
+    if not gw.settings.admin_api_key:
+        raise GatewayError(403, "Admin routes are disabled: set GATEWAY_ADMIN_API_KEY.", code="admin_disabled")
+    gw.check_key(authorization, (gw.settings.admin_api_key.encode(),))
+    return gw
+
+
+@router.post("/admin/reload", summary="Reload the registry file (the last good one stays on error)")
+async def admin_reload(request: Request, authorization: str | None = Header(None)) -> JSONResponse:
+    gw = _admin(request, authorization)
+    ok, message = gw.reload_registry("admin")
+    if not ok:
+        raise GatewayError(422, f"Registry rejected, the previous one stays in force: {message}",
+                           code="invalid_registry")
+    return JSONResponse({"status": "reloaded", "detail": message})
+
+
+@router.get("/admin/status", summary="Inventory, limits and breaker state")
+async def admin_status(request: Request, authorization: str | None = Header(None)) -> dict[str, Any]:
+    gw = _admin(request, authorization)
+    return {
+        "upstream": {"url": gw.upstream.base_url, "kind": gw.upstream.kind, "up": gw.inventory.up,
+                     "ids": gw.inventory.ids, "loaded": sorted(gw.inventory.loaded), "resolved": gw.inventory.resolved},
+        "memory": {"total_gb": gw.memory.total_gb, "budget_gb": gw.memory.budget_gb, "source": gw.memory.source},
+        "in_flight": gw.admission.in_flight,
+        "queued": gw.admission.queued,
+        "cooling_down": sorted(gw.breaker.cooling()),
+    }
+
+
+# --- declared for the OpenAPI document; served by app.proxy ------------------------------------------
+
+_CHAT_EXAMPLE = {"model": "auto", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 32}
+_COMPLETION_EXAMPLE = {"model": "auto", "prompt": "Say hello", "max_tokens": 32}
+_TASK_DOC = "Task used to pick a model when `model` is `auto` or absent (e.g. chat, code)."
+
+
+@router.post("/v1/chat/completions", summary="OpenAI chat completions, routed by task and RAM")
+async def chat_completions(
+    body: dict[str, Any] = Body(..., examples=[_CHAT_EXAMPLE]),
+    x_task: str | None = Header(None, description=_TASK_DOC),
+) -> dict[str, Any]:
+    raise GatewayError(500, "served by the proxy")  # pragma: no cover
+
+
+@router.post("/v1/completions", summary="OpenAI completions (translated to chat for Foundry Local)")
+async def completions(
+    body: dict[str, Any] = Body(..., examples=[_COMPLETION_EXAMPLE]),
+    x_task: str | None = Header(None, description=_TASK_DOC),
+) -> dict[str, Any]:
+    raise GatewayError(500, "served by the proxy")  # pragma: no cover
+
+
+__all__ = ["AUTO_MODELS", "model_rows", "router"]

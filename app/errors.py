@@ -1,0 +1,91 @@
+"""OpenAI-format errors: every failure a client sees is ``{"error": {message, type, param, code}}``.
+
+Clients (the official SDKs, LangChain) parse this shape to raise typed exceptions, so the gateway
+never answers with anything else, whatever went wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class GatewayError(Exception):
+    """An error with the HTTP status and OpenAI error fields the client should see."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type or default_type(status)
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.code, self.param)
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.body())
+
+
+def default_type(status: int) -> str:
+    """OpenAI's error ``type`` for an HTTP status."""
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 404:
+        return "not_found_error"
+    if status == 429:
+        return "rate_limit_error"
+    if 400 <= status < 500:
+        return "invalid_request_error"
+    if status == 503:
+        return "service_unavailable"
+    if status == 504:
+        return "timeout_error"
+    return "api_error"
+
+
+def error_body(
+    message: str, type: str = "api_error", code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def bad_request(message: str, *, param: str | None = None, code: str = "invalid_request") -> GatewayError:
+    return GatewayError(400, message, param=param, code=code)
+
+
+def upstream_error_from_body(status: int, raw: bytes) -> GatewayError:
+    """Turn an upstream's error answer (OpenAI-shaped or not) into one we can relay."""
+    message = ""
+    etype: str | None = None
+    code: str | None = None
+    try:
+        data = orjson.loads(raw)
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict):
+            message = str(err.get("message") or "")
+            etype = err.get("type") if isinstance(err.get("type"), str) else None
+            code = err.get("code") if isinstance(err.get("code"), str) else None
+        elif isinstance(err, str):
+            message = err
+    except orjson.JSONDecodeError:
+        message = raw[:300].decode("utf-8", "replace").strip()
+    if not message:
+        message = f"upstream answered HTTP {status}"
+    if status >= 500:
+        return GatewayError(502, f"upstream error: {message}", type="upstream_error", code=code or "upstream_error")
+    return GatewayError(status, message, type=etype, code=code)

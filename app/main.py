@@ -1,0 +1,122 @@
+"""The ASGI application: a thin dispatcher that sends the two proxied routes straight to the proxy and
+everything else to FastAPI.
+
+``create_app()`` is the uvicorn factory (``uvicorn --factory app.main:create_app``); it reads settings
+from the environment, so every worker process builds the same app.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app import __version__
+from app.api import router
+from app.errors import GatewayError, error_body
+from app.gateway import Gateway
+from app.proxy import Proxy
+from app.settings import Settings, load_settings
+
+log = logging.getLogger("foundry_gateway")
+
+PROXIED = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+
+
+class GatewayApp:
+    """Routes ``POST /v1/chat/completions`` and ``/v1/completions`` to the proxy, the rest to FastAPI."""
+
+    def __init__(self, api: FastAPI, proxy: Proxy) -> None:
+        self.api = api
+        self.proxy = proxy
+        self.gateway = proxy.gw
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            route = PROXIED.get(scope["path"].rstrip("/") or "/")
+            if route is not None:
+                await self.proxy(scope, receive, send, route)
+                return
+        await self.api(scope, receive, send)
+
+
+def _error_response(err: GatewayError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def _install_error_handlers(api: FastAPI) -> None:
+    @api.exception_handler(GatewayError)
+    async def gateway_error(_: Request, err: GatewayError) -> JSONResponse:
+        return _error_response(err)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = f"No route {request.method} {request.url.path}. See /docs for the API."
+        elif exc.status_code == 405:
+            message = f"Method {request.method} is not allowed on {request.url.path}."
+        return _error_response(GatewayError(exc.status_code, message, headers=dict(exc.headers or {})))
+
+    @api.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body", "header"))
+        message = f"Invalid {loc or 'request'}: {first.get('msg', 'invalid value')}"
+        return JSONResponse(error_body(message, "invalid_request_error", "invalid_value", loc or None), 400)
+
+    @api.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse(error_body(f"Internal gateway error: {exc.__class__.__name__}", "api_error"), 500)
+
+
+def build_app(settings: Settings, gateway: Gateway | None = None) -> ASGIApp:
+    gw = gateway or Gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await gw.start()
+        try:
+            yield
+        finally:
+            gw.draining = True
+            await gw.stop()
+
+    api = FastAPI(
+        title="foundry-gateway",
+        version=__version__,
+        description="One stable OpenAI-compatible URL in front of Foundry Local.",
+        lifespan=lifespan,
+    )
+    api.state.gateway = gw
+    api.include_router(router)
+    _install_error_handlers(api)
+
+    @api.get("/", include_in_schema=False)
+    async def root() -> Response:
+        return JSONResponse({"name": "foundry-gateway", "version": __version__, "openai_base_url": "/v1",
+                             "docs": "/docs"})
+
+    app: ASGIApp = GatewayApp(api, Proxy(gw))
+    if settings.cors_origins:
+        app = CORSMiddleware(app, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                             allow_headers=["*"], expose_headers=["x-gateway-model", "x-gateway-task",
+                                                                  "x-gateway-route", "x-request-id"])
+    return app
+
+
+def create_app(**overrides: Any) -> ASGIApp:
+    """uvicorn factory: settings from the environment (``GATEWAY_*``)."""
+    settings = load_settings(**overrides)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per upstream call otherwise
+    return build_app(settings)

@@ -1,0 +1,159 @@
+"""Routing policy: which model answers a request, and why. Pure: no I/O, no clocks.
+
+The classic ``select_model.py`` rule, done properly: for the task, take registry entries in preference
+order and pick the first whose ``min_ram_gb`` fits the host's budget — skipping models the upstream
+does not have (once its inventory is known) and models cooling down after failures. The rest of the
+viable list is kept as fallbacks. A ``model`` naming a registry entry pins it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Set
+from dataclasses import dataclass
+
+from app.errors import GatewayError
+from app.registry import ModelEntry, Registry
+
+AUTO_MODELS = frozenset({"", "auto", "default"})
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the policy thought of one candidate."""
+
+    model: str
+    min_ram_gb: float
+    decision: str  # "selected" | "fallback" | "skipped"
+    reason: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"model": self.model, "min_ram_gb": self.min_ram_gb, "decision": self.decision, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    task: str
+    model: ModelEntry
+    fallbacks: tuple[ModelEntry, ...]
+    reason: str  # "pinned" or "auto": the metric label and the start of X-Gateway-Route
+    explanation: str
+    verdicts: tuple[Verdict, ...]
+
+    @property
+    def header(self) -> str:
+        return f"{self.reason}; {self.explanation}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "task": self.task,
+            "model": self.model.name,
+            "reason": self.reason,
+            "explanation": self.explanation,
+            "fallbacks": [m.name for m in self.fallbacks],
+            "candidates": [v.as_dict() for v in self.verdicts],
+        }
+
+
+def resolve_task(registry: Registry, header_task: str | None, default_task: str) -> str:
+    task = (header_task or "").strip() or default_task
+    if task not in registry.tasks:
+        known = ", ".join(registry.tasks)
+        raise GatewayError(
+            400, f"Unknown task '{task}'. Known tasks: {known}.", code="unknown_task", param="task"
+        )
+    return task
+
+
+def _gb(value: float) -> str:
+    return f"{value:.1f}".rstrip("0").rstrip(".") + " GiB"
+
+
+def choose(
+    registry: Registry,
+    *,
+    model: str | None,
+    task: str | None,
+    default_task: str,
+    budget_gb: float,
+    available: Set[str] | None = None,
+    cooling: Set[str] = frozenset(),
+) -> Route:
+    """Pick the model for a request.
+
+    ``available`` is the set of registry names the upstream has (None while unknown: nothing is
+    filtered); ``cooling`` the names the circuit breaker is skipping for now.
+    Raises GatewayError: 400 unknown task, 404 unknown model, 503 nothing viable.
+    """
+    requested = (model or "").strip()
+    if requested.lower() not in AUTO_MODELS:
+        return _pinned(registry, requested, task, budget_gb, available)
+
+    chosen_task = resolve_task(registry, task, default_task)
+    verdicts: list[Verdict] = []
+    viable: list[ModelEntry] = []
+    for entry in registry.for_task(chosen_task):
+        if entry.min_ram_gb > budget_gb:
+            reason = f"needs {_gb(entry.min_ram_gb)} > {_gb(budget_gb)} budget"
+        elif available is not None and entry.name not in available:
+            reason = "not available on the upstream"
+        elif entry.name in cooling:
+            reason = "cooling down after repeated failures"
+        else:
+            decision = "selected" if not viable else "fallback"
+            reason = f"fits ({_gb(entry.min_ram_gb)} ≤ {_gb(budget_gb)})"
+            viable.append(entry)
+            verdicts.append(Verdict(entry.name, entry.min_ram_gb, decision, reason))
+            continue
+        verdicts.append(Verdict(entry.name, entry.min_ram_gb, "skipped", reason))
+
+    if not viable:
+        raise _nothing_viable(registry, chosen_task, budget_gb, verdicts)
+    explanation = f"first viable of {len(registry.for_task(chosen_task))} for task {chosen_task}"
+    return Route(chosen_task, viable[0], tuple(viable[1:]), "auto", explanation, tuple(verdicts))
+
+
+def _pinned(
+    registry: Registry, requested: str, task: str | None, budget_gb: float, available: Set[str] | None
+) -> Route:
+    entry = registry.lookup(requested)
+    if entry is None:
+        known = ", ".join(e.name for e in registry)
+        raise GatewayError(
+            404,
+            f"Model '{requested}' is not in the registry. Known models: {known}; or use model 'auto'.",
+            code="model_not_found",
+            param="model",
+        )
+    header_task = (task or "").strip()
+    chosen_task = header_task if header_task in entry.tasks else entry.task
+    if entry.min_ram_gb > budget_gb:
+        raise GatewayError(
+            503,
+            f"Model '{entry.name}' needs {_gb(entry.min_ram_gb)} of RAM; this host's budget is {_gb(budget_gb)}.",
+            code="insufficient_ram",
+            param="model",
+        )
+    if available is not None and entry.name not in available:
+        raise GatewayError(
+            503,
+            f"Model '{entry.name}' is not available on the upstream "
+            f"(a catalog model must be downloaded first: foundry-gateway pull {entry.name}).",
+            code="model_unavailable",
+            param="model",
+        )
+    verdict = Verdict(entry.name, entry.min_ram_gb, "selected", f"pinned by request ('{requested}')")
+    return Route(chosen_task, entry, (), "pinned", f"model '{requested}' requested", (verdict,))
+
+
+def _nothing_viable(registry: Registry, task: str, budget_gb: float, verdicts: list[Verdict]) -> GatewayError:
+    entries = registry.for_task(task)
+    smallest = min(entries, key=lambda e: e.min_ram_gb)
+    if smallest.min_ram_gb > budget_gb:
+        message = (
+            f"No model for task '{task}' fits this host: the smallest, '{smallest.name}', needs "
+            f"{_gb(smallest.min_ram_gb)}; this host's budget is {_gb(budget_gb)}."
+        )
+    else:
+        skipped = "; ".join(f"{v.model}: {v.reason}" for v in verdicts)
+        message = f"No model for task '{task}' is available right now ({skipped})."
+    return GatewayError(503, message, code="no_viable_model", param="task")

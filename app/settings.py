@@ -1,0 +1,156 @@
+"""Every knob of the gateway, read once at start from ``GATEWAY_*`` environment variables.
+
+An optional env file (``config/gateway.env`` by default, or the path in ``GATEWAY_ENV_FILE``) is read
+too; real environment variables win over it. The README's settings table is generated from this class
+(``foundry-gateway settings --markdown``), so a field's description is its documentation.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "GATEWAY_"
+DEFAULT_ENV_FILE = "config/gateway.env"
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Gateway configuration. Field descriptions double as the README's settings table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=os.environ.get(f"{ENV_PREFIX}ENV_FILE", DEFAULT_ENV_FILE),
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- listening -------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address the gateway listens on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port the gateway listens on.")
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes (metrics stay correct).")
+
+    # --- upstream ----------------------------------------------------------------------------------
+    upstream_mode: Literal["managed", "external"] = Field(
+        "managed",
+        description="`managed`: start Foundry Local in a supervised child process; "
+        "`external`: use a running service at `upstream_url`.",
+    )
+    upstream_kind: Literal["foundry", "openai"] = Field(
+        "foundry",
+        description="`foundry`: Foundry Local (catalog prefix, load/unload, no /v1/completions); "
+        "`openai`: any plain OpenAI-compatible server.",
+    )
+    upstream_url: str | None = Field(
+        None,
+        description="Base URL of an external upstream (no `/v1`). Unset in external mode: "
+        "discovered with `foundry service status` when that CLI exists.",
+    )
+    upstream_api_key: str | None = Field(None, description="Bearer key sent to the upstream, if it wants one.")
+    foundry_catalog_prefix: str = Field(
+        "/catalogs/local", description="Path prefix of Foundry Local's local catalog routes."
+    )
+    foundry_cache_dir: Path = Field(
+        Path(".run/foundry"), description="Managed mode: Foundry Local's model cache and registrations."
+    )
+    foundry_start_timeout: float = Field(60.0, gt=0, description="Managed mode: seconds to wait for ready.")
+
+    # --- registry and routing ----------------------------------------------------------------------
+    registry_path: Path = Field(Path("models.json"), description="The model registry file.")
+    registry_watch_interval: float = Field(
+        2.0, ge=0, description="Seconds between checks of the registry file for changes (0 = off)."
+    )
+    task_header: str = Field("X-Task", description="Request header that names the task.")
+    default_task: str = Field("chat", description="Task used when a request names neither task nor model.")
+    host_ram_gb: float | None = Field(
+        None, ge=0, description="Override the host's RAM in GiB (when the upstream runs elsewhere)."
+    )
+    ram_reserve_gb: float = Field(1.0, ge=0, description="GiB kept free for the OS and the gateway itself.")
+    allow_unknown_models: bool = Field(
+        False, description="Forward a `model` that is not in the registry as-is instead of answering 404."
+    )
+    default_max_tokens: int = Field(
+        512, ge=1, description="`max_tokens` added when a request has none (Foundry Local rejects those)."
+    )
+    inventory_refresh_interval: float = Field(
+        15.0, gt=0, description="Seconds between refreshes of what the upstream has and has loaded."
+    )
+    load_timeout: float = Field(300.0, gt=0, description="Seconds a model load may take.")
+    idle_unload_after: float = Field(
+        0.0, ge=0, description="Unload a model idle for this many seconds (0 = never)."
+    )
+
+    # --- timeouts ------------------------------------------------------------------------------------
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to the upstream.")
+    first_byte_timeout: float = Field(
+        120.0, gt=0, description="Seconds to wait for the upstream's first byte (prompt processing)."
+    )
+    idle_timeout: float = Field(60.0, gt=0, description="Longest gap between two chunks of a stream.")
+    total_timeout: float = Field(900.0, gt=0, description="Longest a whole request may take.")
+    keepalive_interval: float = Field(
+        10.0, gt=0, description="While a stream waits for its first token, send `: keep-alive` this often."
+    )
+
+    # --- resilience ------------------------------------------------------------------------------------
+    max_in_flight: int = Field(256, ge=1, description="Requests in flight across all models.")
+    model_concurrency: int = Field(
+        2, ge=1, description="Requests in flight per model (others wait in a FIFO queue)."
+    )
+    queue_size: int = Field(64, ge=0, description="Requests that may wait per model before 429.")
+    queue_timeout: float = Field(30.0, gt=0, description="Seconds a request may wait in a queue before 429.")
+    breaker_failures: int = Field(3, ge=1, description="Consecutive failures that cool a model down.")
+    breaker_cooldown: float = Field(30.0, gt=0, description="Seconds a failing model is skipped.")
+    shutdown_grace: float = Field(20.0, ge=0, description="Seconds in-flight requests get on SIGTERM.")
+
+    # --- access control ----------------------------------------------------------------------------------
+    api_keys: CsvList = Field(default_factory=list, description="Comma-separated API keys (empty = open).")
+    api_keys_file: Path | None = Field(None, description="File with one API key per line.")
+    metrics_api_key: str | None = Field(None, description="Bearer key required for `/metrics` (unset = open).")
+    admin_api_key: str | None = Field(None, description="Bearer key for `/admin/*` (unset = admin disabled).")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body (413 above).")
+    cors_origins: CsvList = Field(default_factory=list, description="Comma-separated CORS origins (empty = off).")
+
+    # --- observability -------------------------------------------------------------------------------------
+    log_level: str = Field("info", description="Log level of the gateway's own logger.")
+    access_log: bool = Field(True, description="One JSON line per request on stderr.")
+    log_prompts: bool = Field(False, description="Include prompt and completion text in access logs.")
+    metrics_dir: Path | None = Field(
+        None, description="prometheus-client multiprocess directory (set automatically when workers > 1)."
+    )
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("task_header")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        if not value or any(c.isspace() or c == ":" for c in value):
+            raise ValueError("must be a valid HTTP header name")
+        return value
+
+    @cached_property
+    def all_api_keys(self) -> tuple[str, ...]:
+        """Keys from the setting and the keys file, read once."""
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            for line in self.api_keys_file.read_text(encoding="utf-8").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    keys.append(line)
+        return tuple(keys)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit overrides (CLI flags, tests) on top."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,223 @@
+"""What the upstream really has: which registry models it serves, under which id, and what is loaded.
+
+Apps say ``tiny-chat``; Foundry Local wants ``tiny-chat-generic-cpu:1`` for inference and the alias
+``tiny-chat`` for load/unload. The inventory maps registry names to upstream ids from the upstream's
+own model list, loads models on demand (one load per model however many requests wait for it) and
+unloads idle or least-recently-used ones to stay within the host's RAM budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import httpx
+
+from app.errors import GatewayError
+from app.metrics import Metrics
+from app.registry import ModelEntry, Registry, alias_of
+from app.upstream.client import Upstream
+
+log = logging.getLogger("foundry_gateway.inventory")
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _version(upstream_id: str) -> int:
+    _, _, version = upstream_id.rpartition(":")
+    return int(version) if version.isdigit() else -1
+
+
+class Inventory:
+    def __init__(
+        self,
+        upstream: Upstream,
+        metrics: Metrics,
+        *,
+        budget_gb: Callable[[], float],
+        load_timeout: float,
+        idle_unload_after: float = 0.0,
+    ) -> None:
+        self.upstream = upstream
+        self.metrics = metrics
+        self.budget_gb = budget_gb
+        self.load_timeout = load_timeout
+        self.idle_unload_after = idle_unload_after
+        self.registry: Registry | None = None
+        self.ids: list[str] = []
+        self.loaded: set[str] = set()
+        self.resolved: dict[str, str] = {}
+        self.available: frozenset[str] | None = None  # registry names the upstream has; None = unknown
+        self.up = False
+        self.last_error = ""
+        self.last_refresh = 0.0
+        self._last_used: dict[str, float] = {}
+        self._in_use: dict[str, int] = {}
+        self._loading: dict[str, asyncio.Future[None]] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    # --- names -----------------------------------------------------------------------------------
+
+    def set_registry(self, registry: Registry) -> None:
+        self.registry = registry
+        self._resolve()
+
+    def upstream_id(self, entry: ModelEntry) -> str:
+        """The id the upstream wants for inference."""
+        return self.resolved.get(entry.name) or entry.upstream_id or entry.name
+
+    def alias(self, entry: ModelEntry) -> str:
+        return alias_of(self.upstream_id(entry))
+
+    def is_loaded(self, entry: ModelEntry) -> bool:
+        return not self.upstream.manages_models or self.upstream_id(entry) in self.loaded
+
+    def _resolve(self) -> None:
+        if self.registry is None:
+            return
+        exact = {i.lower(): i for i in self.ids}
+        by_alias: dict[str, str] = {}
+        for upstream_id in sorted(self.ids, key=_version):  # highest version wins
+            by_alias[alias_of(upstream_id)] = upstream_id
+        resolved: dict[str, str] = {}
+        for entry in self.registry:
+            match = exact.get(entry.upstream_id.lower()) if entry.upstream_id else None
+            for name in (entry.name, *entry.aliases):
+                if match:
+                    break
+                match = exact.get(name.lower()) or by_alias.get(name.lower())
+            if match:
+                resolved[entry.name] = match
+        self.resolved = resolved
+        self.available = frozenset(resolved) if self.last_refresh else None
+        self._export()
+
+    def _export(self) -> None:
+        self.metrics.upstream_up.set(1 if self.up else 0)
+        self.metrics.models_loaded.set(len(self.loaded))
+        if self.registry is not None:
+            for entry in self.registry:
+                self.metrics.model_loaded.labels(entry.name).set(1 if self.is_loaded(entry) else 0)
+
+    # --- refresh ---------------------------------------------------------------------------------
+
+    async def refresh(self) -> bool:
+        """Ask the upstream what it has; returns whether it answered."""
+        try:
+            ids = await self.upstream.model_ids()
+            loaded = await self.upstream.loaded_ids()
+        except (httpx.HTTPError, ValueError, OSError) as exc:
+            self.up = False
+            self.last_error = str(exc) or exc.__class__.__name__
+            self._export()
+            return False
+        self.ids, self.loaded, self.up, self.last_error = ids, set(loaded), True, ""
+        self.last_refresh = time.time()
+        self._resolve()
+        return True
+
+    def mark_missing(self, entry: ModelEntry) -> None:
+        """The upstream said 404 for this model: forget it until the next refresh says otherwise."""
+        upstream_id = self.upstream_id(entry)
+        self.loaded.discard(upstream_id)
+        if self.available is not None:
+            self.available = self.available - {entry.name}
+
+    def mark_unloaded(self, entry: ModelEntry) -> None:
+        self.loaded.discard(self.upstream_id(entry))
+        self._export()
+
+    # --- use tracking (for idle unload and LRU) ---------------------------------------------------
+
+    def acquire(self, entry: ModelEntry) -> None:
+        self._in_use[entry.name] = self._in_use.get(entry.name, 0) + 1
+        self._last_used[entry.name] = time.monotonic()
+
+    def release(self, entry: ModelEntry) -> None:
+        self._in_use[entry.name] = self._in_use.get(entry.name, 1) - 1
+        self._last_used[entry.name] = time.monotonic()
+
+    # --- loading ------------------------------------------------------------------------------------
+
+    async def ensure_loaded(self, entry: ModelEntry) -> float:
+        """Load ``entry`` if the upstream has not; returns seconds spent waiting for a load."""
+        if self.is_loaded(entry):
+            return 0.0
+        started = time.perf_counter()
+        pending = self._loading.get(entry.name)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_future()
+            pending.add_done_callback(_retrieve)  # no "exception never retrieved" if every waiter left
+            self._loading[entry.name] = pending
+            self._tasks.add(task := asyncio.ensure_future(self._load(entry, pending)))
+            task.add_done_callback(self._tasks.discard)
+        await asyncio.shield(pending)
+        return time.perf_counter() - started
+
+    async def _load(self, entry: ModelEntry, done: asyncio.Future[None]) -> None:
+        started = time.perf_counter()
+        result = "error"
+        try:
+            await self._make_room_for(entry)
+            status = await asyncio.wait_for(self.upstream.load(self.alias(entry), self.load_timeout),
+                                            self.load_timeout)
+            self.loaded.add(self.upstream_id(entry))
+            result = "ok"
+            log.info("loaded %s (%s) in %.2fs: %s", entry.name, self.upstream_id(entry),
+                     time.perf_counter() - started, status)
+            done.set_result(None)
+        except TimeoutError:
+            done.set_exception(GatewayError(
+                503, f"Loading model '{entry.name}' took longer than {self.load_timeout:g}s.",
+                code="model_load_timeout",
+            ))
+        except (httpx.HTTPError, ValueError, OSError) as exc:
+            done.set_exception(GatewayError(
+                503, f"Loading model '{entry.name}' failed: {exc}", code="model_load_failed",
+            ))
+        finally:
+            self._loading.pop(entry.name, None)
+            self.metrics.model_load_duration.labels(entry.name, result).observe(time.perf_counter() - started)
+            self._export()
+            if not done.done():
+                done.set_exception(GatewayError(503, f"Loading model '{entry.name}' was cancelled."))
+
+    async def _make_room_for(self, entry: ModelEntry) -> None:
+        """Unload least-recently-used idle models until ``entry`` fits the RAM budget."""
+        if self.registry is None:
+            return
+        budget = self.budget_gb()
+        loaded = [e for e in self.registry if e.name != entry.name and self.is_loaded(e)]
+        used = sum(e.min_ram_gb for e in loaded)
+        idle = sorted((e for e in loaded if not self._in_use.get(e.name)),
+                      key=lambda e: self._last_used.get(e.name, 0.0))
+        for victim in idle:
+            if used + entry.min_ram_gb <= budget:
+                break
+            await self._unload(victim, reason="to make room")
+            used -= victim.min_ram_gb
+
+    async def _unload(self, entry: ModelEntry, reason: str) -> None:
+        try:
+            await self.upstream.unload(self.alias(entry))
+            log.info("unloaded %s (%s)", entry.name, reason)
+        except (httpx.HTTPError, ValueError, OSError) as exc:
+            log.warning("unloading %s failed: %s", entry.name, exc)
+        self.mark_unloaded(entry)
+
+    async def unload_idle(self) -> None:
+        """Unload models idle for longer than ``idle_unload_after`` seconds."""
+        if not self.idle_unload_after or self.registry is None or not self.upstream.manages_models:
+            return
+        now = time.monotonic()
+        for entry in self.registry:
+            if not self.is_loaded(entry) or self._in_use.get(entry.name):
+                continue
+            last = self._last_used.setdefault(entry.name, now)
+            if now - last >= self.idle_unload_after:
+                await self._unload(entry, reason=f"idle for {now - last:.0f}s")
