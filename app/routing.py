@@ -65,7 +65,7 @@ def resolve_task(registry: Registry, header_task: str | None, default_task: str)
 
 
 def _gb(value: float) -> str:
-    return f"{value:.1f}".rstrip("0").rstrip(".") + " GiB"
+    return f"{round(value, 2):g} GiB"
 
 
 def choose(

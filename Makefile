@@ -1,0 +1,45 @@
+# foundry-gateway: `make run` and `make test` do all set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8080
+MODEL := models/tiny-chat/genai_config.json
+
+.PHONY: help install model prometheus run test lint typecheck unit bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[foundry,plot,dev]'
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv with the gateway, Foundry Local SDK and dev tools
+
+$(MODEL):
+	scripts/build-tiny-model.sh
+
+model: $(MODEL)  ## build the tiny test model if it is not there (it is committed)
+
+prometheus:  ## install Debian's prometheus (promtool) if missing
+	scripts/ensure-prometheus.sh
+
+run: install model  ## run the gateway on 127.0.0.1:$(PORT) in front of a managed Foundry Local with tiny-chat
+	$(VENV)/bin/foundry-gateway serve --port $(PORT)
+
+lint: install  ## ruff, mypy and hadolint
+	$(VENV)/bin/ruff check app tests scripts
+	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
+
+test: install model prometheus lint  ## everything CI runs: lint, unit, integration (real Foundry Local, real Prometheus)
+	$(PY) -m pytest
+
+bench: install  ## gateway overhead vs direct against a fast fake upstream
+	$(PY) scripts/bench_overhead.py
+
+clean:  ## remove the venv and run state
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

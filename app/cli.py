@@ -1,0 +1,381 @@
+"""``foundry-gateway``: run the gateway and curate its models from the terminal.
+
+Every command shares the server's code: the same registry loader, RAM budget and routing policy, so
+``foundry-gateway select --task code`` says exactly what ``GET /v1/route?task=code`` would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from app import __version__
+from app.errors import GatewayError
+from app.registry import FIELDS, RegistryError, build_registry, dump_registry, load_registry
+from app.settings import Settings, load_settings
+
+out = Console()
+err = Console(stderr=True)
+
+EPILOG = """examples:
+  foundry-gateway serve                      # managed Foundry Local + gateway on 127.0.0.1:8080
+  foundry-gateway models --task chat         # what exists and what fits this host
+  foundry-gateway select --task code         # which model code requests get, and why
+  foundry-gateway registry validate          # check models.json
+  foundry-gateway bench --repeat 3 --plot    # latency/TTFT/tokens per model into results/
+"""
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "registry", None):
+        overrides["registry_path"] = Path(args.registry)
+    if getattr(args, "upstream", None):
+        overrides["upstream_url"] = args.upstream
+        overrides["upstream_mode"] = "external"
+    return load_settings(**overrides)
+
+
+def _offline_gateway(args: argparse.Namespace) -> Any:
+    """A Gateway object for read-only commands; asks the upstream what it has when one is reachable."""
+    from app.gateway import Gateway
+
+    gw = Gateway(_settings(args))
+
+    async def probe() -> None:
+        if gw.settings.upstream_mode == "external" or getattr(args, "upstream", None):
+            await gw.inventory.refresh()
+        await gw.upstream.aclose()
+
+    asyncio.run(probe())
+    return gw
+
+
+def _remote(url: str, path: str) -> Any:
+    import httpx
+
+    response = httpx.get(url.rstrip("/") + path, timeout=10)
+    data = orjson.loads(response.content)
+    if response.status_code >= 400:
+        raise GatewayError(response.status_code, data.get("error", {}).get("message", response.text))
+    return data
+
+
+# --- serve ---------------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    for key in ("host", "port", "workers"):
+        value = getattr(args, key)
+        if value is not None:
+            os.environ[f"GATEWAY_{key.upper()}"] = str(value)
+    if args.upstream:
+        os.environ["GATEWAY_UPSTREAM_URL"] = args.upstream
+        os.environ["GATEWAY_UPSTREAM_MODE"] = "external"
+    if args.registry:
+        os.environ["GATEWAY_REGISTRY_PATH"] = args.registry
+    settings = load_settings()
+    load_registry(settings.registry_path)  # fail fast, with the precise message, before binding
+    if settings.workers > 1:
+        if settings.upstream_mode == "managed":
+            err.print("[red]--workers > 1 needs an external upstream[/] (each worker would start its own runtime).")
+            return 2
+        metrics_dir = settings.metrics_dir or Path(tempfile.gettempdir()) / f"foundry-gateway-metrics-{os.getpid()}"
+        shutil.rmtree(metrics_dir, ignore_errors=True)  # stale files from a previous run would be summed in
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    err.print(f"foundry-gateway {__version__} on http://{settings.host}:{settings.port} "
+              f"(upstream: {settings.upstream_mode}, registry: {settings.registry_path})")
+    uvicorn.run(
+        "app.main:create_app", factory=True, host=settings.host, port=settings.port, workers=settings.workers,
+        loop="uvloop", http="httptools", log_level="warning", access_log=False,
+        timeout_graceful_shutdown=round(settings.shutdown_grace) or None, timeout_keep_alive=30,
+    )
+    return 0
+
+
+# --- models / select ------------------------------------------------------------------------------------
+
+
+def _yes_no(value: bool | None) -> str:
+    return "?" if value is None else ("[green]yes[/]" if value else "[red]no[/]")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    if args.gateway:
+        query = f"?task={args.task}" if args.task else ""
+        rows = _remote(args.gateway, f"/v1/models{query}")["data"]
+        budget = None
+    else:
+        from app.api import model_rows
+
+        gw = _offline_gateway(args)
+        if args.task and args.task not in gw.registry.tasks:
+            err.print(f"[red]Unknown task '{args.task}'.[/] Known tasks: {', '.join(gw.registry.tasks)}")
+            return 2
+        rows = model_rows(gw, args.task)
+        budget = gw.memory
+    if args.json:
+        _print_json({"host": None if budget is None else {"total_gb": budget.total_gb, "budget_gb": budget.budget_gb,
+                                                         "source": budget.source}, "models": rows})
+        return 0
+    title = "Models" if budget is None else f"Models — this host: {budget.describe()}"
+    table = Table(title=title, title_justify="left")
+    table.add_column("model", no_wrap=True)
+    for name in ("task", "min RAM", "fits", "available", "loaded"):
+        table.add_column(name)
+    if args.wide:
+        table.add_column("upstream id", overflow="fold")
+        table.add_column("notes", overflow="fold")
+    for row in rows:
+        cells = [
+            row["id"], ", ".join(row["tasks"]), f"{row['min_ram_gb']:g} GiB",
+            "[green]yes[/]" if row["fits"] else "[red]no[/]",
+            _yes_no(row["available"]), _yes_no(row["loaded"] if row["available"] else None),
+        ]
+        table.add_row(*cells, *([row["upstream_id"], row["notes"]] if args.wide else []))
+    out.print(table)
+    if rows and all(row["available"] is None for row in rows):
+        out.print("[dim]available/loaded: unknown (no upstream reachable; pass --upstream URL or --gateway URL)[/]")
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    if args.gateway:
+        query = "&".join(f"{k}={v}" for k, v in (("task", args.task), ("model", args.model)) if v)
+        decision = _remote(args.gateway, f"/v1/route?{query}")
+    else:
+        gw = _offline_gateway(args)
+        route = gw.route(args.model, args.task)
+        decision = route.as_dict()
+        decision["upstream_id"] = gw.inventory.upstream_id(route.model)
+        decision["host"] = {"ram_gb": round(gw.memory.total_gb, 2), "budget_gb": round(gw.memory.budget_gb, 2),
+                            "source": gw.memory.source}
+    if args.json:
+        _print_json(decision)
+        return 0
+    host = decision["host"]
+    out.print(f"[bold]{decision['model']}[/] for task [bold]{decision['task']}[/] "
+              f"({decision['reason']}: {decision['explanation']}); upstream id {decision['upstream_id']}")
+    out.print(f"[dim]host RAM {host['ram_gb']} GiB ({host['source']}), budget {host['budget_gb']} GiB[/]")
+    table = Table(title_justify="left")
+    for name in ("candidate", "min RAM", "decision", "why"):
+        table.add_column(name)
+    colours = {"selected": "green", "fallback": "cyan", "skipped": "yellow"}
+    for c in decision["candidates"]:
+        colour = colours.get(c["decision"], "white")
+        table.add_row(c["model"], f"{c['min_ram_gb']:g} GiB", f"[{colour}]{c['decision']}[/]", c["reason"])
+    out.print(table)
+    return 0
+
+
+# --- registry -------------------------------------------------------------------------------------------
+
+
+def cmd_registry_validate(args: argparse.Namespace) -> int:
+    path = Path(args.file or load_settings().registry_path)
+    try:
+        registry = load_registry(path)
+    except RegistryError as exc:
+        if args.json:
+            _print_json({"valid": False, "file": str(path), "problems": exc.problems})
+        else:
+            for problem in exc.problems:
+                err.print(f"[red]error[/] {problem}", highlight=False)
+        return 1
+    if args.json:
+        _print_json({"valid": True, "file": str(path), "models": len(registry), "tasks": list(registry.tasks)})
+    else:
+        out.print(f"[green]ok[/] {path}: {len(registry)} models, tasks: {', '.join(registry.tasks)}")
+    return 0
+
+
+def cmd_registry_add(args: argparse.Namespace) -> int:
+    path = Path(args.file or load_settings().registry_path)
+    try:
+        registry = load_registry(path) if path.exists() else None
+    except RegistryError as exc:
+        for problem in exc.problems:
+            err.print(f"[red]error[/] {problem}", highlight=False)
+        return 1
+    item: dict[str, Any] = {"name": args.name, "task": args.task if len(args.task) > 1 else args.task[0],
+                            "min_ram_gb": args.min_ram_gb}
+    for key in ("notes", "upstream_id", "priority", "context_length", "default_max_tokens", "path"):
+        value = getattr(args, key)
+        if value is not None:
+            item[key] = value
+    if args.alias:
+        item["aliases"] = args.alias
+    existing = [entry.to_dict() for entry in registry] if registry else []
+    try:
+        # validate the whole new registry: duplicates and field errors are reported like `validate`
+        new = build_registry([*existing, item], label=path.name, base_dir=path.parent)
+    except RegistryError as exc:
+        for problem in exc.problems:
+            err.print(f"[red]error[/] {problem}", highlight=False)
+        return 1
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(dump_registry(new, base_dir=path.parent))
+    tmp.replace(path)  # atomic: a running gateway never reads half a file
+    out.print(f"[green]added[/] {args.name} to {path} ({len(new)} models)")
+    return 0
+
+
+# --- pull -------------------------------------------------------------------------------------------------
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from app.upstream.catalog import pull_model
+
+    return pull_model(args.name, cache_dir=_settings(args).foundry_cache_dir, console=err)
+
+
+# --- settings -------------------------------------------------------------------------------------------
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from the Settings class."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, list):
+            default = ",".join(default) or "(empty)"
+        shown = "(unset)" if default is None else str(default)
+        lines.append(f"| `GATEWAY_{name.upper()}` | `{shown}` | {field.description or ''} |")
+    return "\n".join(lines)
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    if args.markdown:
+        sys.stdout.write(settings_table() + "\n")
+        return 0
+    current = load_settings().model_dump(mode="json")
+    for secret in ("api_keys", "upstream_api_key", "metrics_api_key", "admin_api_key"):
+        if current.get(secret):
+            current[secret] = "***"
+    if args.json:
+        _print_json(current)
+        return 0
+    table = Table(title="Settings in force (GATEWAY_* environment, config/gateway.env)", title_justify="left")
+    table.add_column("variable")
+    table.add_column("value")
+    for name, value in current.items():
+        table.add_row(f"GATEWAY_{name.upper()}", str(value))
+    out.print(table)
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="foundry-gateway",
+        description="One stable OpenAI-compatible URL in front of Foundry Local: routes each request to the "
+        "best model for its task that fits this host's RAM.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"foundry-gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("serve", "Run the gateway (managed Foundry Local unless --upstream is given).", cmd_serve)
+    p.add_argument("--host", help="listen address (GATEWAY_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (GATEWAY_PORT, default 8080)")
+    p.add_argument("--workers", type=int, help="worker processes (needs an external upstream)")
+    p.add_argument("--upstream", help="URL of a running upstream (external mode)")
+    p.add_argument("--registry", help="registry file (default models.json)")
+
+    def source_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--registry", help="registry file (default models.json)")
+        p.add_argument("--upstream", help="ask this upstream URL what it has")
+        p.add_argument("--gateway", help="ask a running gateway at this URL instead")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = command("models", "List registry models, whether they fit this host, and the upstream's state.", cmd_models)
+    p.add_argument("--task", help="only models for this task")
+    p.add_argument("--wide", action="store_true", help="also show upstream ids and notes")
+    source_options(p)
+
+    p = command("select", "Show the model a request would be routed to, and why.", cmd_select)
+    p.add_argument("--task", help="task (default: the default task)")
+    p.add_argument("--model", help="a pinned model name, alias or upstream id")
+    source_options(p)
+
+    reg = sub.add_parser("registry", help="Validate or edit the model registry.", description="Registry tools.")
+    reg_sub = reg.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
+    p = reg_sub.add_parser("validate", help="Check a registry file; exit 1 with precise errors.")
+    p.add_argument("file", nargs="?", help="registry file (default: GATEWAY_REGISTRY_PATH or models.json)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_registry_validate)
+    p = reg_sub.add_parser(
+        "add", help="Append a validated entry to the registry.",
+        epilog="fields: " + "; ".join(f"{k}: {v}" for k, v in FIELDS.items()),
+    )
+    p.add_argument("name", help="model name apps use")
+    p.add_argument("--task", action="append", required=True, help="task it serves (repeatable)")
+    p.add_argument("--min-ram-gb", type=float, required=True, help="GiB of RAM it needs")
+    p.add_argument("--notes")
+    p.add_argument("--alias", action="append", help="another name (repeatable)")
+    p.add_argument("--upstream-id", help="exact upstream id, e.g. name-generic-cpu:1")
+    p.add_argument("--priority", type=int)
+    p.add_argument("--context-length", type=int)
+    p.add_argument("--default-max-tokens", type=int)
+    p.add_argument("--path", help="local ONNX Runtime GenAI model folder")
+    p.add_argument("--file", help="registry file (default: GATEWAY_REGISTRY_PATH or models.json)")
+    p.set_defaults(func=cmd_registry_add)
+
+    p = command("pull", "Download a catalog model through Foundry Local (needs internet).", cmd_pull)
+    p.add_argument("name", help="catalog alias, e.g. phi-4-mini")
+
+    p = command("settings", "Show the settings in force, or the settings table.", cmd_settings)
+    p.add_argument("--markdown", action="store_true", help="print the README settings table")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    if importlib.util.find_spec("app.benchmark"):  # TODO(lead): import directly once it lands
+        importlib.import_module("app.benchmark").add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except RegistryError as exc:
+        for problem in exc.problems:
+            err.print(f"[red]error[/] {problem}", highlight=False)
+        return 1
+    except GatewayError as exc:
+        err.print(f"[red]error[/] {exc.message}", highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

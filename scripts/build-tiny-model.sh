@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Build models/tiny-chat (committed, so only needed after deleting it) in a build-only venv:
+# torch, transformers and the ONNX Runtime GenAI builder never enter the gateway's own venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_VENV="${BUILD_VENV:-.venv-model}"
+python3 -m venv "$BUILD_VENV"
+"$BUILD_VENV/bin/pip" install -q --upgrade pip
+"$BUILD_VENV/bin/pip" install -q -r scripts/requirements-model.txt
+"$BUILD_VENV/bin/python" scripts/make_tiny_model.py --out models/tiny-chat

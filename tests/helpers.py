@@ -1,0 +1,119 @@
+"""Real processes for tests: the gateway under test, started like users start it, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_registry(path: Path, entries: list[dict[str, Any]]) -> Path:
+    import json
+
+    path.write_text(json.dumps(entries, indent=2))
+    return path
+
+
+class GatewayProcess:
+    """``foundry-gateway serve`` in a subprocess; stopped by PID (SIGTERM, then SIGKILL)."""
+
+    def __init__(
+        self,
+        *,
+        upstream: str | None = None,
+        registry: Path | str = ROOT / "models.json",
+        env: dict[str, str] | None = None,
+        ready_timeout: float = 60.0,
+        log_path: Path | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{self.url}/v1"
+        self.env = {
+            **os.environ,
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_PORT": str(self.port),
+            "GATEWAY_REGISTRY_PATH": str(registry),
+            "GATEWAY_ENV_FILE": "/nonexistent",
+            "GATEWAY_REGISTRY_WATCH_INTERVAL": "0.2",
+            "GATEWAY_INVENTORY_REFRESH_INTERVAL": "1",
+            "CI": "true",
+        }
+        if upstream:
+            self.env.update(GATEWAY_UPSTREAM_MODE="external", GATEWAY_UPSTREAM_URL=upstream)
+        self.env.update(env or {})
+        self.ready_timeout = ready_timeout
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> GatewayProcess:
+        self._log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=self.env,
+            stdout=self._log, stderr=self._log, start_new_session=True,
+        )
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}; log: {self.log_path}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"gateway not ready after {self.ready_timeout}s; log: {self.log_path}")
+
+    def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until /readyz says the upstream is reachable."""
+        deadline = time.monotonic() + timeout
+        body: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            response = httpx.get(f"{self.url}/readyz", timeout=2)
+            body = response.json()
+            if response.status_code == 200:
+                return body
+            time.sleep(0.1)
+        raise RuntimeError(f"gateway not ready: {body}")
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        if self._log not in (None, subprocess.DEVNULL):
+            self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,103 @@
+"""The routing policy (pure): registry order, RAM budget, upstream inventory, breaker, pinning, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.errors import GatewayError
+from app.registry import Registry, parse_registry
+from app.routing import choose
+
+
+def registry() -> Registry:
+    return parse_registry(json.dumps([
+        {"name": "phi-4-mini", "task": "chat", "min_ram_gb": 8},
+        {"name": "qwen2.5-7b-instruct", "task": "chat", "min_ram_gb": 16},
+        {"name": "deepseek-r1-distill-qwen-7b", "task": "code", "min_ram_gb": 16},
+        {"name": "tiny-chat", "task": ["chat", "code"], "min_ram_gb": 0.25, "upstream_id": "tiny-chat-generic-cpu:1",
+         "aliases": ["tiny"]},
+    ]))
+
+
+def pick(budget: float, **kw: object) -> object:
+    params: dict[str, object] = {"model": None, "task": None, "default_task": "chat", "budget_gb": budget, **kw}
+    return choose(registry(), **params)  # type: ignore[arg-type]
+
+
+def test_first_viable_in_registry_order() -> None:
+    route = pick(32, task="chat")
+    assert route.model.name == "phi-4-mini"  # type: ignore[attr-defined]
+    assert [m.name for m in route.fallbacks] == ["qwen2.5-7b-instruct", "tiny-chat"]  # type: ignore[attr-defined]
+    assert route.reason == "auto"  # type: ignore[attr-defined]
+
+
+def test_ram_limit_skips_big_models_and_says_why() -> None:
+    route = pick(7.5, task="chat")
+    assert route.model.name == "tiny-chat"  # type: ignore[attr-defined]
+    verdicts = {v.model: v for v in route.verdicts}  # type: ignore[attr-defined]
+    assert verdicts["phi-4-mini"].decision == "skipped"
+    assert "needs 8 GiB > 7.5 GiB budget" in verdicts["phi-4-mini"].reason
+    assert verdicts["tiny-chat"].decision == "selected"
+
+
+def test_default_task_and_auto_model() -> None:
+    assert pick(32).task == "chat"  # type: ignore[attr-defined]
+    assert pick(32, model="auto", task="code").model.name == "deepseek-r1-distill-qwen-7b"  # type: ignore[attr-defined]
+
+
+def test_upstream_inventory_filters_candidates() -> None:
+    route = pick(32, task="code", available=frozenset({"tiny-chat"}))
+    assert route.model.name == "tiny-chat"  # type: ignore[attr-defined]
+    reasons = {v.model: v.reason for v in route.verdicts}  # type: ignore[attr-defined]
+    assert reasons["deepseek-r1-distill-qwen-7b"] == "not available on the upstream"
+
+
+def test_cooling_models_are_skipped() -> None:
+    route = pick(32, task="chat", cooling=frozenset({"phi-4-mini"}))
+    assert route.model.name == "qwen2.5-7b-instruct"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", ["tiny-chat", "TINY", "tiny-chat-generic-cpu:1", "tiny-chat-generic-cpu:7"])
+def test_pinning_by_name_alias_or_upstream_id(name: str) -> None:
+    route = pick(32, model=name, task="code")
+    assert route.model.name == "tiny-chat"  # type: ignore[attr-defined]
+    assert route.reason == "pinned" and route.task == "code"  # type: ignore[attr-defined]
+
+
+def test_pinned_task_falls_back_to_models_own_task() -> None:
+    assert pick(32, model="phi-4-mini", task="code").task == "chat"  # type: ignore[attr-defined]
+
+
+def test_unknown_task_is_400_listing_known_tasks() -> None:
+    with pytest.raises(GatewayError) as info:
+        pick(32, task="poetry")
+    assert info.value.status == 400 and "Known tasks: chat, code" in info.value.message
+
+
+def test_unknown_model_is_404() -> None:
+    with pytest.raises(GatewayError) as info:
+        pick(32, model="gpt-7")
+    assert info.value.status == 404 and info.value.code == "model_not_found"
+
+
+def test_nothing_fits_is_503_with_sizes() -> None:
+    with pytest.raises(GatewayError) as info:
+        pick(0.1, task="code")
+    err = info.value
+    assert err.status == 503 and err.code == "no_viable_model"
+    assert "'tiny-chat', needs 0.25 GiB" in err.message and "budget is 0.1 GiB" in err.message
+
+
+def test_nothing_available_names_each_reason() -> None:
+    with pytest.raises(GatewayError) as info:
+        pick(32, task="code", available=frozenset())
+    assert "not available on the upstream" in info.value.message
+
+
+def test_pinned_model_over_budget_or_missing_is_503() -> None:
+    with pytest.raises(GatewayError, match="needs 16 GiB"):
+        pick(8, model="qwen2.5-7b-instruct")
+    with pytest.raises(GatewayError, match="not available on the upstream"):
+        pick(32, model="phi-4-mini", available=frozenset({"tiny-chat"}))
