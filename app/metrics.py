@@ -37,6 +37,12 @@ OVERHEAD_BUCKETS = (
 LOAD_BUCKETS = (0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 OTHER = "other"
+# Error codes the gateway itself raises before calling the upstream (the `reason` label of rejections).
+REJECTION_REASONS = frozenset({
+    "invalid_json", "invalid_type", "invalid_value", "missing_required_parameter", "unsupported_value",
+    "unknown_task", "model_not_found", "no_viable_model", "insufficient_ram", "model_unavailable",
+    "overloaded", "invalid_api_key", "body_too_large", "shutting_down",
+})
 ROUTES = ("chat", "completions")
 STATUS_CLASSES = ("2xx", "4xx", "5xx", "aborted")
 
@@ -153,6 +159,10 @@ class Metrics:
 
     def task_label(self, task: str | None) -> str:
         return task if task in self._tasks else OTHER
+
+    @staticmethod
+    def rejection_label(code: str | None) -> str:
+        return code if code in REJECTION_REASONS else OTHER
 
     def series(self, route: str, task: str | None, model: str | None) -> RequestSeries:
         """Cached label children for one (route, task, model)."""

@@ -183,8 +183,8 @@ class Proxy:
                 watcher = asyncio.ensure_future(self._watch(receive, ex, asyncio.current_task()))
                 await self._serve(ex, reply, raw, _text(headers.get(self.task_header)))
             except GatewayError as err:
-                if not err.code or err.code in {"invalid_api_key", "overloaded"}:
-                    self.metrics.rejections.labels(err.code or "error").inc()
+                if not ex.upstream_id:  # refused by the gateway itself, before any upstream call
+                    self.metrics.rejections.labels(self.metrics.rejection_label(err.code)).inc()
                 await reply.fail(err)
         except asyncio.CancelledError:
             if not ex.aborted:
