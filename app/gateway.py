@@ -122,8 +122,9 @@ class Gateway:
         self._apply_registry(registry)
         self.metrics.registry_reloads.labels("ok").inc()
         log.info("registry reloaded (%s): %d models", reason, len(registry))
-        if self.managed is not None:
-            self._spawn(self._register_local_models())
+        if self.managed is not None and self.managed.models != self.local_models():
+            log.warning("the reloaded registry changes local model folders: they are registered with Foundry "
+                        "Local when the managed runtime next starts (restart the gateway to apply now)")
         return True, f"{len(registry)} models"
 
     # --- lifecycle -----------------------------------------------------------------------------------
@@ -161,6 +162,7 @@ class Gateway:
             await asyncio.sleep(self.settings.inventory_refresh_interval if self.inventory.up else 1.0)
             await self.inventory.refresh()
             await self.inventory.unload_idle()
+            self.upstream.transport.prune_idle()
 
     async def _watch_registry(self) -> None:
         path = self.settings.registry_path
@@ -200,12 +202,6 @@ class Gateway:
 
     async def _refresh_once(self) -> None:
         await self.inventory.refresh()
-
-    async def _register_local_models(self) -> None:
-        """A reloaded registry may add local model folders: restart the runtime to register them."""
-        if self.managed is not None and self.managed.models != self.local_models():
-            self.managed.models = self.local_models()
-            await self.managed.restart()
 
     def _external_url(self) -> str | None:
         return self.settings.upstream_url or discover_foundry_url()

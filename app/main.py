@@ -38,14 +38,35 @@ class GatewayApp:
         self.api = api
         self.proxy = proxy
         self.gateway = proxy.gw
+        self.max_header_bytes = proxy.gw.settings.max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            route = PROXIED.get(scope["path"].rstrip("/") or "/")
-            if route is not None:
-                await self.proxy(scope, receive, send, route)
-                return
+        if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:
+            err = GatewayError(431, f"Request headers are larger than {self.max_header_bytes} bytes.",
+                               code="headers_too_large")
+            await _error_response(err)(scope, receive, send)
+            return
+        if scope["type"] == "http":
+            path = scope["path"]
+            if scope["method"] == "POST":
+                route = PROXIED.get(path.rstrip("/") or "/")
+                if route is not None:
+                    await self.proxy(scope, receive, send, route)
+                    return
+            if path.startswith("/v1/"):  # the OpenAI-style API is behind the API keys; probes are not
+                try:
+                    self.gateway.check_key(_header(scope, b"authorization"))
+                except GatewayError as err:
+                    await _error_response(err)(scope, receive, send)
+                    return
         await self.api(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
 def _error_response(err: GatewayError) -> JSONResponse:

@@ -41,7 +41,7 @@ OTHER = "other"
 REJECTION_REASONS = frozenset({
     "invalid_json", "invalid_type", "invalid_value", "missing_required_parameter", "unsupported_value",
     "unknown_task", "model_not_found", "no_viable_model", "insufficient_ram", "model_unavailable",
-    "overloaded", "invalid_api_key", "body_too_large", "shutting_down",
+    "overloaded", "invalid_api_key", "body_too_large", "headers_too_large", "shutting_down",
 })
 ROUTES = ("chat", "completions")
 STATUS_CLASSES = ("2xx", "4xx", "5xx", "aborted")

@@ -354,13 +354,20 @@ class Proxy:
             finally:
                 ex.upstream_wait += _clock() - started
             if response.status_code < 400:
-                error = event_json(first) if ex.stream and first.lstrip().startswith(b"data: {\"error\"") else None
-                if not isinstance(error, dict) or "choices" in error:
+                if not ex.stream:
                     return response, chunks, first
-                await response.aclose()
-                raw, status = orjson.dumps(error), 400
-                if not _is_client_error(error):
-                    status = 502
+                event = event_json(first)
+                if not isinstance(event, dict):
+                    await response.aclose()
+                    raise Retry(GatewayError(502, "The upstream's stream did not start with a JSON event.",
+                                             code="upstream_bad_response"), "bad_response")
+                error = event.get("error")
+                if error is None or "choices" in event:
+                    return response, chunks, first
+                await response.aclose()  # Foundry Local: HTTP 200 and a lone error event
+                error = error if isinstance(error, dict) else {"message": str(error)}
+                raw = orjson.dumps({"error": error})
+                status = 400 if _is_client_error(error) else 502
             else:
                 status = response.status_code
             message = raw.decode("utf-8", "replace")
@@ -385,9 +392,10 @@ class Proxy:
             raise Retry(GatewayError(502, f"The upstream answered a stream with '{content_type or 'no type'}'.",
                                      code="upstream_bad_response"), "bad_response")
         seen = b""
-        async for chunk in chunks:
+        async for chunk in chunks:  # up to the end of the first event that carries data
             seen += chunk
-            if b"\n\n" in seen or b"\r\n\r\n" in seen:
+            data_at = seen.find(b"data:")
+            if data_at >= 0 and (seen.find(b"\n\n", data_at) >= 0 or seen.find(b"\r\n\r\n", data_at) >= 0):
                 break
         return seen
 

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
 
     # --- timeouts ------------------------------------------------------------------------------------
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to the upstream.")
+    upstream_keepalive: float = Field(
+        30.0, gt=0, description="Seconds an idle upstream connection is kept for reuse."
+    )
     first_byte_timeout: float = Field(
         120.0, gt=0, description="Seconds to wait for the upstream's first byte (prompt processing)."
     )
@@ -115,6 +118,9 @@ class Settings(BaseSettings):
     metrics_api_key: str | None = Field(None, description="Bearer key required for `/metrics` (unset = open).")
     admin_api_key: str | None = Field(None, description="Bearer key for `/admin/*` (unset = admin disabled).")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body (413 above).")
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest total size of request headers (431 above)."
+    )
     cors_origins: CsvList = Field(default_factory=list, description="Comma-separated CORS origins (empty = off).")
 
     # --- observability -------------------------------------------------------------------------------------

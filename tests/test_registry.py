@@ -37,15 +37,18 @@ def test_project_registry_is_valid() -> None:
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ({"name": "qwen", "task": "chat", "min_ram_gb": -1}, 'models.json: entry 2 ("qwen"): min_ram_gb must be a number ≥ 0'),
+        ({"name": "qwen", "task": "chat", "min_ram_gb": -1},
+         'models.json: entry 2 ("qwen"): min_ram_gb must be a number ≥ 0'),
         ({"name": "qwen", "task": "chat", "min_ram_gb": "8"}, 'entry 2 ("qwen"): min_ram_gb must be a number ≥ 0'),
         ({"name": "qwen", "task": "chat", "min_ram_gb": True}, 'entry 2 ("qwen"): min_ram_gb must be a number ≥ 0'),
         ({"name": "qwen", "min_ram_gb": 1}, 'entry 2 ("qwen"): task is required'),
         ({"task": "chat", "min_ram_gb": 1}, "entry 2 (?): name is required"),
-        ({"name": "qwen", "task": "chat", "min_ram_gb": 1, "min_ram": 3}, 'entry 2 ("qwen"): min_ram is not a known field'),
+        ({"name": "qwen", "task": "chat", "min_ram_gb": 1, "min_ram": 3},
+         'entry 2 ("qwen"): min_ram is not a known field'),
         ({"name": "qwen", "task": "chat", "min_ram_gb": 1, "priority": "high"}, "priority must be an integer"),
         ({"name": "qwen", "task": "chat", "min_ram_gb": 1, "aliases": [""]}, "aliases must be a list"),
-        ({"name": "phi-4-mini", "task": "chat", "min_ram_gb": 1}, 'entry 2 ("phi-4-mini"): name "phi-4-mini" is already used by entry 1'),
+        ({"name": "phi-4-mini", "task": "chat", "min_ram_gb": 1},
+         'entry 2 ("phi-4-mini"): name "phi-4-mini" is already used by entry 1'),
         ("nope", "models.json: entry 2: must be an object"),
     ],
 )
@@ -69,7 +72,7 @@ def test_every_problem_is_reported_at_once() -> None:
 
 
 def test_not_json_and_not_a_list(tmp_path: Path) -> None:
-    with pytest.raises(RegistryError, match="models.json: not valid JSON"):
+    with pytest.raises(RegistryError, match=r"models\.json: not valid JSON"):
         parse_registry("[{")
     with pytest.raises(RegistryError, match="must be a JSON list"):
         parse_registry('{"a": 1}')

@@ -39,7 +39,8 @@ class Upstream:
             pool=settings.queue_timeout,
         )
         self.transport = FastTransport(
-            max_idle_per_host=settings.max_in_flight, connect_timeout=settings.connect_timeout
+            max_idle_per_host=settings.max_in_flight, connect_timeout=settings.connect_timeout,
+            keepalive_expiry=settings.upstream_keepalive,
         )
         self.client = httpx.AsyncClient(transport=self.transport, timeout=self.timeout)
         self._header_list = list(headers.items())

@@ -270,6 +270,19 @@ class FastTransport(httpx.AsyncBaseTransport):
             extensions={"http_version": b"HTTP/1.1"},
         )
 
+    def prune_idle(self) -> int:
+        """Close connections idle for longer than the keep-alive expiry; returns how many."""
+        now = time.monotonic()
+        pruned = 0
+        for idle in self._idle.values():
+            keep = [c for c in idle if not c.closed and now - c.idle_since < self.keepalive_expiry]
+            for conn in idle:
+                if conn not in keep:
+                    conn.close()
+                    pruned += 1
+            idle[:] = keep
+        return pruned
+
     async def aclose(self) -> None:
         for idle in self._idle.values():
             for conn in idle:
