@@ -284,7 +284,7 @@ class Proxy:
                 if ex.stream:
                     await self._relay_stream(ex, reply, response, chunks, first)
                 else:
-                    await self._relay_json(ex, reply, response)
+                    await self._relay_json(ex, reply, response, chunks)
             finally:
                 await response.aclose()
         finally:
@@ -401,13 +401,26 @@ class Proxy:
 
     # --- relaying --------------------------------------------------------------------------------
 
-    async def _relay_json(self, ex: Exchange, reply: Responder, response: httpx.Response) -> None:
+    async def _relay_json(
+        self, ex: Exchange, reply: Responder, response: httpx.Response, chunks: AsyncIterator[bytes]
+    ) -> None:
         started = _clock()
+        loop = asyncio.get_running_loop()
+        deadline = ex.started + self.settings.total_timeout
+        idle = self.settings.idle_timeout
+        parts: list[bytes] = []
         try:
-            async with asyncio.timeout(self.settings.total_timeout):
-                raw = await response.aread()
+            async with asyncio.timeout(None) as timer:
+                while True:  # chunk by chunk, so a body that stalls midway hits the idle timeout
+                    timer.reschedule(loop.time() + min(idle, deadline - _clock()))
+                    try:
+                        parts.append(await chunks.__anext__())
+                    except StopAsyncIteration:
+                        break
+            raw = b"".join(parts)
         except TimeoutError:
-            raise GatewayError(504, "The upstream did not finish in time.", code="upstream_timeout") from None
+            raise Retry(GatewayError(504, f"The upstream stopped sending its answer for {idle:g}s.",
+                                     code="upstream_timeout"), "timeout") from None
         except httpx.HTTPError as exc:
             raise Retry(GatewayError(502, f"Upstream failed mid-response: {exc.__class__.__name__}",
                                      code="upstream_error"), "broken") from None

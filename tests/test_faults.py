@@ -216,7 +216,7 @@ def test_queue_is_fifo_and_bounded(upstream: UpstreamProcess, registry_file: Pat
     env = {**FAKE_ENV, "GATEWAY_MODEL_CONCURRENCY": "1", "GATEWAY_QUEUE_SIZE": "4"}
     with GatewayProcess(upstream=upstream.url, registry=registry_file, env=env, log_path=tmp_path / "g.log") as g:
         g.wait_ready()
-        upstream.configure(delay_ms=250)
+        upstream.configure(delay_ms=600)
         results: dict[int, httpx.Response] = {}
 
         def send(i: int) -> None:
@@ -228,7 +228,7 @@ def test_queue_is_fifo_and_bounded(upstream: UpstreamProcess, registry_file: Pat
             t = threading.Thread(target=send, args=(i,))
             t.start()
             threads.append(t)
-            time.sleep(0.04)  # a known arrival order
+            time.sleep(0.03)  # a known arrival order
         for t in threads:
             t.join(30)
         statuses = [results[i].status_code for i in range(7)]

@@ -1,0 +1,445 @@
+"""A fault-injecting OpenAI-compatible upstream for tests: a real HTTP server on 127.0.0.1.
+
+Raw asyncio + httptools, one process, so it is cheap enough to sit behind load tests. It serves
+``/v1/models``, ``/v1/chat/completions`` and ``/v1/completions`` (JSON or SSE), the same under the
+``/catalogs/local`` prefix, and with ``--foundry`` mimics Foundry Local's local-catalog management
+(``/models/loaded``, ``/models/load/{alias}``, "Model not loaded", the max_tokens rejection and the
+200-plus-error-event stream). Tests steer it out of band:
+
+  POST /_config {chunks, chunk_delay_ms, ttft_ms, delay_ms, reply}   defaults for replies
+  POST /_fault  {mode, count, model, ...params}                       queue a fault
+  POST /_reset                                                        clear faults, config, stats
+  GET  /_stats                                                        what it saw
+
+Fault modes: slow_first_byte(seconds), stall(after), reset(after), status(status), garbage_sse,
+wrong_content_type, huge(bytes), stream_error, close, delay_chunks(ms).
+
+Run: ``python -m tests.fakes.upstream --port 0 --models a,b [--foundry]``; it prints
+``READY http://127.0.0.1:PORT`` once listening.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import deque
+from types import TracebackType
+from typing import Any
+
+import httptools
+import orjson
+
+DEFAULTS: dict[str, Any] = {"chunks": 4, "chunk_delay_ms": 0.0, "ttft_ms": 0.0, "delay_ms": 0.0, "reply": None}
+PREFIX = "/catalogs/local"
+_VARIANT = re.compile(r"-generic-(cpu|gpu)$")
+
+
+def alias_of(model_id: str) -> str:
+    return _VARIANT.sub("", model_id.split(":")[0])
+
+
+class State:
+    def __init__(self, models: list[str], foundry: bool) -> None:
+        self.models = models
+        self.foundry = foundry
+        self.loaded: set[str] = set()
+        self.reset()
+
+    def reset(self) -> None:
+        self.config = dict(DEFAULTS)
+        self.faults: list[dict[str, Any]] = []
+        self.stats: dict[str, Any] = {
+            "requests": 0, "by_path": {}, "last_bodies": deque(maxlen=50), "streams_started": 0,
+            "streams_completed": 0, "streams_cancelled": 0, "load_calls": 0, "by_model": {},
+        }
+        self.open_connections = 0
+
+    def take_fault(self, model: str) -> dict[str, Any] | None:
+        for fault in self.faults:
+            if fault.get("model") in (None, model):
+                count = fault.get("count")
+                if count is not None:
+                    fault["count"] = count - 1
+                    if fault["count"] <= 0:
+                        self.faults.remove(fault)
+                return fault
+        return None
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.body: list[bytes] = []
+        self.queue: deque[tuple[str, str, bytes]] = deque()
+        self.busy = False
+
+    # --- protocol ---------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.state.open_connections += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.state.open_connections -= 1
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.write_json(400, {"error": {"message": "bad HTTP", "type": "invalid_request_error"}})
+            self.close()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        method = self.parser.get_method().decode()
+        self.queue.append((method, self.url.decode(), b"".join(self.body)))
+        self.url, self.body = b"", []
+        if not self.busy:
+            self.busy = True
+            asyncio.ensure_future(self.serve_queue())
+
+    async def serve_queue(self) -> None:
+        while self.queue and not self.closed:
+            method, url, body = self.queue.popleft()
+            try:
+                await handle(self, method, url, body)
+            except Exception as exc:  # a bug here must show in the test, not hang it
+                self.write_json(500, {"error": {"message": f"fake upstream bug: {exc!r}", "type": "api_error"}})
+        self.busy = False
+
+    # --- writing ------------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def write_head(self, status: int, content_type: str, length: int | None = None) -> None:
+        head = f"HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\n"
+        head += f"content-length: {length}\r\n" if length is not None else "transfer-encoding: chunked\r\n"
+        self.write(head.encode() + b"\r\n")
+
+    def write_json(self, status: int, obj: Any) -> None:
+        body = orjson.dumps(obj)
+        self.write_head(status, "application/json", len(body))
+        self.write(body)
+
+    def write_chunk(self, data: bytes) -> None:
+        self.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def end_chunks(self) -> None:
+        self.write(b"0\r\n\r\n")
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def error(message: str, etype: str = "invalid_request_error") -> dict[str, Any]:
+    return {"error": {"message": message, "type": etype}}
+
+
+async def handle(conn: Connection, method: str, url: str, raw: bytes) -> None:
+    state = conn.state
+    path = url.split("?")[0]
+    state.stats["by_path"][path] = state.stats["by_path"].get(path, 0) + 1
+    if path.startswith("/_"):
+        return control(conn, method, path, raw)
+    if path.startswith(PREFIX):
+        path = path[len(PREFIX):]
+    if path == "/status":
+        return conn.write_json(200, {"pid": os.getpid(), "endpoints": []})
+    if path == "/v1/models" and method == "GET":
+        return conn.write_json(200, {"object": "list", "data": [
+            {"id": m, "object": "model", "owned_by": "fake"} for m in state.models]})
+    if path == "/models/loaded":
+        return conn.write_json(200, sorted(state.loaded))
+    for action in ("load", "unload"):
+        if path.startswith(f"/models/{action}/"):
+            return manage(conn, action, path.rsplit("/", 1)[1])
+    if method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
+        return await infer(conn, path.endswith("chat/completions"), raw)
+    return conn.write_json(404, error(f"no route {method} {path}"))
+
+
+def control(conn: Connection, method: str, path: str, raw: bytes) -> None:
+    state = conn.state
+    body = orjson.loads(raw) if raw.strip() else {}
+    if path == "/_config":
+        state.config.update(body)
+    elif path == "/_fault":
+        state.faults.append(body)
+    elif path == "/_reset":
+        state.reset()
+    elif path == "/_stats":
+        return conn.write_json(200, {**state.stats, "last_bodies": list(state.stats["last_bodies"]),
+                                     "open_connections": state.open_connections, "loaded": sorted(state.loaded)})
+    conn.write_json(200, {"ok": True})
+
+
+def manage(conn: Connection, action: str, alias: str) -> None:
+    state = conn.state
+    match = next((m for m in state.models if alias_of(m) == alias), None)
+    if not state.foundry or match is None:
+        return conn.write_json(404, error(f"Model not found: {alias}"))
+    if action == "load":
+        state.stats["load_calls"] += 1
+        status = "already_loaded" if match in state.loaded else "loaded"
+        state.loaded.add(match)
+    else:
+        status = "unloaded" if match in state.loaded else "not_loaded"
+        state.loaded.discard(match)
+    conn.write_json(200, {"status": status})
+
+
+def pieces(text: str, n: int) -> list[str]:
+    if n > len(text):
+        text = ((text + " ") * math.ceil(n / max(1, len(text))))[: max(n, len(text))]
+    return [text[i * len(text) // n:(i + 1) * len(text) // n] for i in range(n)]
+
+
+async def infer(conn: Connection, chat: bool, raw: bytes) -> None:
+    state = conn.state
+    try:
+        body = orjson.loads(raw)
+        assert isinstance(body, dict)
+    except (orjson.JSONDecodeError, AssertionError):
+        return conn.write_json(400, error("invalid JSON body"))
+    state.stats["requests"] += 1
+    state.stats["last_bodies"].append(body)
+    model = str(body.get("model"))
+    state.stats["by_model"][model] = state.stats["by_model"].get(model, 0) + 1
+    stream = body.get("stream") is True
+    if model not in state.models:
+        return conn.write_json(404, error(f"Model not found: {model}"))
+    fault = state.take_fault(model) or {}
+    mode = fault.get("mode")
+    if state.foundry and mode is None:
+        if model not in state.loaded:
+            return conn.write_json(400, error(f"Model not loaded: {model} must be loaded before inference"))
+        if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+            message = "Requested output length exceeds the model's maximum context length"
+            if not stream:
+                return conn.write_json(400, error(message))
+            mode = "stream_error"
+    cfg = state.config
+    if mode == "slow_first_byte":
+        await asyncio.sleep(float(fault.get("seconds", 2)))
+    elif mode == "status":
+        status = int(fault.get("status", 500))
+        return conn.write_json(status, error(f"injected HTTP {status}", "api_error" if status >= 500 else
+                                             "invalid_request_error"))
+    elif mode == "close":
+        return conn.close()
+    elif mode == "wrong_content_type":
+        page = b"<html>oops</html>"
+        conn.write_head(200, "text/html", len(page))
+        return conn.write(page)
+    elif mode == "garbage_sse":
+        conn.write_head(200, "text/event-stream")
+        conn.write_chunk(b"data: {not json\n\ngarbage without data\n\n")
+        return conn.end_chunks()
+    elif mode == "stream_error":
+        conn.write_head(200, "text/event-stream")
+        message = "Requested output length exceeds the model's maximum context length"
+        conn.write_chunk(b"data: " + orjson.dumps(error(message)) + b"\n\n")
+        return conn.end_chunks()
+
+    text = cfg["reply"] or f"Hello from {model}."
+    if mode == "huge":
+        text = "x" * int(fault.get("bytes", 20_000_000))
+    n = int(cfg["chunks"])
+    parts = pieces(text, n) if mode != "huge" else [text]
+    prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []) if isinstance(m, dict))
+    prompt_tokens += len(str(body.get("prompt", "")).split())
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(parts),
+             "total_tokens": prompt_tokens + len(parts)}
+    created = int(time.time())
+    rid = f"chatcmpl-{state.stats['requests']}"
+    if not stream:
+        await asyncio.sleep(float(cfg["delay_ms"]) / 1000)
+        if chat:
+            payload: dict[str, Any] = {"id": rid, "object": "chat.completion", "created": created, "model": model,
+                                       "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                                    "finish_reason": "stop"}], "usage": usage}
+        else:
+            payload = {"id": rid.replace("chat", ""), "object": "text_completion", "created": created, "model": model,
+                       "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+                       "usage": usage}
+        data = orjson.dumps(payload)
+        if mode in ("stall", "reset"):
+            conn.write_head(200, "application/json", len(data))
+            conn.write(data[: len(data) // 2])
+            if mode == "reset":
+                return conn.abort()
+            return await stall(conn)
+        conn.write_head(200, "application/json", len(data))
+        return conn.write(data)
+
+    state.stats["streams_started"] += 1
+    conn.write_head(200, "text/event-stream")
+
+    def event(delta: dict[str, Any] | None, finish: str | None = None, text_piece: str | None = None) -> bytes:
+        if chat:
+            chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                     "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}]}
+        else:
+            chunk = {"id": rid, "object": "text_completion", "created": created, "model": model,
+                     "choices": [{"index": 0, "text": text_piece or "", "finish_reason": finish}]}
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    await asyncio.sleep(float(cfg["ttft_ms"]) / 1000)
+    if chat:
+        conn.write_chunk(event({"role": "assistant", "content": ""}))
+    delay = float(fault.get("ms", cfg["chunk_delay_ms"])) / 1000
+    after = int(fault.get("after", 2))
+    for i, piece in enumerate(parts):
+        if mode in ("stall", "reset") and i == after:
+            if mode == "reset":
+                return conn.abort()
+            return await stall(conn)
+        await asyncio.sleep(delay)
+        if conn.closed:
+            state.stats["streams_cancelled"] += 1
+            return
+        conn.write_chunk(event({"content": piece}, text_piece=piece))
+    conn.write_chunk(event({}, "stop"))
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage"):
+        conn.write_chunk(b"data: " + orjson.dumps({"id": rid, "object": "chat.completion.chunk", "created": created,
+                                                   "model": model, "choices": [], "usage": usage}) + b"\n\n")
+    conn.write_chunk(b"data: [DONE]\n\n")
+    conn.end_chunks()
+    await asyncio.sleep(0)
+    if conn.closed:
+        state.stats["streams_cancelled"] += 1
+    else:
+        state.stats["streams_completed"] += 1
+
+
+async def stall(conn: Connection) -> None:
+    deadline = time.monotonic() + 600
+    while not conn.closed and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    conn.state.stats["streams_cancelled"] += 1
+
+
+async def serve(host: str, port: int, models: list[str], foundry: bool) -> None:
+    state = State(models, foundry)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: Connection(state), host, port, backlog=1024)
+    sock_port = server.sockets[0].getsockname()[1]
+    print(f"READY http://{host}:{sock_port}", flush=True)
+    stop = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    await stop
+    server.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--models", default="fake", help="comma-separated model ids")
+    parser.add_argument("--foundry", action="store_true", help="mimic Foundry Local's local catalog")
+    args = parser.parse_args()
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    asyncio.run(serve(args.host, args.port, [m for m in args.models.split(",") if m], args.foundry))
+
+
+# --- for tests: the server as a managed subprocess -------------------------------------------------------
+
+
+class UpstreamProcess:
+    """``with UpstreamProcess(models=[...]) as up:`` — a running fake upstream, stopped by PID on exit."""
+
+    def __init__(self, models: list[str], foundry: bool = False) -> None:
+        self.models = models
+        self.foundry = foundry
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def __enter__(self) -> UpstreamProcess:
+        cmd = [sys.executable, "-m", "tests.fakes.upstream", "--port", "0", "--models", ",".join(self.models)]
+        if self.foundry:
+            cmd.append("--foundry")
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        self.proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + 10
+        line = ""
+        while time.monotonic() < deadline and not line.startswith("READY"):
+            line = self.proc.stdout.readline().strip()
+            if self.proc.poll() is not None:
+                break
+        if not line.startswith("READY"):
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"fake upstream did not start: {line!r}")
+        self.url = line.split()[1]
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(3)
+
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
+        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST",
+                                         headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
+
+    def configure(self, **config: Any) -> None:
+        self._post("/_config", config)
+
+    def fault(self, mode: str, count: int | None = None, model: str | None = None, **params: Any) -> None:
+        self._post("/_fault", {"mode": mode, "count": count, "model": model, **params})
+
+    def reset(self) -> None:
+        self._post("/_reset", {})
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/_stats", timeout=5) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+
+
+if __name__ == "__main__":
+    main()
