@@ -140,6 +140,10 @@ async def admin_status(request: Request, authorization: str | None = Header(None
         "upstream": {"url": gw.upstream.base_url, "kind": gw.upstream.kind, "up": gw.inventory.up,
                      "ids": gw.inventory.ids, "loaded": sorted(gw.inventory.loaded), "resolved": gw.inventory.resolved},
         "memory": {"total_gb": gw.memory.total_gb, "budget_gb": gw.memory.budget_gb, "source": gw.memory.source},
+        "managed": None if gw.managed is None else {
+            "pid": gw.managed.pid, "url": gw.managed.url, "restarts": gw.managed.restarts,
+            "running": gw.managed.is_running,
+        },
         "in_flight": gw.admission.in_flight,
         "queued": gw.admission.queued,
         "cooling_down": sorted(gw.breaker.cooling()),
