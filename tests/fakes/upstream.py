@@ -86,6 +86,7 @@ class Connection(asyncio.Protocol):
         self.body: list[bytes] = []
         self.queue: deque[tuple[str, str, bytes]] = deque()
         self.busy = False
+        self.task: asyncio.Future[None] | None = None
 
     # --- protocol ---------------------------------------------------------------------------------
 
@@ -116,7 +117,7 @@ class Connection(asyncio.Protocol):
         self.url, self.body = b"", []
         if not self.busy:
             self.busy = True
-            asyncio.ensure_future(self.serve_queue())
+            self.task = asyncio.ensure_future(self.serve_queue())
 
     async def serve_queue(self) -> None:
         while self.queue and not self.closed:
