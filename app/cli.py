@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
-import importlib.util
 import os
 import shutil
 import sys
@@ -22,7 +20,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from app import __version__
+from app import __version__, benchmark
 from app.errors import GatewayError
 from app.registry import FIELDS, RegistryError, build_registry, dump_registry, load_registry
 from app.settings import Settings, load_settings
@@ -355,8 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="print the README settings table")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    if importlib.util.find_spec("app.benchmark"):  # TODO(lead): import directly once it lands
-        importlib.import_module("app.benchmark").add_parser(sub)
+    benchmark.add_parser(sub)
     return parser
 
 

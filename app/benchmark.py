@@ -1,0 +1,354 @@
+"""``foundry-gateway bench``: latency, time to first token and tokens/s per model over a fixed prompt set.
+
+Every request streams (TTFT needs it) with ``stream_options.include_usage`` so token counts come from
+the runtime, not from counting chunks. Results go to timestamped CSV and JSON files with empty
+``fluency``/``relevance``/``correctness`` columns that ``bench --rate FILE`` fills in, 1-5, by hand:
+latency is measured, quality is judged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+SCORES = ("fluency", "relevance", "correctness")
+COLUMNS = (
+    "model", "task", "prompt_id", "repetition", "status", "latency_s", "ttft_s", "completion_tokens",
+    "tokens_per_s", "routed_model", "output", "reference", *SCORES,
+)
+err = Console(stderr=True)
+
+
+class BenchError(Exception):
+    """A problem the user must fix (unreachable gateway, no models, bad prompt file)."""
+
+
+# --- inputs -----------------------------------------------------------------------------------------------
+
+
+def load_prompts(path: Path) -> list[dict[str, Any]]:
+    prompts = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise BenchError(f"cannot read prompts file {path}: {exc.strerror}") from exc
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BenchError(f"{path}:{number}: not JSON: {exc.msg}") from exc
+        if not isinstance(item, dict) or not item.get("id") or not item.get("task") or not (
+                item.get("prompt") or item.get("messages")):
+            raise BenchError(f"{path}:{number}: needs id, task and prompt (or messages)")
+        prompts.append(item)
+    if not prompts:
+        raise BenchError(f"{path} has no prompts")
+    return prompts
+
+
+def pick_models(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Rows of /v1/models to benchmark: the named ones, else every model that fits and is available."""
+    try:
+        response = httpx.get(f"{args.gateway.rstrip('/')}/v1/models", timeout=10, headers=_auth(args))
+        rows: list[dict[str, Any]] = response.json()["data"]
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        raise BenchError(f"cannot list models from the gateway at {args.gateway}: {exc}") from exc
+    if args.model:
+        wanted = {name.lower() for name in args.model}
+        chosen = [row for row in rows if row["id"].lower() in wanted]
+        missing = wanted - {row["id"].lower() for row in chosen}
+        if missing:
+            raise BenchError(f"not in the registry: {', '.join(sorted(missing))}")
+        return chosen
+    chosen = [row for row in rows if row.get("fits") and row.get("available") is not False]
+    if not chosen:
+        raise BenchError("no registry model fits this host and is available on the upstream")
+    return chosen
+
+
+def _auth(args: argparse.Namespace) -> dict[str, str]:
+    return {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+
+
+# --- running ---------------------------------------------------------------------------------------------
+
+
+def run_one(client: httpx.Client, url: str, model: str, prompt: dict[str, Any], args: argparse.Namespace
+            ) -> dict[str, Any]:
+    messages = prompt.get("messages") or [{"role": "user", "content": prompt["prompt"]}]
+    body = {"model": model, "messages": messages, "stream": True, "max_tokens": args.max_tokens,
+            "temperature": args.temperature, "stream_options": {"include_usage": True}}
+    row: dict[str, Any] = {"status": "ok", "latency_s": None, "ttft_s": None, "completion_tokens": None,
+                           "tokens_per_s": None, "routed_model": "", "output": ""}
+    started = time.perf_counter()
+    first = None
+    pieces: list[str] = []
+    usage: dict[str, Any] | None = None
+    try:
+        with client.stream("POST", url, json=body, headers={"X-Task": prompt["task"]},
+                           timeout=args.timeout) as response:
+            row["routed_model"] = response.headers.get("x-gateway-model", model)
+            if response.status_code >= 400:
+                response.read()
+                message = response.json().get("error", {}).get("message", response.text[:200])
+                return {**row, "status": f"error: HTTP {response.status_code}: {message}"}
+            for line in response.iter_lines():
+                if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                    continue
+                event = json.loads(line[5:])
+                if "error" in event:
+                    return {**row, "status": f"error: {event['error'].get('message', event['error'])}"}
+                if event.get("usage"):
+                    usage = event["usage"]
+                for choice in event.get("choices") or []:
+                    piece = (choice.get("delta") or {}).get("content") or ""
+                    if piece:
+                        first = first or time.perf_counter()
+                        pieces.append(piece)
+    except (httpx.HTTPError, ValueError) as exc:
+        return {**row, "status": f"error: {exc.__class__.__name__}: {exc}"}
+    latency = time.perf_counter() - started
+    tokens = (usage or {}).get("completion_tokens") or len(pieces)
+    ttft = (first - started) if first else None
+    generation = latency - (ttft or 0.0)
+    return {**row, "latency_s": round(latency, 4), "ttft_s": round(ttft, 4) if ttft is not None else None,
+            "completion_tokens": tokens, "tokens_per_s": round(tokens / generation, 1) if generation > 0 else None,
+            "output": "".join(pieces)}
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    prompts = load_prompts(Path(args.prompts))
+    models = pick_models(args)
+    if args.direct:
+        if not args.upstream:
+            raise BenchError("--direct needs --upstream URL (the upstream's OpenAI base URL, with /v1)")
+        url = f"{args.upstream.rstrip('/')}/chat/completions"
+    else:
+        url = f"{args.gateway.rstrip('/')}/v1/chat/completions"
+    plan = [(m, p, r) for m in models for p in prompts if p["task"] in m["tasks"] for r in range(args.repeat)]
+    if not plan:
+        raise BenchError("no prompt has a task that the selected models serve")
+    results = []
+    started = datetime.now(UTC)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with httpx.Client(headers=_auth(args)) as client, Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task("bench", total=len(plan))
+        for model, prompt, repetition in plan:
+            progress.update(task, description=f"{model['id']} · {prompt['id']}")
+            target = model["upstream_id"] if args.direct else model["id"]
+            row = run_one(client, url, target, prompt, args)
+            results.append({"model": model["id"], "task": prompt["task"], "prompt_id": prompt["id"],
+                            "repetition": repetition + 1, **row, "reference": prompt.get("reference", ""),
+                            **dict.fromkeys(SCORES, "")})
+            progress.advance(task)
+    meta = {"started": started.isoformat(timespec="seconds"), "target": "direct" if args.direct else "gateway",
+            "url": url, "repeat": args.repeat, "max_tokens": args.max_tokens, "temperature": args.temperature,
+            "prompts": str(args.prompts), "host": platform.node(), "python": platform.python_version()}
+    return {"meta": meta, "results": results, "summary": summarize(results)}
+
+
+# --- results ---------------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = max(0, math.ceil(q * len(ordered)) - 1)
+    return round(ordered[index], 4)
+
+
+def summarize(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for row in results:
+        by_model.setdefault(row["model"], []).append(row)
+    summary = []
+    for model, rows in by_model.items():
+        ok = [r for r in rows if r["status"] == "ok"]
+        latency = [r["latency_s"] for r in ok]
+        ttft = [r["ttft_s"] for r in ok if r["ttft_s"] is not None]
+        speed = [r["tokens_per_s"] for r in ok if r["tokens_per_s"]]
+        summary.append({
+            "model": model, "requests": len(rows), "errors": len(rows) - len(ok),
+            "latency_p50_s": percentile(latency, 0.5), "latency_p95_s": percentile(latency, 0.95),
+            "ttft_p50_s": percentile(ttft, 0.5), "ttft_p95_s": percentile(ttft, 0.95),
+            "tokens_per_s_mean": round(statistics.fmean(speed), 1) if speed else None,
+        })
+    return summary
+
+
+def write_csv(path: Path, results: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(results)
+
+
+def write_results(doc: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    json_path, csv_path = out_dir / f"bench-{stamp}.json", out_dir / f"bench-{stamp}.csv"
+    json_path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_csv(csv_path, doc["results"])
+    return json_path, csv_path
+
+
+def write_plot(doc: dict[str, Any], path: Path) -> Path:
+    """Latency and TTFT per model: a PNG with matplotlib, else self-contained HTML with inline SVG."""
+    summary = doc["summary"]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return _write_svg_html(summary, path.with_suffix(".html"))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    names = [s["model"] for s in summary]
+    for ax, key, title in ((axes[0], "latency", "latency (s)"), (axes[1], "ttft", "time to first token (s)")):
+        p50 = [s[f"{key}_p50_s"] or 0 for s in summary]
+        p95 = [s[f"{key}_p95_s"] or 0 for s in summary]
+        x = range(len(names))
+        ax.bar([i - 0.2 for i in x], p50, width=0.4, label="p50")
+        ax.bar([i + 0.2 for i in x], p95, width=0.4, label="p95")
+        ax.set_xticks(list(x), names, rotation=20, ha="right")
+        ax.set_title(title)
+        ax.legend()
+    fig.suptitle(f"foundry-gateway bench {doc['meta']['started']}")
+    fig.tight_layout()
+    png = path.with_suffix(".png")
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
+def _write_svg_html(summary: list[dict[str, Any]], path: Path) -> Path:
+    top = max([s["latency_p95_s"] or 0 for s in summary] + [1e-9])
+    bars = []
+    for i, s in enumerate(summary):
+        for j, key in enumerate(("latency_p50_s", "latency_p95_s", "ttft_p50_s")):
+            height = 200 * (s[key] or 0) / top
+            bars.append(f'<rect x="{40 + i * 90 + j * 22}" y="{220 - height:.1f}" width="20" height="{height:.1f}" '
+                        f'fill="{["#4c78a8", "#f58518", "#54a24b"][j]}"><title>{s["model"]} {key}: {s[key]}</title>'
+                        "</rect>")
+        bars.append(f'<text x="{40 + i * 90}" y="240" font-size="11">{s["model"]}</text>')
+    svg = f'<svg xmlns="http://www.w3.org/2000/svg" width="{60 + 90 * len(summary)}" height="260">{"".join(bars)}</svg>'
+    path.write_text(f"<!doctype html><meta charset=utf-8><title>bench</title><h3>latency p50/p95, TTFT p50 (s)</h3>"
+                    f"{svg}\n", encoding="utf-8")
+    return path
+
+
+def print_summary(summary: list[dict[str, Any]], console: Console) -> None:
+    table = Table(title="bench summary (seconds; tokens/s)", title_justify="left")
+    for name in ("model", "requests", "errors", "latency p50", "latency p95", "TTFT p50", "TTFT p95", "tokens/s"):
+        table.add_column(name, justify="left" if name == "model" else "right")
+
+    def fmt(value: float | None) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
+    for s in summary:
+        table.add_row(s["model"], str(s["requests"]), str(s["errors"]), fmt(s["latency_p50_s"]),
+                      fmt(s["latency_p95_s"]), fmt(s["ttft_p50_s"]), fmt(s["ttft_p95_s"]),
+                      "–" if s["tokens_per_s_mean"] is None else f"{s['tokens_per_s_mean']:.1f}")
+    console.print(table)
+
+
+# --- rating ------------------------------------------------------------------------------------------------
+
+
+def rate(path: Path, stdin: TextIO, console: Console) -> int:
+    """Ask a person for 1-5 scores of each unrated result; saves after every row (q quits)."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    rows = [r for r in doc["results"] if r["status"] == "ok" and not all(r.get(k) for k in SCORES)]
+    console.print(f"{len(rows)} results to rate in {path} (1-5, Enter skips, q saves and quits)")
+    for number, row in enumerate(rows, start=1):
+        console.rule(f"{number}/{len(rows)} · {row['model']} · {row['prompt_id']} #{row['repetition']}")
+        console.print(f"[bold]reference:[/] {row.get('reference') or '–'}", highlight=False)
+        console.print(f"[bold]output:[/] {row['output']}", highlight=False)
+        for key in SCORES:
+            while True:
+                console.print(f"{key} [1-5]: ", end="")
+                answer = stdin.readline()
+                if not answer:  # end of input: save what we have
+                    return _save_rating(doc, path, console)
+                answer = answer.strip().lower()
+                if answer == "q":
+                    return _save_rating(doc, path, console)
+                if answer == "":
+                    break
+                if answer in {"1", "2", "3", "4", "5"}:
+                    row[key] = int(answer)
+                    break
+                console.print("[red]enter 1-5, Enter to skip, q to quit[/]")
+        _save_rating(doc, path, console, quiet=True)
+    return _save_rating(doc, path, console)
+
+
+def _save_rating(doc: dict[str, Any], path: Path, console: Console, quiet: bool = False) -> int:
+    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_csv(path.with_suffix(".csv"), doc["results"])
+    if not quiet:
+        rated = sum(1 for r in doc["results"] if any(r.get(k) for k in SCORES))
+        console.print(f"saved {rated} rated results to {path} and {path.with_suffix('.csv')}")
+    return 0
+
+
+# --- command ---------------------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.rate:
+        return rate(Path(args.rate), sys.stdin, err)
+    try:
+        doc = run_bench(args)
+    except BenchError as exc:
+        err.print(f"[red]error[/] {exc}", highlight=False)
+        return 1
+    json_path, csv_path = write_results(doc, Path(args.out))
+    plot = write_plot(doc, json_path) if args.plot else None
+    if args.json:
+        sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    else:
+        print_summary(doc["summary"], Console())
+    err.print(f"wrote {csv_path} and {json_path}" + (f", plot {plot}" if plot else ""))
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "bench", help="Benchmark latency, TTFT and tokens/s per model over a fixed prompt set.",
+        description="Run config/prompts.jsonl through the gateway (or straight to the upstream) for every "
+        "selected model, streaming, and write CSV + JSON results with empty 1-5 rating columns.",
+    )
+    p.add_argument("--gateway", default="http://127.0.0.1:8080", help="gateway URL (default %(default)s)")
+    p.add_argument("--model", action="append", help="model to run (repeatable; default: all that fit)")
+    p.add_argument("--prompts", default="config/prompts.jsonl", help="prompt set, JSON lines (default %(default)s)")
+    p.add_argument("--repeat", type=int, default=3, help="repetitions per prompt (default %(default)s)")
+    p.add_argument("--max-tokens", type=int, default=64, help="max_tokens per request (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default %(default)s)")
+    p.add_argument("--direct", action="store_true", help="bypass the gateway: send to --upstream")
+    p.add_argument("--upstream", help="with --direct: the upstream's OpenAI base URL (…/v1)")
+    p.add_argument("--api-key", help="Bearer key for the gateway")
+    p.add_argument("--out", default="results", help="folder for the CSV/JSON/PNG (default %(default)s)")
+    p.add_argument("--plot", action="store_true", help="also write a latency/TTFT chart (PNG, or HTML)")
+    p.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
+    p.add_argument("--rate", metavar="FILE", help="score an earlier run's results (1-5) in the terminal")
+    p.set_defaults(func=cmd_bench)
