@@ -1,0 +1,97 @@
+"""Load on demand, single-flight loads, LRU unloading within the RAM budget and idle unloading, against
+the fake upstream in Foundry Local mode (the real runtime has one tiny model; these need several)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fakes.upstream import UpstreamProcess
+from tests.helpers import GatewayProcess, write_registry
+
+MODELS = ["alpha-generic-cpu:1", "beta-generic-cpu:1", "gamma-generic-cpu:2", "gamma-generic-cpu:1"]
+REGISTRY = [
+    {"name": "alpha", "task": "chat", "min_ram_gb": 6},
+    {"name": "beta", "task": "chat", "min_ram_gb": 6},
+    {"name": "gamma", "task": "code", "min_ram_gb": 1, "default_max_tokens": 7},
+]
+ENV = {"GATEWAY_UPSTREAM_KIND": "foundry", "GATEWAY_HOST_RAM_GB": "10", "GATEWAY_ACCESS_LOG": "false"}
+
+
+@pytest.fixture()
+def foundry_like() -> Iterator[UpstreamProcess]:
+    with UpstreamProcess(models=MODELS, foundry=True) as up:
+        yield up
+
+
+def start(up: UpstreamProcess, tmp_path: Path, **env: str) -> GatewayProcess:
+    registry = write_registry(tmp_path / "models.json", REGISTRY)
+    gw = GatewayProcess(upstream=up.url, registry=registry, env={**ENV, **env}, log_path=tmp_path / "gw.log")
+    gw.start().wait_ready()
+    return gw
+
+
+def ask(gw: GatewayProcess, model: str, **extra: object) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+    return httpx.post(f"{gw.base_url}/chat/completions", json=body, timeout=30)
+
+
+def test_names_resolve_to_upstream_ids(foundry_like: UpstreamProcess, tmp_path: Path) -> None:
+    gw = start(foundry_like, tmp_path)
+    try:
+        rows = {r["id"]: r for r in httpx.get(f"{gw.base_url}/models").json()["data"]}
+        assert rows["gamma"]["upstream_id"] == "gamma-generic-cpu:2"  # the highest version wins
+        r = ask(gw, "gamma")
+        assert r.status_code == 200 and r.json()["model"] == "gamma-generic-cpu:2"
+        body = foundry_like.stats()["last_bodies"][-1]
+        assert body["max_tokens"] == 7  # no max_tokens: the model's default, not Foundry Local's rejection
+    finally:
+        gw.stop()
+
+
+def test_burst_on_an_unloaded_model_loads_it_once(foundry_like: UpstreamProcess, tmp_path: Path) -> None:
+    gw = start(foundry_like, tmp_path, GATEWAY_MODEL_CONCURRENCY="16")
+    try:
+        statuses: list[int] = []
+        threads = [threading.Thread(target=lambda: statuses.append(ask(gw, "alpha", max_tokens=4).status_code))
+                   for _ in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert statuses == [200] * 10
+        assert foundry_like.stats()["load_calls"] == 1
+    finally:
+        gw.stop()
+
+
+def test_loading_beyond_the_budget_unloads_the_least_recently_used(foundry_like: UpstreamProcess,
+                                                                   tmp_path: Path) -> None:
+    gw = start(foundry_like, tmp_path)  # budget 9 GiB: alpha (6) and beta (6) do not fit together
+    try:
+        assert ask(gw, "alpha", max_tokens=4).status_code == 200
+        assert foundry_like.stats()["loaded"] == ["alpha-generic-cpu:1"]
+        assert ask(gw, "gamma", max_tokens=4).status_code == 200  # 6 + 1 fits: nothing unloaded
+        assert foundry_like.stats()["loaded"] == ["alpha-generic-cpu:1", "gamma-generic-cpu:2"]
+        assert ask(gw, "beta", max_tokens=4).status_code == 200
+        assert foundry_like.stats()["loaded"] == ["beta-generic-cpu:1", "gamma-generic-cpu:2"]
+    finally:
+        gw.stop()
+
+
+def test_idle_models_are_unloaded(foundry_like: UpstreamProcess, tmp_path: Path) -> None:
+    gw = start(foundry_like, tmp_path, GATEWAY_IDLE_UNLOAD_AFTER="1")
+    try:
+        assert ask(gw, "gamma", max_tokens=4).status_code == 200
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and foundry_like.stats()["loaded"]:
+            time.sleep(0.2)
+        assert foundry_like.stats()["loaded"] == []
+        assert ask(gw, "gamma", max_tokens=4).status_code == 200  # and loads again on demand
+    finally:
+        gw.stop()
