@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator, MutableMapping
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -335,7 +335,7 @@ class Proxy:
             try:
                 async with asyncio.timeout(self.settings.first_byte_timeout):
                     response = await gw.upstream.open(upstream_route, payload)
-                    chunks = response.aiter_raw()
+                    chunks = aiter(cast(httpx.AsyncByteStream, response.stream))  # raw bytes, no decoding layer
                     if response.status_code >= 400:
                         raw = await response.aread()
                         await response.aclose()
@@ -408,11 +408,15 @@ class Proxy:
         loop = asyncio.get_running_loop()
         deadline = ex.started + self.settings.total_timeout
         idle = self.settings.idle_timeout
+        rearm_at = 0.0  # the idle timer is re-armed at most every 5% of the timeout: it fires 95-100% idle after
         parts: list[bytes] = []
         try:
             async with asyncio.timeout(None) as timer:
                 while True:  # chunk by chunk, so a body that stalls midway hits the idle timeout
-                    timer.reschedule(loop.time() + min(idle, deadline - _clock()))
+                    now = loop.time()
+                    if now >= rearm_at:  # re-arming a timer per chunk costs more than the chunk itself
+                        timer.reschedule(now + min(idle, deadline - _clock()))
+                        rearm_at = now + idle * 0.05
                     try:
                         parts.append(await chunks.__anext__())
                     except StopAsyncIteration:
@@ -454,6 +458,7 @@ class Proxy:
         loop = asyncio.get_running_loop()
         deadline = ex.started + self.settings.total_timeout
         idle = self.settings.idle_timeout
+        rearm_at = 0.0  # the idle timer is re-armed at most every 5% of the timeout: it fires 95-100% idle after
         if not reply.started:
             await reply.start(response.status_code, b"text/event-stream")
         upstream_wait = 0.0
@@ -465,7 +470,10 @@ class Proxy:
                         out = inspector.block(block, splitter.sep)
                         if out:
                             await reply.body(out)
-                    timer.reschedule(loop.time() + min(idle, deadline - _clock()))
+                    now = loop.time()
+                    if now >= rearm_at:  # re-arming a timer per chunk costs more than the chunk itself
+                        timer.reschedule(now + min(idle, deadline - _clock()))
+                        rearm_at = now + idle * 0.05
                     waited = _clock()
                     try:
                         chunk = await chunks.__anext__()

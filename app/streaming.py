@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 
 DONE = b"data: [DONE]"
-_USAGE = re.compile(rb'"usage"\s*:\s*\{')
-_ERROR = re.compile(rb'^data:\s*\{\s*"error"\s*:', re.MULTILINE)
+# One scan per block finds the rare events that need a closer look: a usage object or an error event.
+_SPECIAL = re.compile(rb'"usage"\s*:\s*\{|^data:\s*\{\s*"error"\s*:', re.MULTILINE)
 _CONTENT = re.compile(rb'"(?:content|text|reasoning_content)"\s*:\s*"[^"]')
 
 
@@ -90,15 +90,14 @@ class StreamInspector:
 
     def block(self, block: bytes, sep: bytes = b"\n\n") -> bytes:
         """Inspect one block of complete events; returns the bytes to send on."""
-        if self.translate is not None or _USAGE.search(block) or _ERROR.search(block):
+        if self.translate is not None or _SPECIAL.search(block):
             return self._rewrite(block, sep)
-        if _CONTENT.search(block):
-            now = self.clock()
-            if not self.first_content:
-                self.first_content = now
-            self.last_content = now
         if DONE in block:
             self.done = True
+        elif self.first_content:
+            self.last_content = self.clock()  # after the first token, every plain block carries content
+        elif _CONTENT.search(block):
+            self.first_content = self.last_content = self.clock()
         return block
 
     def _rewrite(self, block: bytes, sep: bytes) -> bytes:
