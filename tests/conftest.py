@@ -37,13 +37,19 @@ def registry_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_registry(tmp_path_factory.mktemp("registry") / "models.json", FAKE_REGISTRY)
 
 
-@pytest.fixture(scope="module")
-def gateway(upstream: UpstreamProcess, registry_file: Path, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[GatewayProcess]:
-    log = tmp_path_factory.mktemp("logs") / "gateway.log"
-    with GatewayProcess(upstream=upstream.url, registry=registry_file, env=FAKE_ENV, log_path=log) as gw:
+def serve_fake(request: pytest.FixtureRequest, env: dict[str, str]) -> Iterator[GatewayProcess]:
+    """A ready gateway in front of the module's fake upstream, with extra settings; logs in a temp dir."""
+    upstream: UpstreamProcess = request.getfixturevalue("upstream")
+    registry: Path = request.getfixturevalue("registry_file")
+    log = request.getfixturevalue("tmp_path_factory").mktemp("gateway") / "gateway.log"
+    with GatewayProcess(upstream=upstream.url, registry=registry, env={**FAKE_ENV, **env}, log_path=log) as gw:
         gw.wait_ready()
         yield gw
+
+
+@pytest.fixture(scope="module")
+def gateway(request: pytest.FixtureRequest) -> Iterator[GatewayProcess]:
+    yield from serve_fake(request, {})
 
 
 @pytest.fixture()

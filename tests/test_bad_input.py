@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import FAKE_ENV
+from tests.conftest import FAKE_ENV, serve_fake
 from tests.fakes.upstream import UpstreamProcess
 from tests.helpers import ROOT, GatewayProcess
 
@@ -57,13 +57,8 @@ ROWS: list[tuple[str, str, str, Any, dict[str, str], int, str | None]] = [
 
 
 @pytest.fixture(scope="module")
-def gw(upstream: UpstreamProcess, registry_file: Path, tmp_path_factory: pytest.TempPathFactory
-       ) -> Iterator[GatewayProcess]:
-    env = {**FAKE_ENV, "GATEWAY_API_KEYS": f"other-key,{KEY}", "GATEWAY_ADMIN_API_KEY": "admin-key"}
-    log = tmp_path_factory.mktemp("badinput") / "gateway.log"
-    with GatewayProcess(upstream=upstream.url, registry=registry_file, env=env, log_path=log) as gateway:
-        gateway.wait_ready()
-        yield gateway
+def gw(request: pytest.FixtureRequest) -> Iterator[GatewayProcess]:
+    yield from serve_fake(request, {"GATEWAY_API_KEYS": f"other-key,{KEY}", "GATEWAY_ADMIN_API_KEY": "admin-key"})
 
 
 def send(gw: GatewayProcess, method: str, path: str, body: Any, headers: dict[str, str]) -> httpx.Response:

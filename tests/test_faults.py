@@ -12,13 +12,12 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import FAKE_ENV
+from tests.conftest import FAKE_ENV, serve_fake
 from tests.fakes.upstream import UpstreamProcess
 from tests.helpers import GatewayProcess
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 FAULT_ENV = {
-    **FAKE_ENV,
     "GATEWAY_FIRST_BYTE_TIMEOUT": "1",
     "GATEWAY_IDLE_TIMEOUT": "1",
     "GATEWAY_KEEPALIVE_INTERVAL": "0.3",
@@ -27,12 +26,8 @@ FAULT_ENV = {
 
 
 @pytest.fixture(scope="module")
-def gw(upstream: UpstreamProcess, registry_file: Path, tmp_path_factory: pytest.TempPathFactory
-       ) -> Iterator[GatewayProcess]:
-    log = tmp_path_factory.mktemp("faults") / "gateway.log"
-    with GatewayProcess(upstream=upstream.url, registry=registry_file, env=FAULT_ENV, log_path=log) as gateway:
-        gateway.wait_ready()
-        yield gateway
+def gw(request: pytest.FixtureRequest) -> Iterator[GatewayProcess]:
+    yield from serve_fake(request, FAULT_ENV)
 
 
 def chat(gw: GatewayProcess, stream: bool = False, timeout: float = 15, **extra: object) -> httpx.Response:
@@ -216,7 +211,7 @@ def test_queue_is_fifo_and_bounded(upstream: UpstreamProcess, registry_file: Pat
     env = {**FAKE_ENV, "GATEWAY_MODEL_CONCURRENCY": "1", "GATEWAY_QUEUE_SIZE": "4"}
     with GatewayProcess(upstream=upstream.url, registry=registry_file, env=env, log_path=tmp_path / "g.log") as g:
         g.wait_ready()
-        upstream.configure(delay_ms=600)
+        upstream.configure(delay_ms=900)
         results: dict[int, httpx.Response] = {}
 
         def send(i: int) -> None:
@@ -228,7 +223,7 @@ def test_queue_is_fifo_and_bounded(upstream: UpstreamProcess, registry_file: Pat
             t = threading.Thread(target=send, args=(i,))
             t.start()
             threads.append(t)
-            time.sleep(0.03)  # a known arrival order
+            time.sleep(0.06)  # a known arrival order
         for t in threads:
             t.join(30)
         statuses = [results[i].status_code for i in range(7)]
@@ -236,4 +231,4 @@ def test_queue_is_fifo_and_bounded(upstream: UpstreamProcess, registry_file: Pat
         assert results[6].headers["retry-after"].isdigit()
         assert_openai_error(results[6], 429, "overloaded")
         served = [b["messages"][0]["content"] for b in upstream.stats()["last_bodies"]][-5:]
-        assert served == [f"request {i}" for i in range(5)]
+        assert served == [f"request {i}" for i in range(5)], served
