@@ -180,6 +180,9 @@ class Proxy:
                 if self.gw.draining:
                     raise GatewayError(503, "The gateway is shutting down.", code="shutting_down")
                 raw = await self._read_body(receive, headers)
+                if raw is None:
+                    ex.aborted = True
+                    return
                 watcher = asyncio.ensure_future(self._watch(receive, ex, asyncio.current_task()))
                 await self._serve(ex, reply, raw, _text(headers.get(self.task_header)))
             except GatewayError as err:
@@ -205,7 +208,7 @@ class Proxy:
 
     # --- request ---------------------------------------------------------------------------------
 
-    async def _read_body(self, receive: Any, headers: dict[bytes, bytes]) -> bytes:
+    async def _read_body(self, receive: Any, headers: dict[bytes, bytes]) -> bytes | None:
         limit = self.settings.max_body_bytes
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -221,7 +224,7 @@ class Proxy:
         while message.get("more_body"):
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise asyncio.CancelledError
+                return None  # the client left while sending its body
             part = message.get("body", b"")
             size += len(part)
             if size > limit:
