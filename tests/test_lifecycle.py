@@ -62,3 +62,17 @@ def test_access_log_line_and_request_id(upstream: UpstreamProcess, registry_file
     streamed = next(line for line in lines if line["request_id"] == generated.headers["x-request-id"])
     assert streamed["stream"] is True and streamed["ttft_ms"] > 0
     assert "secret prompt" not in log.read_text()  # no prompt text unless GATEWAY_LOG_PROMPTS=true
+
+
+def test_external_mode_discovers_the_url_from_the_foundry_cli(upstream: UpstreamProcess, registry_file: Path,
+                                                                tmp_path: Path) -> None:
+    """Foundry Local's port can change between restarts: with no URL set, ask `foundry service status`."""
+    fake_cli = tmp_path / "bin" / "foundry"
+    fake_cli.parent.mkdir()
+    fake_cli.write_text("#!/bin/sh\n"
+                        f"echo '🟢 Model management service is running on {upstream.url}/openai/status'\n")
+    fake_cli.chmod(0o755)
+    env = {**FAKE_ENV, "GATEWAY_UPSTREAM_MODE": "external", "PATH": f"{fake_cli.parent}:/usr/bin:/bin"}
+    gw = GatewayProcess(registry=registry_file, env=env, log_path=tmp_path / "g.log")
+    with gw:
+        assert gw.wait_ready()["upstream"]["url"] == upstream.url
