@@ -199,10 +199,13 @@ class RequestSeries:
 
 
 def status_class(status: int, aborted: bool = False) -> str:
+    """The ``status_class`` label; a request that ended without any response counts as 5xx."""
     if aborted:
         return "aborted"
-    if status < 400:
+    if 0 < status < 400:
         return "2xx"
+    if status == 0:
+        return "5xx"
     if status < 500:
         return "4xx"
     return "5xx"

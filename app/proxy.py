@@ -29,6 +29,7 @@ from app import compat
 from app.errors import GatewayError, upstream_error_from_body
 from app.gateway import Gateway
 from app.limiter import Limiter
+from app.metrics import status_class as status_class_of
 from app.registry import ModelEntry
 from app.routing import Route
 from app.streaming import EventSplitter, StreamInspector, error_event, event_json
@@ -304,11 +305,14 @@ class Proxy:
                 if done:
                     return task.result()
                 await reply.keepalive()
-        finally:
+        except BaseException:
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
+            elif not task.cancelled() and task.exception() is None:
+                await task.result()[0].aclose()  # opened just as we were cancelled: do not leak it
+            raise
 
     async def _open(
         self, ex: Exchange, entry: ModelEntry, body: dict[str, Any], limiters: list[Limiter]
@@ -525,7 +529,7 @@ class Proxy:
         elapsed = _clock() - ex.started
         model = ex.entry.name if ex.entry else None
         series = metrics.series(ex.route_name, ex.task, model)
-        status_class = "aborted" if ex.aborted else ("2xx" if ex.status < 400 else "4xx" if ex.status < 500 else "5xx")
+        status_class = status_class_of(ex.status, ex.aborted)
         series.status[status_class].inc()
         series.duration.observe(elapsed)
         if ex.upstream_wait:
