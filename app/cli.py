@@ -105,7 +105,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"(upstream: {settings.upstream_mode}, registry: {settings.registry_path})")
     uvicorn.run(
         "app.main:create_app", factory=True, host=settings.host, port=settings.port, workers=settings.workers,
-        loop="uvloop", http="httptools", log_level="warning", access_log=False,
+        loop="uvloop", http="httptools", log_level="warning", access_log=False, proxy_headers=False,
         timeout_graceful_shutdown=round(settings.shutdown_grace) or None, timeout_keep_alive=30,
     )
     return 0

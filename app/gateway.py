@@ -54,6 +54,7 @@ class Gateway:
         )
         self.admission = Limiter("the gateway", settings.max_in_flight, settings.queue_size, settings.queue_timeout)
         self._limiters: dict[str, Limiter] = {}
+        self._routes: dict[tuple[object, ...], Route] = {}
         self._api_keys = tuple(k.encode() for k in settings.all_api_keys)
         self.managed: Any = None  # ManagedFoundry in managed mode
         self._tasks: list[asyncio.Task[None]] = []
@@ -65,10 +66,20 @@ class Gateway:
     # --- routing and admission --------------------------------------------------------------------
 
     def route(self, model: str | None, task: str | None) -> Route:
-        return choose(
-            self.registry, model=model, task=task, default_task=self.settings.default_task,
-            budget_gb=self.memory.budget_gb, available=self.inventory.available, cooling=self.breaker.cooling(),
-        )
+        """The routing policy's answer, memoised: it only changes with the registry, the upstream's
+        inventory or the breaker, and all three are part of the key (or clear the cache)."""
+        available, cooling = self.inventory.available, self.breaker.cooling()
+        key = (model, task, available, cooling)
+        route = self._routes.get(key)
+        if route is None:
+            route = choose(
+                self.registry, model=model, task=task, default_task=self.settings.default_task,
+                budget_gb=self.memory.budget_gb, available=available, cooling=cooling,
+            )
+            if len(self._routes) >= 1024:  # clients choose the strings in the key: stay bounded
+                self._routes.clear()
+            self._routes[key] = route
+        return route
 
     def limiter(self, entry: ModelEntry) -> Limiter:
         limiter = self._limiters.get(entry.name)
@@ -99,6 +110,7 @@ class Gateway:
 
     def _apply_registry(self, registry: Registry) -> None:
         self.registry = registry
+        self._routes = {}
         self.inventory.set_registry(registry)
         self.metrics.set_vocabulary((e.name for e in registry), registry.tasks)
         self.metrics.registry_models.set(len(registry))
