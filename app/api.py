@@ -14,7 +14,6 @@ from fastapi.responses import JSONResponse, Response
 
 from app.errors import GatewayError
 from app.gateway import Gateway
-from app.routing import AUTO_MODELS
 
 router = APIRouter()
 
@@ -172,5 +171,3 @@ async def completions(
 ) -> dict[str, Any]:
     raise GatewayError(500, "served by the proxy")  # pragma: no cover
 
-
-__all__ = ["AUTO_MODELS", "model_rows", "router"]

@@ -30,6 +30,7 @@ from app.routing import Route, choose
 from app.settings import Settings
 from app.upstream.client import Upstream
 from app.upstream.inventory import Inventory
+from app.upstream.managed import LocalModelSpec, ManagedFoundry
 
 log = logging.getLogger("foundry_gateway")
 
@@ -56,8 +57,8 @@ class Gateway:
         self._limiters: dict[str, Limiter] = {}
         self._routes: dict[tuple[object, ...], Route] = {}
         self._api_keys = tuple(k.encode() for k in settings.all_api_keys)
-        self.managed: Any = None  # ManagedFoundry in managed mode
-        self._tasks: list[asyncio.Task[None]] = []
+        self.managed: ManagedFoundry | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
         self.draining = False
         self._apply_registry(self.registry)
         self.metrics.host_ram.set(self.memory.total_gb * GIB)
@@ -164,7 +165,7 @@ class Gateway:
         if self.managed is not None:
             await self.managed.stop()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.append(task)
         task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
@@ -185,17 +186,13 @@ class Gateway:
 
     # --- managed Foundry Local -----------------------------------------------------------------------
 
-    def local_models(self) -> list[Any]:
-        from app.upstream.managed import LocalModelSpec
-
+    def local_models(self) -> list[LocalModelSpec]:
         return [
             LocalModelSpec(model_id=e.upstream_id or f"{e.name}-generic-cpu:1", path=str(e.path), task=_foundry_task(e))
             for e in self.registry if e.path is not None
         ]
 
     async def _start_managed(self) -> None:
-        from app.upstream.managed import ManagedFoundry
-
         self.managed = ManagedFoundry(
             cache_dir=self.settings.foundry_cache_dir.resolve(), models=self.local_models(),
             start_timeout=self.settings.foundry_start_timeout, log=log,
@@ -210,10 +207,7 @@ class Gateway:
         self.metrics.upstream_restarts.inc()
         self.upstream.set_base_url(url)
         self.inventory.loaded.clear()
-        self._spawn(self._refresh_once())
-
-    async def _refresh_once(self) -> None:
-        await self.inventory.refresh()
+        self._spawn(self.inventory.refresh())
 
     def _external_url(self) -> str | None:
         return self.settings.upstream_url or discover_foundry_url()

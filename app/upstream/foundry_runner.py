@@ -93,6 +93,9 @@ def main() -> int:
         registered, reused, errors = register(manager.get_catalog(CatalogType.LOCAL), specs)
         manager.start_web_service()
         url = (manager.urls or [""])[0].rstrip("/")
+    except ImportError as exc:
+        emit({"event": "error", "message": f"{exc}: install the runtime with pip install 'foundry-gateway[foundry]'"})
+        return 1
     except Exception as exc:
         emit({"event": "error", "message": f"{exc.__class__.__name__}: {exc}"})
         return 1
