@@ -125,7 +125,8 @@ def test_killed_runtime_gives_503_then_is_restarted(managed: GatewayProcess) -> 
     os.kill(pid, signal.SIGKILL)
     body = {"messages": HELLO, "max_tokens": 4}
     r = httpx.post(f"{managed.base_url}/chat/completions", json=body, timeout=30)
-    assert r.status_code == 503 and r.json()["error"]["code"] in ("upstream_unavailable", "no_viable_model")
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] in ("upstream_unavailable", "model_load_failed", "no_viable_model")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         after = status(managed)["managed"]
@@ -156,3 +157,21 @@ def test_shutdown_leaves_no_runtime_and_restart_reuses_registration(cache_dir: P
             assert gw.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean shutdown
         assert not psutil.pid_exists(runtime_pid) or psutil.Process(runtime_pid).status() == psutil.STATUS_ZOMBIE
     assert "reused ['tiny-chat-generic-cpu:1']" in (tmp_path / "g.log").read_text()
+
+
+def test_runtime_exits_when_the_gateway_is_killed(cache_dir: Path, tmp_path: Path) -> None:
+    env = {"GATEWAY_UPSTREAM_MODE": "managed", "GATEWAY_FOUNDRY_CACHE_DIR": str(cache_dir),
+           "GATEWAY_ADMIN_API_KEY": "admin"}
+    gw = GatewayProcess(registry=ROOT / "models.json", env=env, log_path=tmp_path / "g.log").start()
+    try:
+        gw.wait_ready(60)
+        runtime_pid = status(gw)["managed"]["pid"]  # type: ignore[index]
+        os.kill(gw.pid, signal.SIGKILL)  # no lifespan shutdown: the runtime must notice by itself
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and psutil.pid_exists(runtime_pid):
+            if psutil.Process(runtime_pid).status() == psutil.STATUS_ZOMBIE:
+                break
+            time.sleep(0.1)
+        assert not psutil.pid_exists(runtime_pid) or psutil.Process(runtime_pid).status() == psutil.STATUS_ZOMBIE
+    finally:
+        gw.stop()

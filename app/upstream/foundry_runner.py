@@ -9,7 +9,8 @@ killed and restarted, and with several gateway workers there is still one runtim
 SPEC.json lists ``{"model_id", "path", "task"}`` to register in the local catalog (idempotently). Once
 the web service listens, one JSON line goes to stdout:
 ``{"event": "ready", "url": ..., "pid": ..., "registered": [...], "reused": [...], "errors": [...]}``.
-The process then serves until SIGTERM/SIGINT and shuts the runtime down cleanly.
+The process then serves until SIGTERM/SIGINT, or until the gateway that started it is gone, and shuts
+the runtime down cleanly.
 """
 
 from __future__ import annotations
@@ -101,8 +102,10 @@ def main() -> int:
         return 1
     emit({"event": "ready", "url": url, "pid": os.getpid(), "registered": registered, "reused": reused,
           "errors": errors})
+    parent = os.getppid()
     while not stop.wait(0.5):
-        pass
+        if os.getppid() != parent:  # the gateway died without stopping us (SIGKILL, OOM): do not linger
+            break
     try:
         manager.stop_web_service()
     finally:

@@ -189,9 +189,3 @@ class ManagedFoundry:
         """Stop the runtime and everything in its process group. Idempotent."""
         self._stopping = True
         await self._terminate(timeout)
-
-    def stop_sync(self) -> None:
-        """For atexit and signal paths where no event loop runs."""
-        if self._proc is not None and self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
