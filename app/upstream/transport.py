@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 
 import httptools
 import httpx
@@ -168,14 +167,17 @@ class _ResponseStream(httpx.AsyncByteStream):
         self.key = key
         self.released = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        conn = self.conn
-        while True:
-            chunk = await conn.next_chunk()
-            if chunk is None:
-                break
-            yield chunk
-        self._release()
+    # A plain async iterator rather than an async generator: one coroutine call per chunk, no
+    # generator frame to resume (measurable when a stream relays hundreds of small chunks).
+    def __aiter__(self) -> _ResponseStream:  # type: ignore[override]
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self.conn.next_chunk()
+        if chunk is None:
+            self._release()
+            raise StopAsyncIteration
+        return chunk
 
     async def aclose(self) -> None:
         self._release()
