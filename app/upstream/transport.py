@@ -133,11 +133,17 @@ class _Connection(asyncio.Protocol):
             await self._wait()
 
     async def next_chunk(self) -> bytes | None:
-        """The next body chunk as it arrived, or None at the end of the response."""
+        """Everything that arrived since the last call (never waiting for more), or None at the end.
+
+        Under load several chunks are often buffered already; handing them over together means one
+        relay step and one write to the client instead of one per chunk, at no cost in latency.
+        """
         while True:
             if self.chunks:
-                chunk = self.chunks.popleft()
-                self.buffered -= len(chunk)
+                chunks = self.chunks
+                chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self.buffered = 0
                 if self.paused and self.buffered < _LOW_WATER and self.transport is not None:
                     self.paused = False
                     self.transport.resume_reading()
