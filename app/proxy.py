@@ -469,6 +469,7 @@ class Proxy:
         if not reply.started:
             await reply.start(response.status_code, b"text/event-stream")
         upstream_wait = 0.0
+        ttft_pending = True
         try:
             block = splitter.feed(first)
             async with asyncio.timeout(None) as timer:
@@ -477,6 +478,11 @@ class Proxy:
                         out = inspector.block(block, splitter.sep)
                         if out:
                             await reply.body(out)
+                        if ttft_pending and inspector.first_content:  # observed now, not when the stream ends
+                            ttft_pending = False
+                            ex.ttft = inspector.first_content - ex.started
+                            self.metrics.series(ex.route_name, ex.task, ex.entry.name if ex.entry else None
+                                                ).ttft.observe(ex.ttft)
                     now = loop.time()
                     if now >= rearm_at:  # re-arming a timer per chunk costs more than the chunk itself
                         timer.reschedule(now + min(idle, deadline - _clock()))
@@ -503,7 +509,6 @@ class Proxy:
             ex.upstream_wait += upstream_wait
             ex.usage = inspector.usage
             if inspector.first_content:
-                ex.ttft = inspector.first_content - ex.started
                 tokens = (inspector.usage or {}).get("completion_tokens") or 0
                 if isinstance(tokens, int) and tokens > 1:
                     ex.tpot = (inspector.last_content - inspector.first_content) / (tokens - 1)
@@ -534,8 +539,6 @@ class Proxy:
         series.duration.observe(elapsed)
         if ex.upstream_wait:
             series.upstream.observe(ex.upstream_wait)
-        if ex.ttft:
-            series.ttft.observe(ex.ttft)
         if ex.tpot:
             series.tpot.observe(ex.tpot)
         usage = ex.usage

@@ -89,7 +89,14 @@ def test_dashboard_and_rules_name_only_exported_metrics(gateway: GatewayProcess)
 def test_ttft_is_observed_at_the_first_chunk(fresh_gateway: GatewayProcess, upstream: UpstreamProcess) -> None:
     upstream.configure(chunks=5, chunk_delay_ms=300)
     client = openai.OpenAI(base_url=fresh_gateway.base_url, api_key="x", max_retries=0)
-    list(client.chat.completions.create(model="auto", messages=MESSAGES, max_tokens=8, stream=True))
+    stream = client.chat.completions.create(model="auto", messages=MESSAGES, max_tokens=8, stream=True)
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            break  # the first token is here; the stream still runs for ~1.2 s
+    during = scrape(fresh_gateway)
+    assert total(during, "gateway_time_to_first_token_seconds_count", model="chat-a") == 1
+    assert total(during, "gateway_requests_total") == 0  # the request itself is not finished yet
+    list(stream)
     samples = scrape(fresh_gateway)
     ttft = total(samples, "gateway_time_to_first_token_seconds_sum", model="chat-a")
     duration = total(samples, "gateway_request_duration_seconds_sum", model="chat-a")
@@ -183,7 +190,7 @@ def test_real_prometheus_scrapes_the_gateway(fresh_gateway: GatewayProcess, tmp_
         while time.monotonic() < deadline:
             try:
                 result = query('sum(gateway_requests_total{route="chat"})')
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError):  # not listening yet, or "Service Unavailable" while starting
                 result = []
             if result:
                 break
