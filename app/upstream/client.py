@@ -66,11 +66,6 @@ class Upstream:
         }
         self._url_objects = {name: httpx.URL(url) for name, url in self.urls.items()}
 
-    @property
-    def openai_base(self) -> str:
-        """What an OpenAI client would use as ``base_url`` to talk to the upstream directly."""
-        return f"{self.base_url}{self.prefix}/v1"
-
     async def open(self, route: str, body: bytes) -> httpx.Response:
         """POST a body to a proxied route; returns once the response head arrived, body unread."""
         request = httpx.Request("POST", self._url_objects[route], content=body, headers=self._header_list)
