@@ -1,9 +1,14 @@
 """Server-sent events on the hot path: split the upstream's bytes into complete events and look inside
-only where the gateway must (first content for TTFT, usage for token metrics, error events).
+only where the gateway must (first content for TTFT, usage for token metrics, error events, the end).
 
 Events are relayed as the upstream's own bytes; nothing is re-encoded except the usage chunk the
 gateway itself asked for (dropped when the client did not ask) and, for ``/v1/completions`` served
 by translation, each chunk.
+
+The SSE rules this follows (WHATWG HTML, "Server-sent events"): a line ends with CRLF, LF or CR, any
+mix of them; an event ends at an empty line; ``data`` lines of one event join with ``\\n``; one space
+after the colon is dropped; lines starting with ``:`` are comments. The common case — LF only — takes a
+fast path (one ``rfind`` per chunk); anything with a CR goes through a regular expression.
 """
 
 from __future__ import annotations
@@ -14,50 +19,92 @@ from typing import Any
 
 import orjson
 
-DONE = b"data: [DONE]"
+# An event ends where a line terminator is followed by another one (the empty line).
+_BOUNDARY = re.compile(rb"(?:\r\n|\r(?!\n)|\n){2}")
+_LINE = re.compile(rb"\r\n|\r|\n")
+_ENDS_EVENT = re.compile(rb"(?:\r\n|\r(?!\n)|\n){2}\Z")
+_ENDS_LINE = re.compile(rb"[\r\n]\Z")
 # One scan per block finds the rare events that need a closer look: a usage object or an error event.
-_SPECIAL = re.compile(rb'"usage"\s*:\s*\{|^data:\s*\{\s*"error"\s*:', re.MULTILINE)
+_SPECIAL = re.compile(rb'"usage"\s*:\s*\{|(?:^|(?<=\r))data:\s*\{\s*"error"\s*:', re.MULTILINE)
 _CONTENT = re.compile(rb'"(?:content|text|reasoning_content)"\s*:\s*"[^"]')
+_DONE = re.compile(rb"(?:^|(?<=[\r\n]))data: ?\[DONE\][ \t]*(?:\r\n|\r|\n|$)", re.MULTILINE)
+
+
+def _last_boundary(data: bytes) -> int:
+    """Offset just past the last complete event in ``data``, or -1."""
+    if b"\r" not in data:
+        end = data.rfind(b"\n\n")
+        return end + 2 if end >= 0 else -1
+    # A CR at the very end may be the first half of a CRLF: decide once the next byte is here.
+    search = data[:-1] if data.endswith(b"\r") else data
+    end = -1
+    for match in _BOUNDARY.finditer(search):
+        end = match.end()
+    return end
 
 
 class EventSplitter:
-    """Cuts a byte stream at event boundaries (a blank line); keeps the incomplete tail."""
+    """Cuts a byte stream at event boundaries; keeps the incomplete tail for the next chunk."""
 
-    __slots__ = ("sep", "tail")
+    __slots__ = ("tail",)
 
     def __init__(self) -> None:
         self.tail = b""
-        self.sep = b"\n\n"
 
     def feed(self, chunk: bytes) -> bytes:
+        """The complete events now available (with their terminators), as one block."""
         data = self.tail + chunk if self.tail else chunk
-        end = data.rfind(self.sep)
-        if end < 0 and self.sep == b"\n\n" and b"\r\n\r\n" in data:
-            self.sep = b"\r\n\r\n"
-            end = data.rfind(self.sep)
+        end = _last_boundary(data)
         if end < 0:
             self.tail = data
             return b""
-        end += len(self.sep)
         self.tail = data[end:]
         return data[:end]
 
+    def flush(self) -> bytes:
+        """At the end of the stream: whatever is left, an unterminated last event (or nothing)."""
+        tail, self.tail = self.tail, b""
+        return tail
 
-def events(block: bytes, sep: bytes = b"\n\n") -> list[bytes]:
-    return [event for event in block.split(sep) if event.strip()]
+
+def split_events(block: bytes) -> list[bytes]:
+    """The events of a block, each with its own terminator (blank ones too): joining them gives the block back."""
+    if b"\r" not in block:
+        parts = block.split(b"\n\n")
+        events = [part + b"\n\n" for part in parts[:-1]]
+        if parts[-1]:
+            events.append(parts[-1])
+    else:
+        events, start = [], 0
+        for match in _BOUNDARY.finditer(block):
+            events.append(block[start:match.end()])
+            start = match.end()
+        if start < len(block):
+            events.append(block[start:])
+    return events
+
+
+def event_data(event: bytes) -> bytes | None:
+    """The event's data as a client sees it (``data`` lines joined with LF), or None without any."""
+    data: list[bytes] = []
+    for line in _LINE.split(event) if b"\r" in event else event.split(b"\n"):
+        if line.startswith(b"data"):
+            name, _, value = line.partition(b":")
+            if name != b"data":
+                continue
+            data.append(value[1:] if value.startswith(b" ") else value)
+    return b"\n".join(data) if data else None
 
 
 def event_json(event: bytes) -> Any:
-    """The JSON payload of a ``data:`` event, or None."""
-    for line in event.splitlines():
-        if line.startswith(b"data:"):
-            payload = line[5:].strip()
-            if payload and payload != b"[DONE]":
-                try:
-                    return orjson.loads(payload)
-                except orjson.JSONDecodeError:
-                    return None
-    return None
+    """The JSON payload of a ``data`` event, or None."""
+    data = event_data(event)
+    if not data or data.strip() == b"[DONE]":
+        return None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def error_event(message: str, type_: str = "api_error", code: str | None = None) -> bytes:
@@ -66,7 +113,7 @@ def error_event(message: str, type_: str = "api_error", code: str | None = None)
 
 
 class StreamInspector:
-    """Watches relayed blocks: timestamps content, collects usage, strips or translates events."""
+    """Watches relayed blocks: timestamps content, collects usage, notices the end, strips or translates."""
 
     __slots__ = (
         "clock", "done", "error", "first_content", "last_content", "strip_usage", "translate", "usage",
@@ -88,27 +135,39 @@ class StreamInspector:
         self.error: dict[str, Any] | None = None
         self.done = False
 
-    def block(self, block: bytes, sep: bytes = b"\n\n") -> bytes:
+    def block(self, block: bytes) -> bytes:
         """Inspect one block of complete events; returns the bytes to send on."""
+        if not block:
+            return block
         if self.translate is not None or _SPECIAL.search(block):
-            return self._rewrite(block, sep)
-        if DONE in block:
+            return self._rewrite(block)
+        if b"[DONE]" in block and _DONE.search(block):
             self.done = True
+            if not self.first_content and _CONTENT.search(block):
+                self.first_content = self.last_content = self.clock()
         elif self.first_content:
             self.last_content = self.clock()  # after the first token, every plain block carries content
         elif _CONTENT.search(block):
             self.first_content = self.last_content = self.clock()
         return block
 
-    def _rewrite(self, block: bytes, sep: bytes) -> bytes:
+    def finish(self, tail: bytes) -> bytes:
+        """The stream ended with ``tail`` unterminated: inspect it as a last event, completed with a blank line."""
+        if not tail.strip():
+            return tail
+        if not _ENDS_EVENT.search(tail):  # a CR held back at the end may already have ended the event
+            line_end = _ENDS_LINE.search(tail)
+            newline = b"\r\n" if b"\r\n" in tail else b"\n"
+            tail += newline if line_end else newline + newline
+        return self.block(tail)
+
+    def _rewrite(self, block: bytes) -> bytes:
         out: list[bytes] = []
-        for event in events(block, sep):
-            if event.startswith(DONE):
-                self.done = True
-                out.append(event)
-                continue
+        for event in split_events(block):
             data = event_json(event)
             if not isinstance(data, dict):
+                if _DONE.search(event):
+                    self.done = True
                 out.append(event)
                 continue
             if "error" in data and "choices" not in data:
@@ -122,15 +181,13 @@ class StreamInspector:
                     continue
                 if self.strip_usage:
                     data = {k: v for k, v in data.items() if k != "usage"}
-                    event = b"data: " + orjson.dumps(data)
+                    event = b"data: " + orjson.dumps(data) + b"\n\n"
             if _CONTENT.search(event):
                 now = self.clock()
                 if not self.first_content:
                     self.first_content = now
                 self.last_content = now
             if self.translate is not None:
-                event = b"data: " + orjson.dumps(self.translate(data))
+                event = b"data: " + orjson.dumps(self.translate(data)) + b"\n\n"
             out.append(event)
-        if not out:
-            return b""
-        return sep.join(out) + sep
+        return b"".join(out)
