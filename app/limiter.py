@@ -3,6 +3,11 @@
 Foundry Local on CPU runs concurrent requests slower than sequential ones, so per-model concurrency is
 small and excess requests wait their turn in arrival order. The queue is bounded in length and time,
 so overload turns into a prompt 429 with ``Retry-After`` instead of unbounded memory growth.
+
+A queued request waits on a future that exactly one of two things completes: ``release()`` handing it
+the slot, or its queue timer expiring it. Both run on the event loop, so whichever comes first wins
+and the other sees a finished future and moves on: a slot handed over in the same loop iteration as
+the timeout fires is never lost (the race a task-cancelling ``asyncio.timeout`` had).
 """
 
 from __future__ import annotations
@@ -12,6 +17,15 @@ import contextlib
 from collections import deque
 
 from app.errors import GatewayError
+
+
+class _Expired(Exception):
+    """Set on a waiter whose queue time ran out."""
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(_Expired())
 
 
 class Limiter:
@@ -47,27 +61,36 @@ class Limiter:
         started = loop.time()
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
+        expiry = loop.call_later(self.timeout, _expire, waiter)
         try:
-            async with asyncio.timeout(self.timeout):
-                await waiter
-        except TimeoutError:
+            await waiter
+        except _Expired:
             raise self._reject(f"waited {self.timeout:g}s in the queue") from None
         except BaseException:
-            if waiter.done() and not waiter.cancelled():
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.release()  # the slot was handed to us as we were cancelled: pass it on
             raise
         finally:
-            if not waiter.done():
-                waiter.cancel()
+            expiry.cancel()
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
         return loop.time() - started
 
     def release(self) -> None:
         """Hand the slot to the oldest live waiter, or free it."""
-        while self._waiters:
+        if self.in_flight <= self.limit:
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)  # the slot moves to the waiter: in_flight stays
+                    return
+        self.in_flight -= 1
+
+    def set_limit(self, limit: int) -> None:
+        """Change the limit; a higher one admits waiters now, a lower one drains as requests end."""
+        self.limit = limit
+        while self.in_flight < self.limit and self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                return
-        self.in_flight -= 1
+                self.in_flight += 1
