@@ -8,7 +8,7 @@ viable list is kept as fallbacks. A ``model`` naming a registry entry pins it.
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
 from app.errors import GatewayError
@@ -76,12 +76,12 @@ def choose(
     default_task: str,
     budget_gb: float,
     available: Set[str] | None = None,
-    cooling: Set[str] = frozenset(),
+    cooling: Mapping[str, str] | None = None,
 ) -> Route:
     """Pick the model for a request.
 
     ``available`` is the set of registry names the upstream has (None while unknown: nothing is
-    filtered); ``cooling`` the names the circuit breaker is skipping for now.
+    filtered); ``cooling`` the names the circuit breaker is skipping for now, each with its reason.
     Raises GatewayError: 400 unknown task, 404 unknown model, 503 nothing viable.
     """
     requested = (model or "").strip()
@@ -96,8 +96,8 @@ def choose(
             reason = f"needs {_gb(entry.min_ram_gb)} > {_gb(budget_gb)} budget"
         elif available is not None and entry.name not in available:
             reason = "not available on the upstream"
-        elif entry.name in cooling:
-            reason = "cooling down after repeated failures"
+        elif cooling and entry.name in cooling:
+            reason = cooling[entry.name]
         else:
             decision = "selected" if not viable else "fallback"
             reason = f"fits ({_gb(entry.min_ram_gb)} ≤ {_gb(budget_gb)})"

@@ -55,8 +55,10 @@ def test_upstream_inventory_filters_candidates() -> None:
 
 
 def test_cooling_models_are_skipped() -> None:
-    route = pick(32, task="chat", cooling=frozenset({"phi-4-mini"}))
+    route = pick(32, task="chat", cooling={"phi-4-mini": "cooling down after 3 failures (last: timeout)"})
     assert route.model.name == "qwen2.5-7b-instruct"  # type: ignore[attr-defined]
+    reasons = {v.model: v.reason for v in route.verdicts}  # type: ignore[attr-defined]
+    assert reasons["phi-4-mini"] == "cooling down after 3 failures (last: timeout)"  # the breaker's own words
 
 
 @pytest.mark.parametrize("name", ["tiny-chat", "TINY", "tiny-chat-generic-cpu:1", "tiny-chat-generic-cpu:7"])
