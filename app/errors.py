@@ -89,3 +89,18 @@ def upstream_error_from_body(status: int, raw: bytes) -> GatewayError:
     if status >= 500:
         return GatewayError(502, f"upstream error: {message}", type="upstream_error", code=code or "upstream_error")
     return GatewayError(status, message, type=etype, code=code)
+
+
+class Retry(Exception):
+    """A failure before any content reached the client: the next candidate model may take over.
+
+    ``cause`` is the short label for metrics and headers (``timeout``, ``http_500``, …); ``transport``
+    says the upstream could not be reached at all, which tells the circuit breaker nothing about the
+    model itself.
+    """
+
+    def __init__(self, error: GatewayError, cause: str, *, transport: bool = False) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.cause = cause
+        self.transport = transport

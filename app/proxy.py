@@ -3,11 +3,17 @@
 Every request pays for this code, so it avoids FastAPI's routing and dependency machinery, parses the
 body once (orjson) and relays the upstream's bytes as they arrive. The flow:
 
-  read + check body → route (task, RAM, inventory) → admit (global, then per-model FIFO) → load on
-  demand → open upstream → first event → relay → metrics + one access-log line
+  read + check body → route (task, RAM, inventory, breaker) → per candidate: admit (global, then
+  per-model FIFO) → load on demand → open upstream → first event → relay → metrics + access log
 
 Anything that fails before the first content byte reached the client may move on to the next
 candidate model (fallback); after that, a stream ends with one OpenAI-style error event.
+
+Ownership: everything an attempt takes — limiter slots, the model's in-use mark, the upstream
+response — goes on one exit stack the moment it is taken, so every way out (success, timeout, the
+client leaving, a bug) gives it back, the response first. Nobody's generation runs on unseen while
+its slot is free, and no fallback starts while the first model still works on the same prompt.
+``GATEWAY_TOTAL_TIMEOUT`` bounds all of it: queueing, loading, the first byte and the relay.
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ import itertools
 import logging
 import os
 import sys
-import time
 from collections.abc import AsyncIterator, MutableMapping
 from typing import Any, cast
 
@@ -26,137 +31,20 @@ import httpx
 import orjson
 
 from app import compat
-from app.errors import GatewayError, upstream_error_from_body
+from app.breaker import Permit
+from app.errors import GatewayError, Retry, upstream_error_from_body
+from app.exchange import Exchange, Responder, clock, record
 from app.gateway import Gateway
-from app.limiter import Limiter
-from app.metrics import status_class as status_class_of
 from app.registry import ModelEntry
-from app.routing import Route
-from app.streaming import EventSplitter, StreamInspector, error_event, event_json
+from app.relay import relay_json, relay_stream
+from app.streaming import EventSplitter, event_data, event_json, split_events
 
 Scope = MutableMapping[str, Any]
 Message = dict[str, Any]
 
 log = logging.getLogger("foundry_gateway.proxy")
-_clock = time.perf_counter
 _ids = itertools.count(1)
 _ID_PREFIX = os.urandom(4).hex()
-
-
-class Retry(Exception):
-    """A failure before any content reached the client: the next candidate may take over."""
-
-    def __init__(self, error: GatewayError, cause: str) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.cause = cause
-
-
-class Exchange:
-    """What one request did, for metrics and the access log."""
-
-    __slots__ = (
-        "aborted",
-        "body",
-        "cause",
-        "entry",
-        "error",
-        "fallbacks",
-        "finished",
-        "load_wait",
-        "queue_wait",
-        "request_id",
-        "route",
-        "route_name",
-        "started",
-        "status",
-        "stream",
-        "task",
-        "tpot",
-        "ttft",
-        "upstream_id",
-        "upstream_wait",
-        "usage",
-    )
-
-    def __init__(self, route_name: str, request_id: str) -> None:
-        self.route_name = route_name
-        self.request_id = request_id
-        self.started = _clock()
-        self.status = 0
-        self.stream = False
-        self.aborted = False
-        self.finished = False
-        self.task: str | None = None
-        self.entry: ModelEntry | None = None
-        self.route: Route | None = None
-        self.upstream_id = ""
-        self.body: dict[str, Any] | None = None
-        self.ttft = 0.0
-        self.tpot = 0.0
-        self.upstream_wait = 0.0
-        self.queue_wait = 0.0
-        self.load_wait = 0.0
-        self.usage: dict[str, Any] | None = None
-        self.error = ""
-        self.cause = ""
-        self.fallbacks = 0
-
-
-class Responder:
-    """Starts the ASGI response lazily, so a stream can begin with keep-alive comments and still
-    turn a late failure into an error event."""
-
-    __slots__ = ("ex", "extra", "send", "started")
-
-    def __init__(self, send: Any, ex: Exchange) -> None:
-        self.send = send
-        self.ex = ex
-        self.started = False
-        self.extra: list[tuple[bytes, bytes]] = [(b"x-request-id", ex.request_id.encode())]
-
-    def set_route(self, entry: ModelEntry, task: str, header: str) -> None:
-        self.extra = [
-            (b"x-request-id", self.ex.request_id.encode()),
-            (b"x-gateway-model", entry.name.encode()),
-            (b"x-gateway-task", task.encode()),
-            (b"x-gateway-route", header.encode("ascii", "replace")),
-        ]
-
-    async def start(self, status: int, content_type: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-        headers = [(b"content-type", content_type), *self.extra]
-        if content_type.startswith(b"text/event-stream"):
-            headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
-        if extra:
-            headers += extra
-        self.started = True
-        self.ex.status = status
-        await self.send({"type": "http.response.start", "status": status, "headers": headers})
-
-    async def body(self, data: bytes, more: bool = True) -> None:
-        if not more:
-            self.ex.finished = True
-        await self.send({"type": "http.response.body", "body": data, "more_body": more})
-
-    async def whole(
-        self, status: int, content_type: bytes, data: bytes, extra: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
-        await self.start(status, content_type, [(b"content-length", str(len(data)).encode()), *(extra or [])])
-        await self.body(data, more=False)
-
-    async def keepalive(self) -> None:
-        if not self.started:
-            await self.start(200, b"text/event-stream")
-        await self.body(b": keep-alive\n\n")
-
-    async def fail(self, err: GatewayError) -> None:
-        self.ex.error = err.message
-        if not self.started:
-            headers = [(k.encode(), v.encode()) for k, v in err.headers.items()]
-            await self.whole(err.status, b"application/json", err.to_bytes(), headers)
-            return
-        self.ex.status = err.status if self.ex.status == 200 else self.ex.status
-        await self.body(error_event(err.message, err.type, err.code), more=False)
 
 
 class Proxy:
@@ -172,6 +60,7 @@ class Proxy:
         rid = headers.get(b"x-request-id")
         request_id = rid.decode("latin-1")[:128] if rid else f"{_ID_PREFIX}-{next(_ids)}"
         ex = Exchange(route_name, request_id)
+        ex.deadline = asyncio.get_running_loop().time() + self.settings.total_timeout
         reply = Responder(send, ex)
         watcher: asyncio.Task[None] | None = None
         self.metrics.in_flight.inc()
@@ -193,7 +82,7 @@ class Proxy:
         except asyncio.CancelledError:
             if not ex.aborted:
                 raise
-            # the client went away: the upstream request was closed by the context managers below
+            # the client went away: what the request held was given back on the way out
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
@@ -205,7 +94,7 @@ class Proxy:
             if watcher is not None:
                 watcher.cancel()
             self.metrics.in_flight.dec()
-            self._record(ex)
+            record(ex, self.metrics, self.out if self.settings.access_log else None, self.settings.log_prompts)
 
     # --- request ---------------------------------------------------------------------------------
 
@@ -255,130 +144,172 @@ class Proxy:
         reply.set_route(route.model, route.task, route.header)
 
         candidates = (route.model, *route.fallbacks)
+        failure: Retry | None = None
         for position, entry in enumerate(candidates):
+            permit = gw.breaker.admit(entry.name)
+            if permit is None:  # opened, or its probe is out, since the route was chosen
+                why = gw.breaker.skipped().get(entry.name, "cooling down")
+                failure = failure or Retry(GatewayError(503, f"Model '{entry.name}': {why}.",
+                                                        code="model_unavailable"), "cooling")
+                continue
             ex.entry = entry
             if position:
-                reply.set_route(entry, route.task, f"fallback; {ex.cause} on {candidates[position - 1].name}")
+                previous = candidates[position - 1].name
+                reply.set_route(entry, route.task, f"fallback; {ex.cause or 'cooling'} on {previous}")
+                if reply.started:  # keep-alive comments already sent the headers: say it in the stream
+                    await reply.body(f": fallback; {ex.cause or 'cooling'} on {previous}, now {entry.name}\n\n"
+                                     .encode())
             try:
                 await self._attempt(ex, reply, entry, body)
-                gw.breaker.success(entry.name)
-                return
-            except Retry as failure:
-                ex.cause = failure.cause
-                gw.breaker.failure(entry.name)
-                if position + 1 >= len(candidates):
-                    raise failure.error from None
-                ex.fallbacks += 1
-                self.metrics.fallbacks.labels(self.metrics.task_label(route.task), entry.name, failure.cause).inc()
-                log.warning("request %s: %s failed (%s), falling back", ex.request_id, entry.name,
-                            failure.error.message)
+            except Retry as retry:
+                failure = retry
+                ex.cause = retry.cause
+                gw.breaker.failure(permit, f"{retry.cause}: {retry.error.message}", transport=retry.transport)
+                if position + 1 < len(candidates):
+                    ex.fallbacks += 1
+                    self.metrics.fallbacks.labels(self.metrics.task_label(route.task), entry.name, retry.cause).inc()
+                    log.warning("request %s: %s failed (%s), falling back", ex.request_id, entry.name,
+                                retry.error.message)
+                continue
+            except GatewayError as err:
+                self._verdict(permit, ex, healthy=err.status < 500 and ex.sent)
+                raise
+            except BaseException:
+                gw.breaker.cancel(permit)
+                raise
+            self._verdict(permit, ex, healthy=not ex.broken)
+            return
+        assert failure is not None
+        raise failure.error
+
+    def _verdict(self, permit: Permit, ex: Exchange, *, healthy: bool) -> None:
+        breaker = self.gw.breaker
+        if not ex.sent:
+            breaker.cancel(permit)  # refused before the upstream saw it (queue full, deadline): no verdict
+        elif healthy:
+            breaker.success(permit)
+        else:
+            breaker.failure(permit, f"broken: {ex.error or 'the upstream failed mid-response'}")
 
     # --- one attempt on one model ---------------------------------------------------------------------
 
     async def _attempt(self, ex: Exchange, reply: Responder, entry: ModelEntry, body: dict[str, Any]) -> None:
         gw = self.gw
-        limiters: list[Limiter] = []
-        gw.inventory.acquire(entry)
-        try:
-            if ex.stream:
-                response, chunks, first = await self._with_keepalive(reply, self._open(ex, entry, body, limiters))
-            else:
-                response, chunks, first = await self._open(ex, entry, body, limiters)
+        translate = compat.chat_to_completion if ex.route_name == "completions" and not gw.upstream.has_completions \
+            else None
+        async with contextlib.AsyncExitStack() as held:
+            gw.inventory.acquire(entry)
+            held.callback(gw.inventory.release, entry)
+            keepalive = self._keepalive(reply) if ex.stream else None
             try:
-                if ex.stream:
-                    await self._relay_stream(ex, reply, response, chunks, first)
-                else:
-                    await self._relay_json(ex, reply, response, chunks)
+                async with asyncio.timeout_at(ex.deadline):
+                    response, chunks, first = await self._open(ex, entry, body, held)
+            except TimeoutError:
+                raise GatewayError(504, f"The request took longer than the total timeout "
+                                        f"({self.settings.total_timeout:g}s).", code="upstream_timeout") from None
             finally:
-                await response.aclose()
-        finally:
-            for limiter in reversed(limiters):
-                limiter.release()
-            gw.inventory.release(entry)
+                if keepalive is not None:
+                    keepalive.cancel()
+            if ex.stream:
+                await relay_stream(ex, reply, response, chunks, first, idle_timeout=self.settings.idle_timeout,
+                                   metrics=self.metrics, translate=translate)
+            else:
+                await relay_json(ex, reply, response, chunks, idle_timeout=self.settings.idle_timeout,
+                                 translate=translate)
 
-    async def _with_keepalive(self, reply: Responder, opening: Any) -> Any:
-        """Await ``opening``; while it takes longer than the keep-alive interval, send SSE comments."""
-        task = asyncio.ensure_future(opening)
-        try:
+    def _keepalive(self, reply: Responder) -> asyncio.Task[None]:
+        """While a stream waits for its first event, send SSE comments every keep-alive interval."""
+
+        async def beat() -> None:
             while True:
-                done, _ = await asyncio.wait((task,), timeout=self.settings.keepalive_interval)
-                if done:
-                    return task.result()
+                await asyncio.sleep(self.settings.keepalive_interval)
                 await reply.keepalive()
-        except BaseException:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-            elif not task.cancelled() and task.exception() is None:
-                await task.result()[0].aclose()  # opened just as we were cancelled: do not leak it
-            raise
+
+        task = asyncio.ensure_future(beat())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a client gone is the watcher's news
+        return task
 
     async def _open(
-        self, ex: Exchange, entry: ModelEntry, body: dict[str, Any], limiters: list[Limiter]
+        self, ex: Exchange, entry: ModelEntry, body: dict[str, Any], held: contextlib.AsyncExitStack
     ) -> tuple[httpx.Response, AsyncIterator[bytes], bytes]:
-        """Admit, load, send; return the response, its byte iterator and, for streams, the bytes up to
-        the first complete event (Foundry Local may answer 200 with nothing but an error event)."""
+        """Admit, load, send; return the response (already on ``held``), its byte iterator and, for streams,
+        the bytes up to the first complete event (Foundry Local may answer 200 with a lone error event)."""
         gw = self.gw
         for limiter in (gw.admission, gw.limiter(entry)):
             ex.queue_wait += await limiter.acquire()
-            limiters.append(limiter)
+            held.callback(limiter.release)
         to_chat = ex.route_name == "completions" and not gw.upstream.has_completions
         upstream_route = "chat" if to_chat else ex.route_name
         default_max = None
         if gw.upstream.kind == "foundry":
             default_max = entry.max_tokens_default(self.settings.default_max_tokens)
-        payload = compat.prepare_upstream_body(
-            body, upstream_id=gw.inventory.upstream_id(entry), stream=ex.stream,
-            default_max_tokens=default_max, to_chat=to_chat,
-        )
-        ex.upstream_id = gw.inventory.upstream_id(entry)
-        for reload_once in (True, False):
+        reloaded = recovered = False
+        while True:
+            if not recovered and not gw.upstream_serving:  # a managed runtime is restarting: wait for it
+                recovered = await gw.upstream_recovered(ex.deadline)
             try:
                 ex.load_wait += await gw.inventory.ensure_loaded(entry)
             except GatewayError as err:
+                if err.code == "upstream_unavailable":
+                    if not recovered and await gw.upstream_recovered(ex.deadline):
+                        recovered = True
+                        continue
+                    raise Retry(err, "connect", transport=True) from None
                 raise Retry(err, "load_failed") from None
-            started = _clock()
+            ex.upstream_id = gw.inventory.upstream_id(entry)
+            payload = compat.prepare_upstream_body(
+                body, upstream_id=ex.upstream_id, stream=ex.stream, default_max_tokens=default_max, to_chat=to_chat,
+            )
+            started = clock()
             try:
                 async with asyncio.timeout(self.settings.first_byte_timeout):
                     response = await gw.upstream.open(upstream_route, payload)
+                    ex.sent = True
+                    held.push_async_callback(response.aclose)  # owned from its first byte
                     chunks = aiter(cast(httpx.AsyncByteStream, response.stream))  # raw bytes, no decoding layer
+                    raw = first = event = b""
                     if response.status_code >= 400:
                         raw = await response.aread()
-                        await response.aclose()
-                        first = b""
-                    else:
-                        raw = b""
-                        first = await self._first_event(response, chunks) if ex.stream else b""
+                    elif ex.stream:
+                        first, event = await self._first_event(response, chunks)
             except TimeoutError:
                 raise Retry(GatewayError(
                     504, f"Model '{entry.name}' sent nothing for {self.settings.first_byte_timeout:g}s.",
                     code="upstream_timeout"), "timeout") from None
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                # Nothing was sent. A managed runtime that just died comes back in about a second:
+                # wait for it rather than fail (once per request).
+                if isinstance(exc, httpx.ConnectError) and not recovered and await gw.upstream_recovered(ex.deadline):
+                    recovered = True
+                    continue
+                raise Retry(GatewayError(
+                    503, f"Upstream unreachable for model '{entry.name}': {exc}", code="upstream_unavailable"),
+                    "connect", transport=True) from None
             except httpx.HTTPError as exc:
                 raise Retry(GatewayError(
-                    503, f"Upstream unreachable for model '{entry.name}': {exc.__class__.__name__}: {exc}",
-                    code="upstream_unavailable"), "connect") from None
+                    502, f"Upstream failed for model '{entry.name}': {exc.__class__.__name__}: {exc}",
+                    code="upstream_error"), "broken") from None
             finally:
-                ex.upstream_wait += _clock() - started
+                ex.upstream_wait += clock() - started
             if response.status_code < 400:
                 if not ex.stream:
                     return response, chunks, first
-                event = event_json(first)
-                if not isinstance(event, dict):
-                    await response.aclose()
+                data = event_json(event)
+                if not isinstance(data, dict):
                     raise Retry(GatewayError(502, "The upstream's stream did not start with a JSON event.",
                                              code="upstream_bad_response"), "bad_response")
-                error = event.get("error")
-                if error is None or "choices" in event:
+                error = data.get("error")
+                if error is None or "choices" in data:
                     return response, chunks, first
-                await response.aclose()  # Foundry Local: HTTP 200 and a lone error event
-                error = error if isinstance(error, dict) else {"message": str(error)}
+                error = error if isinstance(error, dict) else {"message": str(error)}  # HTTP 200, a lone error event
                 raw = orjson.dumps({"error": error})
                 status = 400 if _is_client_error(error) else 502
             else:
                 status = response.status_code
             message = raw.decode("utf-8", "replace")
-            if status == 400 and "not loaded" in message.lower() and reload_once and gw.upstream.manages_models:
+            if status == 400 and "not loaded" in message.lower() and not reloaded and gw.upstream.manages_models:
+                reloaded = True
+                await response.aclose()
                 gw.inventory.mark_unloaded(entry)  # unloaded behind our back: load and try once more
                 continue
             failure = upstream_error_from_body(status, raw)
@@ -389,199 +320,21 @@ class Proxy:
             if status >= 500 or status == 429:
                 raise Retry(failure, f"http_{status}")
             raise failure
-        raise Retry(GatewayError(503, f"Model '{entry.name}' could not be loaded.", code="model_load_failed"),
-                    "load_failed")
 
-    async def _first_event(self, response: httpx.Response, chunks: AsyncIterator[bytes]) -> bytes:
+    async def _first_event(self, response: httpx.Response, chunks: AsyncIterator[bytes]) -> tuple[bytes, bytes]:
+        """The stream's bytes up to the end of its first event that carries data, and that event."""
         content_type = response.headers.get("content-type", "")
         if not content_type.startswith("text/event-stream"):
-            await response.aclose()
             raise Retry(GatewayError(502, f"The upstream answered a stream with '{content_type or 'no type'}'.",
                                      code="upstream_bad_response"), "bad_response")
-        seen = b""
-        async for chunk in chunks:  # up to the end of the first event that carries data
-            seen += chunk
-            data_at = seen.find(b"data:")
-            if data_at >= 0 and (seen.find(b"\n\n", data_at) >= 0 or seen.find(b"\r\n\r\n", data_at) >= 0):
-                break
-        return seen
-
-    # --- relaying --------------------------------------------------------------------------------
-
-    async def _relay_json(
-        self, ex: Exchange, reply: Responder, response: httpx.Response, chunks: AsyncIterator[bytes]
-    ) -> None:
-        started = _clock()
-        loop = asyncio.get_running_loop()
-        deadline = ex.started + self.settings.total_timeout
-        idle = self.settings.idle_timeout
-        rearm_at = 0.0  # the idle timer is re-armed at most every 5% of the timeout: it fires 95-100% idle after
-        parts: list[bytes] = []
-        try:
-            async with asyncio.timeout(None) as timer:
-                while True:  # chunk by chunk, so a body that stalls midway hits the idle timeout
-                    now = loop.time()
-                    if now >= rearm_at:  # re-arming a timer per chunk costs more than the chunk itself
-                        timer.reschedule(now + min(idle, deadline - _clock()))
-                        rearm_at = now + idle * 0.05
-                    try:
-                        parts.append(await chunks.__anext__())
-                    except StopAsyncIteration:
-                        break
-            raw = b"".join(parts)
-        except TimeoutError:
-            raise Retry(GatewayError(504, f"The upstream stopped sending its answer for {idle:g}s.",
-                                     code="upstream_timeout"), "timeout") from None
-        except httpx.HTTPError as exc:
-            raise Retry(GatewayError(502, f"Upstream failed mid-response: {exc.__class__.__name__}",
-                                     code="upstream_error"), "broken") from None
-        finally:
-            ex.upstream_wait += _clock() - started
-        content_type = response.headers.get("content-type", "application/json").split(",")[0].strip()
-        if not content_type.startswith("application/json"):
-            raise Retry(GatewayError(502, f"The upstream answered with '{content_type}', not JSON.",
-                                     code="upstream_bad_response"), "bad_response")
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise Retry(GatewayError(502, "The upstream answered with invalid JSON.",
-                                     code="upstream_bad_response"), "bad_response") from None
-        if isinstance(data, dict):
-            usage = data.get("usage")
-            ex.usage = usage if isinstance(usage, dict) else None
-            if ex.route_name == "completions" and not self.gw.upstream.has_completions:
-                raw = orjson.dumps(compat.chat_to_completion(data))
-        await reply.whole(response.status_code, b"application/json", raw)
-
-    async def _relay_stream(
-        self, ex: Exchange, reply: Responder, response: httpx.Response, chunks: AsyncIterator[bytes], first: bytes
-    ) -> None:
-        translate = ex.route_name == "completions" and not self.gw.upstream.has_completions
-        inspector = StreamInspector(
-            _clock, strip_usage=not compat.wants_usage(ex.body or {}),
-            translate=compat.chat_to_completion if translate else None,
-        )
         splitter = EventSplitter()
-        loop = asyncio.get_running_loop()
-        deadline = ex.started + self.settings.total_timeout
-        idle = self.settings.idle_timeout
-        rearm_at = 0.0  # the idle timer is re-armed at most every 5% of the timeout: it fires 95-100% idle after
-        if not reply.started:
-            await reply.start(response.status_code, b"text/event-stream")
-        upstream_wait = 0.0
-        ttft_pending = True
-        try:
-            block = splitter.feed(first)
-            async with asyncio.timeout(None) as timer:
-                while True:
-                    if block:
-                        out = inspector.block(block, splitter.sep)
-                        if out:
-                            await reply.body(out)
-                        if ttft_pending and inspector.first_content:  # observed now, not when the stream ends
-                            ttft_pending = False
-                            ex.ttft = inspector.first_content - ex.started
-                            self.metrics.series(ex.route_name, ex.task, ex.entry.name if ex.entry else None
-                                                ).ttft.observe(ex.ttft)
-                    now = loop.time()
-                    if now >= rearm_at:  # re-arming a timer per chunk costs more than the chunk itself
-                        timer.reschedule(now + min(idle, deadline - _clock()))
-                        rearm_at = now + idle * 0.05
-                    waited = _clock()
-                    try:
-                        chunk = await chunks.__anext__()
-                    except StopAsyncIteration:
-                        upstream_wait += _clock() - waited
-                        break
-                    upstream_wait += _clock() - waited
-                    block = splitter.feed(chunk)
-        except TimeoutError:
-            timed_out = _clock() >= deadline
-            await self._end_stream_with_error(ex, reply, GatewayError(
-                504, "The request took longer than the total timeout." if timed_out else
-                f"The upstream stalled for more than {idle:g}s mid-stream.", code="upstream_timeout"))
-            return
-        except httpx.HTTPError as exc:
-            await self._end_stream_with_error(ex, reply, GatewayError(
-                502, f"The upstream connection broke mid-stream ({exc.__class__.__name__}).", code="upstream_error"))
-            return
-        finally:
-            ex.upstream_wait += upstream_wait
-            ex.usage = inspector.usage
-            if inspector.first_content:
-                tokens = (inspector.usage or {}).get("completion_tokens") or 0
-                if isinstance(tokens, int) and tokens > 1:
-                    ex.tpot = (inspector.last_content - inspector.first_content) / (tokens - 1)
-        if inspector.error is not None:
-            ex.error = str(inspector.error.get("message", "upstream error event"))
-            ex.status = 502
-            await reply.body(b"", more=False)
-            return
-        if not inspector.done:
-            await self._end_stream_with_error(ex, reply, GatewayError(
-                502, "The upstream ended the stream without [DONE].", code="upstream_error"))
-            return
-        await reply.body(b"", more=False)
-
-    async def _end_stream_with_error(self, ex: Exchange, reply: Responder, err: GatewayError) -> None:
-        ex.status = err.status
-        await reply.fail(err)
-
-    # --- bookkeeping ---------------------------------------------------------------------------------
-
-    def _record(self, ex: Exchange) -> None:
-        metrics = self.metrics
-        elapsed = _clock() - ex.started
-        model = ex.entry.name if ex.entry else None
-        series = metrics.series(ex.route_name, ex.task, model)
-        status_class = status_class_of(ex.status, ex.aborted)
-        series.status[status_class].inc()
-        series.duration.observe(elapsed)
-        if ex.upstream_wait:
-            series.upstream.observe(ex.upstream_wait)
-        if ex.tpot:
-            series.tpot.observe(ex.tpot)
-        usage = ex.usage
-        if usage:
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            if isinstance(prompt, int) and prompt > 0:
-                series.input_tokens.inc(prompt)
-            if isinstance(completion, int) and completion > 0:
-                series.output_tokens.inc(completion)
-        overhead = max(0.0, elapsed - ex.upstream_wait - ex.queue_wait - ex.load_wait)
-        metrics.overhead.labels(ex.route_name).observe(overhead)
-        if self.settings.access_log:
-            self._log(ex, elapsed, overhead, status_class)
-
-    def _log(self, ex: Exchange, elapsed: float, overhead: float, status_class: str) -> None:
-        usage = ex.usage or {}
-        line: dict[str, Any] = {
-            "ts": round(time.time(), 3),
-            "request_id": ex.request_id,
-            "route": ex.route_name,
-            "task": ex.task,
-            "model": ex.entry.name if ex.entry else None,
-            "upstream_id": ex.upstream_id or None,
-            "status": ex.status,
-            "outcome": status_class,
-            "stream": ex.stream,
-            "reason": ex.route.reason if ex.route else None,
-            "fallbacks": ex.fallbacks,
-            "duration_ms": round(elapsed * 1000, 3),
-            "ttft_ms": round(ex.ttft * 1000, 3) if ex.ttft else None,
-            "upstream_ms": round(ex.upstream_wait * 1000, 3),
-            "queue_ms": round(ex.queue_wait * 1000, 3),
-            "load_ms": round(ex.load_wait * 1000, 3),
-            "overhead_ms": round(overhead * 1000, 3),
-            "prompt_tokens": usage.get("prompt_tokens"),
-            "completion_tokens": usage.get("completion_tokens"),
-        }
-        if ex.error:
-            line["error"] = ex.error[:300]
-        if self.settings.log_prompts and ex.body is not None:
-            line["request"] = ex.body
-        with contextlib.suppress(OSError, ValueError):
-            self.out.write(orjson.dumps(line).decode() + "\n")
+        seen = b""
+        async for chunk in chunks:
+            seen += chunk
+            for event in split_events(splitter.feed(chunk)):
+                if event_data(event) is not None:
+                    return seen, event
+        return seen, splitter.flush()
 
 
 def _text(value: bytes | None) -> str | None:

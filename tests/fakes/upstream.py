@@ -6,16 +6,19 @@ Raw asyncio + httptools, one process, so it is cheap enough to sit behind load t
 (``/models/loaded``, ``/models/load/{alias}``, "Model not loaded", the max_tokens rejection and the
 200-plus-error-event stream). Tests steer it out of band:
 
-  POST /_config {chunks, chunk_delay_ms, ttft_ms, delay_ms, reply}   defaults for replies
+  POST /_config {chunks, chunk_delay_ms, ttft_ms, delay_ms, reply,   defaults for replies
+                sse_style, manage_delay_ms}
   POST /_fault  {mode, count, model, ...params}                       queue a fault
   POST /_reset                                                        clear faults, config, stats
   GET  /_stats                                                        what it saw
 
-Fault modes: slow_first_byte(seconds), stall(after), reset(after), status(status), garbage_sse,
-wrong_content_type, huge(bytes), stream_error, close, delay_chunks(ms).
+Fault modes: slow_first_byte(seconds), slow_first_event(seconds: the head at once, the first event
+late: prompt processing), stall(after), reset(after), status(status), garbage_sse, wrong_content_type,
+huge(bytes), stream_error, close, delay_chunks(ms).
 
-Run: ``python -m tests.fakes.upstream --port 0 --models a,b [--foundry]``; it prints
-``READY http://127.0.0.1:PORT`` once listening.
+Run: ``python -m tests.fakes.upstream --port 0 --models a,b [--foundry] [--tls-cert C --tls-key K]
+[--silent]``; it prints ``READY http://127.0.0.1:PORT`` once listening. ``--silent`` accepts connections
+and never answers (an upstream that hangs).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import math
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -39,7 +43,11 @@ from typing import Any
 import httptools
 import orjson
 
-DEFAULTS: dict[str, Any] = {"chunks": 4, "chunk_delay_ms": 0.0, "ttft_ms": 0.0, "delay_ms": 0.0, "reply": None}
+DEFAULTS: dict[str, Any] = {"chunks": 4, "chunk_delay_ms": 0.0, "ttft_ms": 0.0, "delay_ms": 0.0, "reply": None,
+                            "sse_style": "lf", "manage_delay_ms": 0.0}
+# How streams are framed: "lf" (the usual), "crlf", "cr", "done_nospace" (`data:[DONE]`),
+# "unterminated" (no blank line after the last event), "multiline" (each JSON split over two data lines).
+SSE_STYLES = ("lf", "crlf", "cr", "done_nospace", "unterminated", "multiline")
 PREFIX = "/catalogs/local"
 _VARIANT = re.compile(r"-generic-(cpu|gpu)$")
 
@@ -60,7 +68,8 @@ class State:
         self.faults: list[dict[str, Any]] = []
         self.stats: dict[str, Any] = {
             "requests": 0, "by_path": {}, "last_bodies": deque(maxlen=50), "streams_started": 0,
-            "streams_completed": 0, "streams_cancelled": 0, "load_calls": 0, "by_model": {},
+            "streams_completed": 0, "streams_cancelled": 0, "load_calls": 0, "unload_calls": 0, "by_model": {},
+            "cancelled_models": [], "in_progress": 0,
         }
         self.open_connections = 0
 
@@ -182,6 +191,7 @@ async def handle(conn: Connection, method: str, url: str, raw: bytes) -> None:
         return conn.write_json(200, sorted(state.loaded))
     for action in ("load", "unload"):
         if path.startswith(f"/models/{action}/"):
+            await asyncio.sleep(float(state.config["manage_delay_ms"]) / 1000)
             return manage(conn, action, path.rsplit("/", 1)[1])
     if method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
         return await infer(conn, path.endswith("chat/completions"), raw)
@@ -208,6 +218,8 @@ def manage(conn: Connection, action: str, alias: str) -> None:
     match = next((m for m in state.models if alias_of(m) == alias), None)
     if not state.foundry or match is None:
         return conn.write_json(404, error(f"Model not found: {alias}"))
+    if action == "unload":
+        state.stats["unload_calls"] += 1
     if action == "load":
         state.stats["load_calls"] += 1
         status = "already_loaded" if match in state.loaded else "loaded"
@@ -251,6 +263,17 @@ async def infer(conn: Connection, chat: bool, raw: bytes) -> None:
     cfg = state.config
     if mode == "slow_first_byte":
         await asyncio.sleep(float(fault.get("seconds", 2)))
+    elif mode == "slow_first_event" and stream:
+        state.stats["streams_started"] += 1
+        conn.write_head(200, "text/event-stream")
+        deadline = time.monotonic() + float(fault.get("seconds", 2))
+        while time.monotonic() < deadline and not conn.closed:
+            await asyncio.sleep(0.02)
+        if conn.closed:
+            state.stats["streams_cancelled"] += 1
+            state.stats["cancelled_models"].append(model)
+            return
+        state.stats["streams_started"] -= 1  # counted again below
     elif mode == "status":
         status = int(fault.get("status", 500))
         return conn.write_json(status, error(f"injected HTTP {status}", "api_error" if status >= 500 else
@@ -303,7 +326,17 @@ async def infer(conn: Connection, chat: bool, raw: bytes) -> None:
         return conn.write(data)
 
     state.stats["streams_started"] += 1
-    conn.write_head(200, "text/event-stream")
+    if mode != "slow_first_event":
+        conn.write_head(200, "text/event-stream")
+    style = str(cfg["sse_style"])
+    newline = {"crlf": b"\r\n", "cr": b"\r"}.get(style, b"\n")
+
+    def sse(payload: bytes) -> bytes:
+        if style == "multiline" and b',"' in payload:
+            half = payload.index(b',"', len(payload) // 3) + 1 if b',"' in payload[len(payload) // 3:] else \
+                payload.index(b',"') + 1  # between two JSON members: the joining newline is whitespace
+            return b"data: " + payload[:half] + newline + b"data: " + payload[half:] + newline + newline
+        return b"data: " + payload + newline + newline
 
     def event(delta: dict[str, Any] | None, finish: str | None = None, text_piece: str | None = None) -> bytes:
         if chat:
@@ -312,7 +345,7 @@ async def infer(conn: Connection, chat: bool, raw: bytes) -> None:
         else:
             chunk = {"id": rid, "object": "text_completion", "created": created, "model": model,
                      "choices": [{"index": 0, "text": text_piece or "", "finish_reason": finish}]}
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+        return sse(orjson.dumps(chunk))
 
     await asyncio.sleep(float(cfg["ttft_ms"]) / 1000)
     if chat:
@@ -327,18 +360,21 @@ async def infer(conn: Connection, chat: bool, raw: bytes) -> None:
         await asyncio.sleep(delay)
         if conn.closed:
             state.stats["streams_cancelled"] += 1
+            state.stats["cancelled_models"].append(model)
             return
         conn.write_chunk(event({"content": piece}, text_piece=piece))
     conn.write_chunk(event({}, "stop"))
     options = body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage"):
-        conn.write_chunk(b"data: " + orjson.dumps({"id": rid, "object": "chat.completion.chunk", "created": created,
-                                                   "model": model, "choices": [], "usage": usage}) + b"\n\n")
-    conn.write_chunk(b"data: [DONE]\n\n")
+        conn.write_chunk(sse(orjson.dumps({"id": rid, "object": "chat.completion.chunk", "created": created,
+                                           "model": model, "choices": [], "usage": usage})))
+    done = {"done_nospace": b"data:[DONE]" + newline + newline, "unterminated": b"data: [DONE]"}
+    conn.write_chunk(done.get(style, b"data: [DONE]" + newline + newline))
     conn.end_chunks()
     await asyncio.sleep(0)
     if conn.closed:
         state.stats["streams_cancelled"] += 1
+        state.stats["cancelled_models"].append(model)
     else:
         state.stats["streams_completed"] += 1
 
@@ -350,12 +386,21 @@ async def stall(conn: Connection) -> None:
     conn.state.stats["streams_cancelled"] += 1
 
 
-async def serve(host: str, port: int, models: list[str], foundry: bool) -> None:
+class Silent(asyncio.Protocol):
+    """Accepts, reads, never answers: an upstream that hangs."""
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+
+async def serve(host: str, port: int, models: list[str], foundry: bool, *, silent: bool = False,
+                tls: ssl.SSLContext | None = None) -> None:
     state = State(models, foundry)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Connection(state), host, port, backlog=1024)
+    factory: Any = Silent if silent else (lambda: Connection(state))
+    server = await loop.create_server(factory, host, port, backlog=1024, ssl=tls)
     sock_port = server.sockets[0].getsockname()[1]
-    print(f"READY http://{host}:{sock_port}", flush=True)
+    print(f"READY {'https' if tls else 'http'}://{host if not tls else 'localhost'}:{sock_port}", flush=True)
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
@@ -369,12 +414,20 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--models", default="fake", help="comma-separated model ids")
     parser.add_argument("--foundry", action="store_true", help="mimic Foundry Local's local catalog")
+    parser.add_argument("--silent", action="store_true", help="accept connections and never answer")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate chain")
+    parser.add_argument("--tls-key", help="the certificate's PEM private key")
     args = parser.parse_args()
+    tls = None
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
     with contextlib.suppress(ImportError):
         import uvloop
 
         uvloop.install()
-    asyncio.run(serve(args.host, args.port, [m for m in args.models.split(",") if m], args.foundry))
+    asyncio.run(serve(args.host, args.port, [m for m in args.models.split(",") if m], args.foundry,
+                      silent=args.silent, tls=tls))
 
 
 # --- for tests: the server as a managed subprocess -------------------------------------------------------
@@ -383,9 +436,14 @@ def main() -> None:
 class UpstreamProcess:
     """``with UpstreamProcess(models=[...]) as up:`` — a running fake upstream, stopped by PID on exit."""
 
-    def __init__(self, models: list[str], foundry: bool = False) -> None:
+    def __init__(self, models: list[str], foundry: bool = False, *, silent: bool = False,
+                 tls: tuple[str, str] | None = None, control_ssl: ssl.SSLContext | None = None) -> None:
+        self.control_ssl = control_ssl  # trusts the test's CA, for the out-of-band calls over HTTPS
         self.models = models
         self.foundry = foundry
+        self.extra = ["--silent"] if silent else []
+        if tls:
+            self.extra += ["--tls-cert", tls[0], "--tls-key", tls[1]]
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
 
@@ -398,6 +456,7 @@ class UpstreamProcess:
         cmd = [sys.executable, "-m", "tests.fakes.upstream", "--port", "0", "--models", ",".join(self.models)]
         if self.foundry:
             cmd.append("--foundry")
+        cmd += self.extra
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         self.proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
@@ -425,7 +484,7 @@ class UpstreamProcess:
     def _post(self, path: str, body: dict[str, Any]) -> Any:
         request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST",
                                          headers={"content-type": "application/json"})
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5, context=self.control_ssl) as response:
             return json.loads(response.read())
 
     def configure(self, **config: Any) -> None:
@@ -438,7 +497,7 @@ class UpstreamProcess:
         self._post("/_reset", {})
 
     def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(self.url + "/_stats", timeout=5) as response:
+        with urllib.request.urlopen(self.url + "/_stats", timeout=5, context=self.control_ssl) as response:
             return json.loads(response.read())  # type: ignore[no-any-return]
 
 

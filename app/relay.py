@@ -1,0 +1,161 @@
+"""Relaying an opened upstream response to the client: a JSON body whole, or an SSE stream event by event.
+
+Both bound every wait by the idle timeout and the request's total deadline. A JSON body that fails
+can still move to another model (nothing reached the client); a stream that fails after its first
+bytes ends with exactly one OpenAI-style error event and marks the exchange ``broken`` (the circuit
+breaker counts it as the model's failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import orjson
+
+from app import compat
+from app.errors import GatewayError, Retry
+from app.exchange import Exchange, Responder, clock
+from app.metrics import Metrics
+from app.streaming import EventSplitter, StreamInspector
+
+Translate = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class _IdleTimer:
+    """Re-arms an ``asyncio.Timeout`` at most every 5% of the idle timeout: re-arming per chunk costs more
+    than relaying the chunk. It fires between 95% and 100% of ``idle`` after the last chunk, or at the
+    deadline."""
+
+    __slots__ = ("deadline", "idle", "loop", "rearm_at", "timer")
+
+    def __init__(self, timer: asyncio.Timeout, idle: float, deadline: float) -> None:
+        self.timer = timer
+        self.idle = idle
+        self.deadline = deadline
+        self.loop = asyncio.get_running_loop()
+        self.rearm_at = 0.0
+
+    def touch(self) -> None:
+        now = self.loop.time()
+        if now >= self.rearm_at:
+            self.timer.reschedule(min(now + self.idle, self.deadline))
+            self.rearm_at = now + self.idle * 0.05
+
+    def at_deadline(self) -> bool:
+        return self.loop.time() >= self.deadline
+
+
+async def relay_json(
+    ex: Exchange, reply: Responder, response: httpx.Response, chunks: AsyncIterator[bytes], *,
+    idle_timeout: float, translate: Translate | None,
+) -> None:
+    started = clock()
+    parts: list[bytes] = []
+    try:
+        async with asyncio.timeout(None) as timeout:
+            idle = _IdleTimer(timeout, idle_timeout, ex.deadline)
+            while True:  # chunk by chunk, so a body that stalls midway hits the idle timeout
+                idle.touch()
+                try:
+                    parts.append(await chunks.__anext__())
+                except StopAsyncIteration:
+                    break
+        raw = b"".join(parts)
+    except TimeoutError:
+        if idle.at_deadline():
+            raise GatewayError(504, "The request took longer than the total timeout.", code="upstream_timeout") \
+                from None
+        raise Retry(GatewayError(504, f"The upstream stopped sending its answer for {idle_timeout:g}s.",
+                                 code="upstream_timeout"), "timeout") from None
+    except httpx.HTTPError as exc:
+        raise Retry(GatewayError(502, f"Upstream failed mid-response: {exc.__class__.__name__}",
+                                 code="upstream_error"), "broken") from None
+    finally:
+        ex.upstream_wait += clock() - started
+    content_type = response.headers.get("content-type", "application/json").split(",")[0].strip()
+    if not content_type.startswith("application/json"):
+        raise Retry(GatewayError(502, f"The upstream answered with '{content_type}', not JSON.",
+                                 code="upstream_bad_response"), "bad_response")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise Retry(GatewayError(502, "The upstream answered with invalid JSON.",
+                                 code="upstream_bad_response"), "bad_response") from None
+    if isinstance(data, dict):
+        usage = data.get("usage")
+        ex.usage = usage if isinstance(usage, dict) else None
+        if translate is not None:
+            raw = orjson.dumps(translate(data))
+    await reply.whole(response.status_code, b"application/json", raw)
+
+
+async def relay_stream(
+    ex: Exchange, reply: Responder, response: httpx.Response, chunks: AsyncIterator[bytes], first: bytes, *,
+    idle_timeout: float, metrics: Metrics, translate: Translate | None,
+) -> None:
+    inspector = StreamInspector(clock, strip_usage=not compat.wants_usage(ex.body or {}), translate=translate)
+    splitter = EventSplitter()
+    if not reply.started:
+        await reply.start(response.status_code, b"text/event-stream")
+    upstream_wait = 0.0
+    ttft_pending = True
+    try:
+        block = inspector.block(splitter.feed(first))
+        async with asyncio.timeout(None) as timeout:
+            idle = _IdleTimer(timeout, idle_timeout, ex.deadline)
+            while True:
+                if block:
+                    await reply.body(block)
+                    if ttft_pending and inspector.first_content:  # observed now, not when the stream ends
+                        ttft_pending = False
+                        ex.ttft = inspector.first_content - ex.started
+                        metrics.series(ex.route_name, ex.task, ex.entry.name if ex.entry else None
+                                       ).ttft.observe(ex.ttft)
+                idle.touch()
+                waited = clock()
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    upstream_wait += clock() - waited
+                    break
+                upstream_wait += clock() - waited
+                block = inspector.block(splitter.feed(chunk))
+        tail = inspector.finish(splitter.flush())  # an unterminated last event still goes out
+        if tail:
+            await reply.body(tail)
+    except TimeoutError:
+        await _fail(ex, reply, GatewayError(
+            504, "The request took longer than the total timeout." if idle.at_deadline() else
+            f"The upstream stalled for more than {idle_timeout:g}s mid-stream.", code="upstream_timeout"))
+        return
+    except httpx.HTTPError as exc:
+        await _fail(ex, reply, GatewayError(
+            502, f"The upstream connection broke mid-stream ({exc.__class__.__name__}).", code="upstream_error"))
+        return
+    finally:
+        ex.upstream_wait += upstream_wait
+        ex.usage = inspector.usage
+        if inspector.first_content:
+            tokens = (inspector.usage or {}).get("completion_tokens") or 0
+            if isinstance(tokens, int) and tokens > 1:
+                ex.tpot = (inspector.last_content - inspector.first_content) / (tokens - 1)
+    if inspector.error is not None:
+        ex.error = str(inspector.error.get("message", "upstream error event"))
+        ex.status = 502
+        ex.broken = True
+        await reply.body(b"", more=False)
+        return
+    if not inspector.done:
+        await _fail(ex, reply, GatewayError(502, "The upstream ended the stream without [DONE].",
+                                            code="upstream_error"))
+        return
+    await reply.body(b"", more=False)
+
+
+async def _fail(ex: Exchange, reply: Responder, err: GatewayError) -> None:
+    ex.status = err.status
+    ex.broken = True
+    await reply.fail(err)
