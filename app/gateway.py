@@ -13,9 +13,11 @@ import contextlib
 import hmac
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -53,11 +55,16 @@ class Gateway:
             settings.breaker_failures, settings.breaker_cooldown,
             on_change=lambda model, is_open: self.metrics.breaker_open.labels(model).set(int(is_open)),
         )
-        self.admission = Limiter("the gateway", settings.max_in_flight, settings.queue_size, settings.queue_timeout)
+        self.admission = Limiter("the gateway", self._per_worker(settings.max_in_flight),
+                                 self._per_worker(settings.queue_size), settings.queue_timeout)
         self._limiters: dict[str, Limiter] = {}
         self._routes: dict[tuple[object, ...], Route] = {}
-        self._api_keys = tuple(k.encode() for k in settings.all_api_keys)
+        keys = list(settings.all_api_keys)
+        if keys and settings.admin_api_key:
+            keys.append(settings.admin_api_key)  # the admin key opens everything
+        self._api_keys = tuple(k.encode() for k in keys)
         self.managed: ManagedFoundry | None = None
+        self._supervisor: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.draining = False
         self._apply_registry(self.registry)
@@ -69,8 +76,8 @@ class Gateway:
     def route(self, model: str | None, task: str | None) -> Route:
         """The routing policy's answer, memoised: it only changes with the registry, the upstream's
         inventory or the breaker, and all three are part of the key (or clear the cache)."""
-        available, cooling = self.inventory.available, self.breaker.cooling()
-        key = (model, task, available, cooling)
+        available, cooling = self.inventory.available, self.breaker.skipped()
+        key = (model, task, available, self.breaker.version)
         route = self._routes.get(key)
         if route is None:
             route = choose(
@@ -85,10 +92,23 @@ class Gateway:
     def limiter(self, entry: ModelEntry) -> Limiter:
         limiter = self._limiters.get(entry.name)
         if limiter is None:
-            limit = entry.max_concurrency or self.settings.model_concurrency
-            limiter = Limiter(f"model '{entry.name}'", limit, self.settings.queue_size, self.settings.queue_timeout)
+            limiter = Limiter(f"model '{entry.name}'", self._model_limit(entry),
+                              self._per_worker(self.settings.queue_size), self.settings.queue_timeout)
             self._limiters[entry.name] = limiter
         return limiter
+
+    @property
+    def limiters(self) -> dict[str, Limiter]:
+        """Per-model limiters created so far (for status pages)."""
+        return dict(self._limiters)
+
+    def _model_limit(self, entry: ModelEntry) -> int:
+        return self._per_worker(entry.max_concurrency or self.settings.model_concurrency)
+
+    def _per_worker(self, limit: int) -> int:
+        """This worker's share of a limit: with N workers each enforces 1/N, so together they never exceed
+        it (``foundry-gateway serve`` refuses worker counts that cannot split the limits)."""
+        return max(1, limit // self.settings.workers)
 
     def check_key(self, authorization: str | None, required: tuple[bytes, ...] | None = None) -> None:
         """Constant-time API key check (401 in OpenAI's format)."""
@@ -118,9 +138,9 @@ class Gateway:
         for name in list(self._limiters):
             if registry.lookup(name) is None:
                 del self._limiters[name]
-        for entry in registry:  # a changed max_concurrency applies to new limiters only
+        for entry in registry:
             if name_limiter := self._limiters.get(entry.name):
-                name_limiter.limit = entry.max_concurrency or self.settings.model_concurrency
+                name_limiter.set_limit(self._model_limit(entry))
 
     def reload_registry(self, reason: str = "request") -> tuple[bool, str]:
         """Load the registry file again; a bad file is rejected and the last good one stays."""
@@ -143,6 +163,8 @@ class Gateway:
     # --- lifecycle -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        for warning in exposure_warnings(self.settings):
+            log.warning("%s", warning)
         if self.settings.upstream_mode == "managed":
             await self._start_managed()
         await self.inventory.refresh()
@@ -170,12 +192,28 @@ class Gateway:
         self._tasks.append(task)
         task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 
+    @property
+    def healthy(self) -> bool:
+        """Liveness: false only if the managed runtime's supervisor died (it should never)."""
+        return self._supervisor is None or not self._supervisor.done() or self.draining
+
+    @property
+    def ready(self) -> bool:
+        serving = self.managed is None or self.managed.serving
+        return serving and self.inventory.up and len(self.registry) > 0 and not self.draining
+
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.inventory_refresh_interval if self.inventory.up else 1.0)
-            await self.inventory.refresh()
+            await self._refresh()
             await self.inventory.unload_idle()
             self.upstream.transport.prune_idle()
+
+    async def _refresh(self) -> None:
+        if self.managed is not None and not self.managed.serving:
+            return  # the supervisor is bringing it back; it refreshes when it is up
+        if await self.inventory.refresh():
+            self.breaker.reset_transport_failures()  # it answers: connection failures said nothing of the models
 
     async def _watch_registry(self) -> None:
         path = self.settings.registry_path
@@ -193,21 +231,42 @@ class Gateway:
         ]
 
     async def _start_managed(self) -> None:
+        prefix = shlex.split(self.settings.foundry_runner_prefix)
+        runner = [*prefix, sys.executable, "-m", "app.upstream.foundry_runner"]
         self.managed = ManagedFoundry(
             cache_dir=self.settings.foundry_cache_dir.resolve(), models=self.local_models(),
-            start_timeout=self.settings.foundry_start_timeout, log=log,
+            start_timeout=self.settings.foundry_start_timeout, runner=runner, log=log,
         )
         url = await self.managed.start()
         self.upstream.set_base_url(url)
+        self.managed.on_down.append(self._on_upstream_down)
         self.managed.on_restart.append(self._on_upstream_restart)
-        self._spawn(self.managed.run_supervisor())
+        self.managed.on_restart_failed.append(lambda _: self.metrics.upstream_restart_failures.inc())
+        self._supervisor = asyncio.ensure_future(self.managed.run_supervisor())
+        self._tasks.append(self._supervisor)
+
+    def _on_upstream_down(self, reason: str) -> None:
+        log.warning("%s: requests wait for the restart", reason)
+        self.inventory.mark_down(reason)
 
     def _on_upstream_restart(self, url: str) -> None:
         log.warning("managed Foundry Local restarted at %s", url)
         self.metrics.upstream_restarts.inc()
         self.upstream.set_base_url(url)
-        self.inventory.loaded.clear()
-        self._spawn(self.inventory.refresh())
+        self.breaker.reset()  # a new runtime: old failures say nothing about it
+        self._spawn(self.inventory.restore_after_restart())
+
+    @property
+    def upstream_serving(self) -> bool:
+        """False while a managed runtime is known to be down (external upstreams: always True)."""
+        return self.managed is None or self.managed.serving
+
+    async def upstream_recovered(self, deadline: float) -> bool:
+        """After a connection failure: wait (until ``deadline``, loop time) for a managed runtime to be back."""
+        if self.managed is None:
+            return False
+        remaining = min(deadline - asyncio.get_running_loop().time(), self.settings.foundry_start_timeout)
+        return remaining > 0 and await self.managed.recovered(remaining)
 
     def _external_url(self) -> str | None:
         return self.settings.upstream_url or discover_foundry_url()
@@ -225,15 +284,36 @@ def _mtime(path: Path) -> float:
 
 
 def discover_foundry_url() -> str | None:
-    """Ask the ``foundry`` CLI where the service runs (its port can change between restarts)."""
+    """Ask the ``foundry`` CLI where the service runs (its port can change between restarts).
+
+    Foundry Local CLI 0.10 renamed ``foundry service`` to ``foundry server``; both are asked, newest first.
+    """
     exe = shutil.which("foundry")
     if exe is None:
         return None
-    try:
-        out = subprocess.run([exe, "service", "status"], capture_output=True, text=True, timeout=15).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for word in out.split():
-        if word.startswith("http://") or word.startswith("https://"):
-            return word.rstrip("/.").removesuffix("/openai/status")
+    for command in ("server", "service"):
+        try:
+            out = subprocess.run([exe, command, "status"], capture_output=True, text=True, timeout=15).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        for word in out.split():
+            if word.startswith("http://") or word.startswith("https://"):
+                return word.rstrip("/.").removesuffix("/openai/status")
     return None
+
+
+_LOOPBACK = ("127.", "localhost", "::1", "[::1]")
+
+
+def exposure_warnings(settings: Settings) -> list[str]:
+    """Loud start-up warnings for a gateway reachable beyond this machine without keys."""
+    if settings.host.startswith(_LOOPBACK):
+        return []
+    warnings = []
+    if not settings.all_api_keys:
+        warnings.append(f"!!! listening on {settings.host}:{settings.port} with NO API KEYS: anyone who can reach this "
+                        "address can use your models. Set GATEWAY_API_KEYS (or GATEWAY_API_KEYS_FILE).")
+    if not settings.metrics_api_key:
+        warnings.append(f"/metrics is open on {settings.host}:{settings.port}: set GATEWAY_METRICS_API_KEY to "
+                        "protect it.")
+    return warnings

@@ -114,6 +114,10 @@ class Metrics:
         self.upstream_restarts = Counter(
             "gateway_upstream_restarts", "Restarts of the managed Foundry Local runtime.", registry=r,
         )
+        self.upstream_restart_failures = Counter(
+            "gateway_upstream_restart_failures", "Restarts of the managed runtime that failed (the supervisor "
+            "retries with backoff).", registry=r,
+        )
         self.models_loaded = Gauge(
             "gateway_models_loaded", "Models loaded in the upstream.", registry=r, multiprocess_mode="max",
         )

@@ -3,6 +3,7 @@ the fake upstream in Foundry Local mode (the real runtime has one tiny model; th
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.metrics import Metrics
+from app.registry import build_registry
+from app.settings import load_settings
+from app.upstream.client import Upstream
+from app.upstream.inventory import Inventory
 from tests.fakes.upstream import UpstreamProcess
 from tests.helpers import GatewayProcess, write_registry
 
@@ -95,3 +101,43 @@ def test_idle_models_are_unloaded(foundry_like: UpstreamProcess, tmp_path: Path)
         assert ask(gw, "gamma", max_tokens=4).status_code == 200  # and loads again on demand
     finally:
         gw.stop()
+
+
+def test_a_model_that_becomes_busy_during_an_unload_is_not_unloaded() -> None:
+    """Making room takes several awaited unloads; a model a request starts using meanwhile must be passed
+    over (the victims are re-chosen after every unload), not unloaded under a live stream."""
+    models = ["a-generic-cpu:1", "b-generic-cpu:1", "c-generic-cpu:1", "d-generic-cpu:1"]
+    registry = build_registry([{"name": n, "task": "chat", "min_ram_gb": 3} for n in "abc"]
+                              + [{"name": "d", "task": "chat", "min_ram_gb": 6}])
+    with UpstreamProcess(models=models, foundry=True) as up:
+        up.configure(manage_delay_ms=200)  # loads and unloads take a while, as on a real runtime
+
+        async def scenario() -> None:
+            settings = load_settings(upstream_url=up.url, upstream_mode="external")
+            upstream = Upstream(settings)
+            inventory = Inventory(upstream, Metrics(), budget_gb=lambda: 9.0, load_timeout=30)
+            inventory.set_registry(registry)
+            assert await inventory.refresh()
+            entries = {e.name: e for e in registry}
+            for name in "abc":  # loaded and used in this order: a is the least recently used
+                await inventory.ensure_loaded(entries[name])
+                inventory.acquire(entries[name])
+                inventory.release(entries[name])
+            unloading = asyncio.Event()
+            real_unload = upstream.unload
+
+            async def observed_unload(alias: str, timeout: float = 60.0) -> str:
+                unloading.set()
+                return await real_unload(alias, timeout)
+
+            upstream.unload = observed_unload  # type: ignore[method-assign]
+            load = asyncio.ensure_future(inventory.ensure_loaded(entries["d"]))  # needs two unloads: a, then b
+            await unloading.wait()
+            inventory.acquire(entries["b"])  # a request starts on b while a is being unloaded
+            await load
+            await upstream.aclose()
+
+        asyncio.run(scenario())
+        loaded = up.stats()["loaded"]
+        assert "b-generic-cpu:1" in loaded and "d-generic-cpu:1" in loaded, loaded  # b kept; c went instead
+        assert "a-generic-cpu:1" not in loaded and "c-generic-cpu:1" not in loaded, loaded

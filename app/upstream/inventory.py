@@ -59,6 +59,8 @@ class Inventory:
         self._last_used: dict[str, float] = {}
         self._in_use: dict[str, int] = {}
         self._loading: dict[str, asyncio.Future[None]] = {}
+        self._unloading: dict[str, asyncio.Future[None]] = {}
+        self._restore: set[str] = set()  # upstream ids loaded when the runtime died: loaded again on restart
         self._tasks: set[asyncio.Future[None]] = set()
 
     # --- names -----------------------------------------------------------------------------------
@@ -132,6 +134,26 @@ class Inventory:
         self.loaded.discard(self.upstream_id(entry))
         self._export()
 
+    def mark_down(self, reason: str) -> None:
+        """The runtime died: nothing is loaded any more; remember what was, to load it again."""
+        self._restore |= self.loaded
+        self.loaded = set()
+        self.up = False
+        self.last_error = reason
+        self._export()
+
+    async def restore_after_restart(self) -> None:
+        """A new runtime is up: learn what it has, then load again what the old one had loaded."""
+        if not await self.refresh() or self.registry is None:
+            return
+        wanted, self._restore = self._restore, set()
+        for entry in self.registry:
+            if self.upstream_id(entry) in wanted and not self.is_loaded(entry):
+                try:
+                    await self.ensure_loaded(entry)
+                except GatewayError as exc:
+                    log.warning("reloading %s after the restart failed: %s", entry.name, exc.message)
+
     # --- use tracking (for idle unload and LRU) ---------------------------------------------------
 
     def acquire(self, entry: ModelEntry) -> None:
@@ -163,15 +185,21 @@ class Inventory:
         started = time.perf_counter()
         result = "error"
         try:
+            unloading = self._unloading.get(entry.name)
+            if unloading is not None:  # being unloaded to make room: load it again once that is done
+                await asyncio.shield(unloading)
             await self._make_room_for(entry)
-            status = await asyncio.wait_for(self.upstream.load(self.alias(entry), self.load_timeout),
-                                            self.load_timeout)
+            status = await self.upstream.load(self.alias(entry), self.load_timeout)
             self.loaded.add(self.upstream_id(entry))
             result = "ok"
             log.info("loaded %s (%s) in %.2fs: %s", entry.name, self.upstream_id(entry),
                      time.perf_counter() - started, status)
             done.set_result(None)
-        except TimeoutError:
+        except httpx.ConnectError as exc:
+            done.set_exception(GatewayError(
+                503, f"Loading model '{entry.name}' failed: {exc}", code="upstream_unavailable",
+            ))
+        except httpx.TimeoutException:
             done.set_exception(GatewayError(
                 503, f"Loading model '{entry.name}' took longer than {self.load_timeout:g}s.",
                 code="model_load_timeout",
@@ -188,36 +216,46 @@ class Inventory:
                 done.set_exception(GatewayError(503, f"Loading model '{entry.name}' was cancelled."))
 
     async def _make_room_for(self, entry: ModelEntry) -> None:
-        """Unload least-recently-used idle models until ``entry`` fits the RAM budget."""
-        if self.registry is None:
-            return
-        budget = self.budget_gb()
-        loaded = [e for e in self.registry if e.name != entry.name and self.is_loaded(e)]
-        used = sum(e.min_ram_gb for e in loaded)
-        idle = sorted((e for e in loaded if not self._in_use.get(e.name)),
-                      key=lambda e: self._last_used.get(e.name, 0.0))
-        for victim in idle:
-            if used + entry.min_ram_gb <= budget:
-                break
-            await self._unload(victim, reason="to make room")
-            used -= victim.min_ram_gb
+        """Unload least-recently-used idle models until ``entry`` fits the RAM budget.
+
+        The victim is chosen afresh after every unload: the awaits give other requests time to start
+        using a model, and a model in use is never unloaded.
+        """
+        while self.registry is not None:
+            loaded = [e for e in self.registry if e.name != entry.name and self.is_loaded(e)]
+            if sum(e.min_ram_gb for e in loaded) + entry.min_ram_gb <= self.budget_gb():
+                return
+            idle = [e for e in loaded if not self._in_use.get(e.name) and e.name not in self._unloading]
+            if not idle:
+                log.warning("loading %s goes over the RAM budget: every other loaded model is in use", entry.name)
+                return
+            victim = min(idle, key=lambda e: self._last_used.get(e.name, 0.0))
+            await self._unload(victim, reason=f"to make room for {entry.name}")
 
     async def _unload(self, entry: ModelEntry, reason: str) -> None:
+        """Unload ``entry``; it counts as unloaded from the start, so a request for it waits and reloads."""
+        done = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_retrieve)
+        self._unloading[entry.name] = done
+        self.mark_unloaded(entry)
         try:
-            await self.upstream.unload(self.alias(entry))
+            await self.upstream.unload(self.alias(entry), timeout=self.load_timeout)
             log.info("unloaded %s (%s)", entry.name, reason)
         except (httpx.HTTPError, ValueError, OSError) as exc:
             log.warning("unloading %s failed: %s", entry.name, exc)
-        self.mark_unloaded(entry)
+        finally:
+            self._unloading.pop(entry.name, None)
+            done.set_result(None)
 
     async def unload_idle(self) -> None:
         """Unload models idle for longer than ``idle_unload_after`` seconds."""
         if not self.idle_unload_after or self.registry is None or not self.upstream.manages_models:
             return
-        now = time.monotonic()
         for entry in self.registry:
-            if not self.is_loaded(entry) or self._in_use.get(entry.name):
+            # checked right before each unload: the previous one's await may have let a request in
+            if not self.is_loaded(entry) or self._in_use.get(entry.name) or entry.name in self._loading:
                 continue
+            now = time.monotonic()
             last = self._last_used.setdefault(entry.name, now)
             if now - last >= self.idle_unload_after:
                 await self._unload(entry, reason=f"idle for {now - last:.0f}s")
