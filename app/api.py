@@ -23,11 +23,22 @@ def _gw(request: Request) -> Gateway:
     return gateway
 
 
-def model_rows(gw: Gateway, task: str | None = None) -> list[dict[str, Any]]:
+def is_admin(gw: Gateway, authorization: str | None) -> bool:
+    """Whether the request carries the admin key (URLs, errors and paths are shown only then)."""
+    if not gw.settings.admin_api_key:
+        return False
+    try:
+        gw.check_key(authorization, (gw.settings.admin_api_key.encode(),))
+    except GatewayError:
+        return False
+    return True
+
+
+def model_rows(gw: Gateway, task: str | None = None, *, show_paths: bool = True) -> list[dict[str, Any]]:
     """One row per registry model: what it needs, whether it fits, and the upstream's state."""
     budget = gw.memory.budget_gb
     inv = gw.inventory
-    cooling = gw.breaker.cooling()
+    cooling = gw.breaker.skipped()
     rows = []
     for entry in gw.registry:
         if task and task not in entry.tasks:
@@ -49,7 +60,7 @@ def model_rows(gw: Gateway, task: str | None = None) -> list[dict[str, Any]]:
             "available": available,
             "loaded": inv.is_loaded(entry) if available else False,
             "cooling_down": entry.name in cooling,
-            "local_path": str(entry.path) if entry.path else None,
+            "local_path": (str(entry.path) if entry.path else None) if show_paths else None,
             "notes": entry.notes,
         })
     return rows
@@ -57,7 +68,8 @@ def model_rows(gw: Gateway, task: str | None = None) -> list[dict[str, Any]]:
 
 @router.get("/v1/models", summary="Registry models with task, RAM fit and upstream state")
 async def list_models(request: Request, task: str | None = Query(None, max_length=200)) -> dict[str, Any]:
-    return {"object": "list", "data": model_rows(_gw(request), task)}
+    gw = _gw(request)
+    return {"object": "list", "data": model_rows(gw, task, show_paths=_admin_asked(gw, request))}
 
 
 @router.get("/v1/models/{model_id:path}", summary="One registry model")
@@ -66,7 +78,7 @@ async def get_model(request: Request, model_id: str) -> dict[str, Any]:
     entry = gw.registry.lookup(model_id)
     if entry is None:
         raise GatewayError(404, f"Model '{model_id}' is not in the registry.", code="model_not_found", param="model")
-    return next(row for row in model_rows(gw) if row["id"] == entry.name)
+    return next(row for row in model_rows(gw, show_paths=_admin_asked(gw, request)) if row["id"] == entry.name)
 
 
 @router.get("/v1/route", summary="Routing dry-run: the model a request would get, and why")
@@ -85,24 +97,35 @@ async def route_dry_run(
     return out
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/healthz", summary="Liveness: the process answers and its runtime supervisor runs")
+async def healthz(request: Request) -> JSONResponse:
+    if not _gw(request).healthy:
+        return JSONResponse({"status": "unhealthy", "reason": "the runtime supervisor stopped"}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
-@router.get("/readyz", summary="Readiness: registry loaded and upstream reachable")
+@router.get("/readyz", summary="Readiness: registry loaded and upstream serving (details with the admin key)")
 async def readyz(request: Request) -> JSONResponse:
     gw = _gw(request)
     inv = gw.inventory
-    ready = inv.up and len(gw.registry) > 0 and not gw.draining
+    ready = gw.ready
+    upstream: dict[str, Any] = {"up": inv.up, "models": len(inv.ids), "loaded": sorted(inv.loaded)}
+    if gw.managed is not None:
+        upstream["restarts"] = gw.managed.restarts
+    if _admin_asked(gw, request):  # where it runs and what went wrong: for operators only
+        upstream["url"] = gw.upstream.base_url
+        upstream["error"] = (gw.managed.last_error if gw.managed and not gw.managed.serving else inv.last_error) or None
     body = {
         "status": "ready" if ready else "not_ready",
-        "upstream": {"url": gw.upstream.base_url, "up": inv.up, "error": inv.last_error or None,
-                     "models": len(inv.ids), "loaded": sorted(inv.loaded)},
+        "upstream": upstream,
         "registry": {"models": len(gw.registry), "tasks": list(gw.registry.tasks)},
         "draining": gw.draining,
     }
     return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def _admin_asked(gw: Gateway, request: Request) -> bool:
+    return is_admin(gw, request.headers.get("authorization"))
 
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
@@ -141,11 +164,14 @@ async def admin_status(request: Request, authorization: str | None = Header(None
         "memory": {"total_gb": gw.memory.total_gb, "budget_gb": gw.memory.budget_gb, "source": gw.memory.source},
         "managed": None if gw.managed is None else {
             "pid": gw.managed.pid, "url": gw.managed.url, "restarts": gw.managed.restarts,
-            "running": gw.managed.is_running,
+            "restart_failures": gw.managed.restart_failures, "running": gw.managed.is_running,
+            "serving": gw.managed.serving, "last_error": gw.managed.last_error or None,
         },
         "in_flight": gw.admission.in_flight,
         "queued": gw.admission.queued,
-        "cooling_down": sorted(gw.breaker.cooling()),
+        "limiters": {name: {"limit": limiter.limit, "in_flight": limiter.in_flight, "queued": limiter.queued}
+                     for name, limiter in gw.limiters.items()},
+        "cooling_down": dict(gw.breaker.skipped()),
     }
 
 

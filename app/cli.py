@@ -92,10 +92,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.registry:
         os.environ["GATEWAY_REGISTRY_PATH"] = args.registry
     settings = load_settings()
-    load_registry(settings.registry_path)  # fail fast, with the precise message, before binding
+    registry = load_registry(settings.registry_path)  # fail fast, with the precise message, before binding
     if settings.workers > 1:
-        if settings.upstream_mode == "managed":
-            err.print("[red]--workers > 1 needs an external upstream[/] (each worker would start its own runtime).")
+        problem = workers_problem(settings, [e.max_concurrency for e in registry if e.max_concurrency])
+        if problem:
+            err.print(f"[red]--workers {settings.workers} refused:[/] {problem}", highlight=False)
             return 2
         metrics_dir = settings.metrics_dir or Path(tempfile.gettempdir()) / f"foundry-gateway-metrics-{os.getpid()}"
         shutil.rmtree(metrics_dir, ignore_errors=True)  # stale files from a previous run would be summed in
@@ -109,6 +110,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=round(settings.shutdown_grace) or None, timeout_keep_alive=30,
     )
     return 0
+
+
+def workers_problem(settings: Settings, model_limits: list[int]) -> str | None:
+    """Why ``settings.workers`` processes would be wrong here, or None. Each worker enforces 1/N of every
+    limit, so together they never exceed it; what cannot be split that way is refused."""
+    workers = settings.workers
+    if settings.upstream_mode == "managed":
+        return "several workers need an external upstream (each worker would start its own runtime)."
+    if settings.upstream_kind == "foundry":
+        return ("with a Foundry Local upstream every worker would load and unload models on its own, and one "
+                "worker's LRU or idle unload could unload a model another worker is streaming on. One worker "
+                "relays well over 1,000 requests/s (docs/performance.md); run one, or several gateways each with "
+                "its own runtime.")
+    limits = {"GATEWAY_MODEL_CONCURRENCY": settings.model_concurrency, "GATEWAY_MAX_IN_FLIGHT": settings.max_in_flight,
+              **{f"a registry max_concurrency of {n}": n for n in model_limits}}
+    for name, limit in limits.items():
+        if limit < workers:
+            return (f"{name} ({limit}) cannot be split over {workers} workers: each enforces its share of every "
+                    f"limit, and a share below 1 would let the workers together exceed it. Use at most {limit} "
+                    f"workers or raise the limit.")
+    return None
 
 
 # --- models / select ------------------------------------------------------------------------------------
@@ -358,10 +380,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pydantic import ValidationError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
+    except ValidationError as exc:
+        for detail in exc.errors():
+            name = f"GATEWAY_{'.'.join(str(p) for p in detail['loc']).upper()}"
+            message = str(detail["msg"]).removeprefix("Value error, ")
+            err.print(f"[red]error[/] {name}: {message}", highlight=False)
+        return 2
     except RegistryError as exc:
         for problem in exc.problems:
             err.print(f"[red]error[/] {problem}", highlight=False)

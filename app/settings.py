@@ -50,17 +50,31 @@ class Settings(BaseSettings):
     )
     upstream_url: str | None = Field(
         None,
-        description="Base URL of an external upstream (no `/v1`). Unset in external mode: "
-        "discovered with `foundry service status` when that CLI exists.",
+        description="Base URL of an external upstream (no `/v1`), `http://` or `https://`. Unset in external "
+        "mode: discovered with `foundry server status` (or the older `foundry service status`).",
     )
     upstream_api_key: str | None = Field(None, description="Bearer key sent to the upstream, if it wants one.")
+    upstream_ca_bundle: Path | None = Field(
+        None, description="PEM file of CA certificates trusted for an `https://` upstream, on top of the system "
+        "store (which `SSL_CERT_FILE` also extends).",
+    )
+    upstream_tls_verify: bool = Field(
+        True, description="Check the `https://` upstream's certificate. `false` only in a lab: it warns loudly.",
+    )
     foundry_catalog_prefix: str = Field(
         "/catalogs/local", description="Path prefix of Foundry Local's local catalog routes."
     )
     foundry_cache_dir: Path = Field(
         Path(".run/foundry"), description="Managed mode: Foundry Local's model cache and registrations."
     )
-    foundry_start_timeout: float = Field(60.0, gt=0, description="Managed mode: seconds to wait for ready.")
+    foundry_start_timeout: float = Field(
+        60.0, gt=0, description="Managed mode: seconds to wait for the runtime to be ready (at start and after a "
+        "crash; requests wait as long for a restarting runtime).",
+    )
+    foundry_runner_prefix: str = Field(
+        "", description="Managed mode: command words put before the runtime's command, e.g. `taskset -c 1` or "
+        "`nice -n 5` (shell-style quoting).",
+    )
 
     # --- registry and routing ----------------------------------------------------------------------
     registry_path: Path = Field(Path("models.json"), description="The model registry file.")
@@ -138,6 +152,20 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
+    @field_validator("upstream_url")
+    @classmethod
+    def _upstream_scheme(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_upstream_url(value)
+        return value
+
+    @field_validator("upstream_ca_bundle")
+    @classmethod
+    def _ca_bundle_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
     @field_validator("task_header")
     @classmethod
     def _header_name(cls, value: str) -> str:
@@ -155,6 +183,13 @@ class Settings(BaseSettings):
                 if line and not line.startswith("#"):
                     keys.append(line)
         return tuple(keys)
+
+
+def check_upstream_url(url: str) -> None:
+    """An upstream URL must be http:// or https:// with a host; anything else is a start-up error."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest.strip("/"):
+        raise ValueError(f"must be an http:// or https:// URL, got {url!r}")
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import FAKE_ENV
 from tests.fakes.upstream import UpstreamProcess
-from tests.helpers import GatewayProcess
+from tests.helpers import GatewayProcess, wait_for
 
 MESSAGES = [{"role": "user", "content": "a secret prompt"}]
 
@@ -30,16 +30,18 @@ def test_sigterm_lets_in_flight_streams_finish(upstream: UpstreamProcess, regist
 
     thread = threading.Thread(target=stream)
     thread.start()
-    time.sleep(0.4)
+    assert wait_for(lambda: upstream.stats()["streams_started"] == 1)  # the stream is under way
     assert gw.proc is not None
     gw.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.2)
-    try:  # no new connections once draining
-        refused = httpx.get(f"{gw.url}/healthz", timeout=1).status_code != 200
-    except httpx.HTTPError:
-        refused = True
+
+    def refused() -> bool:  # no new connections once draining
+        try:
+            return httpx.get(f"{gw.url}/healthz", timeout=1).status_code != 200
+        except httpx.HTTPError:
+            return True
+
+    assert wait_for(refused, 5)
     thread.join(20)
-    assert refused
     assert result["status"] == 200 and str(result["text"]).rstrip().endswith("data: [DONE]")
     assert gw.proc.wait(20) in (0, -signal.SIGTERM)
 
@@ -64,15 +66,22 @@ def test_access_log_line_and_request_id(upstream: UpstreamProcess, registry_file
     assert "secret prompt" not in log.read_text()  # no prompt text unless GATEWAY_LOG_PROMPTS=true
 
 
+@pytest.mark.parametrize("command", ["server", "service"])
 def test_external_mode_discovers_the_url_from_the_foundry_cli(upstream: UpstreamProcess, registry_file: Path,
-                                                                tmp_path: Path) -> None:
-    """Foundry Local's port can change between restarts: with no URL set, ask `foundry service status`."""
+                                                                tmp_path: Path, command: str) -> None:
+    """Foundry Local's port can change between restarts: with no URL set, ask the CLI — `foundry server status`
+    since CLI 0.10, `foundry service status` before it."""
     fake_cli = tmp_path / "bin" / "foundry"
     fake_cli.parent.mkdir()
     fake_cli.write_text("#!/bin/sh\n"
-                        f"echo '🟢 Model management service is running on {upstream.url}/openai/status'\n")
+                        f'if [ "$1 $2" = "{command} status" ]; then\n'
+                        f"  echo '🟢 Model management service is running on {upstream.url}/openai/status'\n"
+                        "else echo \"Unknown command $1\" >&2; exit 1; fi\n")
     fake_cli.chmod(0o755)
-    env = {**FAKE_ENV, "GATEWAY_UPSTREAM_MODE": "external", "PATH": f"{fake_cli.parent}:/usr/bin:/bin"}
+    env = {**FAKE_ENV, "GATEWAY_UPSTREAM_MODE": "external", "PATH": f"{fake_cli.parent}:/usr/bin:/bin",
+           "GATEWAY_ADMIN_API_KEY": "admin"}
     gw = GatewayProcess(registry=registry_file, env=env, log_path=tmp_path / "g.log")
     with gw:
-        assert gw.wait_ready()["upstream"]["url"] == upstream.url
+        assert "url" not in gw.wait_ready()["upstream"]  # where the upstream runs: for the admin key only
+        details = httpx.get(f"{gw.url}/readyz", headers={"Authorization": "Bearer admin"}).json()
+        assert details["upstream"]["url"] == upstream.url

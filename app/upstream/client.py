@@ -13,13 +13,18 @@ per-request cookie, auth and redirect machinery that a gateway to a loopback ups
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import ssl
 from typing import Any
 
 import httpx
 import orjson
 
 from app.settings import Settings
-from app.upstream.transport import FastTransport
+from app.upstream.transport import FastTransport, ssl_context
+
+log = logging.getLogger("foundry_gateway.upstream")
 
 
 class Upstream:
@@ -34,15 +39,20 @@ class Upstream:
         if settings.upstream_api_key:
             headers["authorization"] = f"Bearer {settings.upstream_api_key}"
         self.headers = headers
-        self.timeout = httpx.Timeout(
-            connect=settings.connect_timeout, read=None, write=settings.connect_timeout,
-            pool=settings.queue_timeout,
-        )
+        # The proxied routes bound the first byte and the gaps between chunks themselves (the proxy's
+        # timers); the management calls (models, load, unload, status) carry a whole timeout each.
+        self._proxy_timeout = httpx.Timeout(
+            connect=settings.connect_timeout, read=None, write=settings.first_byte_timeout, pool=settings.queue_timeout,
+        ).as_dict()
         self.transport = FastTransport(
-            max_idle_per_host=settings.max_in_flight, connect_timeout=settings.connect_timeout,
-            keepalive_expiry=settings.upstream_keepalive,
+            max_idle_per_host=settings.max_in_flight, keepalive_expiry=settings.upstream_keepalive,
+            ssl_context=upstream_ssl_context(settings),
         )
-        self.client = httpx.AsyncClient(transport=self.transport, timeout=self.timeout)
+        # Listing models and what is loaded is quick on a healthy upstream: bounded by twice the connect timeout.
+        self.quick_timeout = 2 * settings.connect_timeout
+        self.client = httpx.AsyncClient(
+            transport=self.transport, timeout=httpx.Timeout(self.quick_timeout, connect=settings.connect_timeout),
+        )
         self._header_list = list(headers.items())
         self.base_url = ""
         self.urls: dict[str, str] = {}
@@ -68,11 +78,17 @@ class Upstream:
 
     async def open(self, route: str, body: bytes) -> httpx.Response:
         """POST a body to a proxied route; returns once the response head arrived, body unread."""
-        request = httpx.Request("POST", self._url_objects[route], content=body, headers=self._header_list)
+        request = httpx.Request("POST", self._url_objects[route], content=body, headers=self._header_list,
+                                extensions={"timeout": self._proxy_timeout})
         return await self.transport.handle_async_request(request)
 
     async def get_json(self, url: str, timeout: float = 10.0) -> Any:
-        response = await self.client.get(url, timeout=timeout, headers=self.headers)
+        """GET and parse JSON; every phase (connect, each read) bounded, the whole call by ``timeout``."""
+        try:
+            async with asyncio.timeout(timeout):
+                response = await self.client.get(url, timeout=timeout, headers=self.headers)
+        except TimeoutError:
+            raise httpx.ReadTimeout(f"GET {url} took longer than {timeout:g}s") from None
         if response.status_code >= 400:
             raise httpx.HTTPStatusError(
                 f"GET {url}: HTTP {response.status_code}: {response.text[:200]}",
@@ -81,14 +97,14 @@ class Upstream:
         return orjson.loads(response.content)
 
     async def model_ids(self) -> list[str]:
-        data = await self.get_json(self.urls["models"])
+        data = await self.get_json(self.urls["models"], timeout=self.quick_timeout)
         items = data.get("data", []) if isinstance(data, dict) else data
         return [str(item["id"]) for item in items if isinstance(item, dict) and "id" in item]
 
     async def loaded_ids(self) -> list[str]:
         if not self.manages_models:
             return []
-        data = await self.get_json(self.urls["loaded"])
+        data = await self.get_json(self.urls["loaded"], timeout=self.quick_timeout)
         return [str(x) for x in data] if isinstance(data, list) else []
 
     async def load(self, alias: str, timeout: float) -> str:
@@ -101,3 +117,13 @@ class Upstream:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def upstream_ssl_context(settings: Settings) -> ssl.SSLContext:
+    """TLS to an ``https://`` upstream: the system trust store (``SSL_CERT_FILE`` honoured), plus
+    ``GATEWAY_UPSTREAM_CA_BUNDLE``; ``GATEWAY_UPSTREAM_TLS_VERIFY=false`` turns checking off (labs only)."""
+    if not settings.upstream_tls_verify:
+        log.warning("!!! GATEWAY_UPSTREAM_TLS_VERIFY=false: the upstream's TLS certificate is NOT checked; anyone "
+                    "on the path can read and change prompts and answers. Use GATEWAY_UPSTREAM_CA_BUNDLE instead.")
+    ca_bundle = str(settings.upstream_ca_bundle) if settings.upstream_ca_bundle else None
+    return ssl_context(ca_bundle, verify=settings.upstream_tls_verify)
