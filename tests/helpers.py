@@ -23,6 +23,47 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_module(name: str) -> Any:
+    """Import a real part the tests need. Missing: skipped on a laptop, a failure under CI=true."""
+    import importlib
+
+    import pytest
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        if IN_CI:
+            pytest.fail(f"{name} is missing under CI=true: {exc} (make install brings it)", pytrace=False)
+        pytest.skip(f"{name} not installed")
+
+
+def require_program(name: str) -> str:
+    """The path of a program the tests need. Missing: skipped on a laptop, a failure under CI=true."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name)
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"{name} is missing under CI=true (make prometheus installs it)", pytrace=False)
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Wait for a condition (the event itself, polled), bounded by ``timeout``; returns whether it came."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
 def write_registry(path: Path, entries: list[dict[str, Any]]) -> Path:
     import json
 

@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 
 from app.benchmark import COLUMNS
 from tests.fakes.upstream import UpstreamProcess
-from tests.helpers import ROOT, GatewayProcess
+from tests.helpers import ROOT, GatewayProcess, require_module
 
 
 def cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,
@@ -95,7 +94,7 @@ def test_settings_markdown_lists_every_setting() -> None:
 
 
 def test_pull_offline_says_so_clearly(tmp_path: Path) -> None:
-    pytest.importorskip("foundry_local_sdk")
+    require_module("foundry_local_sdk")
     result = cli("pull", "phi-4-mini", env={"GATEWAY_FOUNDRY_CACHE_DIR": str(tmp_path), "CI": "true"})
     assert result.returncode == 1
     assert "catalog" in result.stderr and "not reachable" in result.stderr

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import FAKE_ENV, serve_fake
 from tests.fakes.upstream import UpstreamProcess
-from tests.helpers import GatewayProcess
+from tests.helpers import GatewayProcess, wait_for
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 FAULT_ENV = {
@@ -167,10 +167,7 @@ def test_client_disconnect_cancels_the_upstream_request(gw: GatewayProcess, upst
     with httpx.stream("POST", f"{gw.base_url}/chat/completions", json=body, timeout=10) as response:
         for _ in response.iter_raw():
             break
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and upstream.stats()["streams_cancelled"] == before:
-        time.sleep(0.05)
-    assert upstream.stats()["streams_cancelled"] == before + 1
+    assert wait_for(lambda: upstream.stats()["streams_cancelled"] == before + 1, 3)
     upstream.reset()
     assert_healthy(gw)
 
@@ -203,12 +200,13 @@ def test_circuit_breaker_cools_a_failing_model(upstream: UpstreamProcess, regist
         assert upstream.stats()["requests"] == calls + 1
         assert "gateway_model_cooling_down{model=\"chat-a\"} 1.0" in httpx.get(f"{g.url}/metrics").text
         upstream.reset()
-        time.sleep(1.2)  # cool-down over: chat-a is probed again and recovers
+        # cool-down over: chat-a is routable again (half-open), probed, and recovers
+        assert wait_for(lambda: httpx.get(f"{g.base_url}/route", params={"task": "chat"}).json()["model"] == "chat-a")
         assert chat(g).headers["x-gateway-model"] == "chat-a"
 
 
 def test_queue_is_fifo_and_bounded(upstream: UpstreamProcess, registry_file: Path, tmp_path: Path) -> None:
-    env = {**FAKE_ENV, "GATEWAY_MODEL_CONCURRENCY": "1", "GATEWAY_QUEUE_SIZE": "4"}
+    env = {**FAKE_ENV, "GATEWAY_MODEL_CONCURRENCY": "1", "GATEWAY_QUEUE_SIZE": "4", "GATEWAY_ADMIN_API_KEY": "a"}
     with GatewayProcess(upstream=upstream.url, registry=registry_file, env=env, log_path=tmp_path / "g.log") as g:
         g.wait_ready()
         upstream.configure(delay_ms=900)
@@ -218,12 +216,18 @@ def test_queue_is_fifo_and_bounded(upstream: UpstreamProcess, registry_file: Pat
             body = {"model": "chat-a", "max_tokens": 4, "messages": [{"role": "user", "content": f"request {i}"}]}
             results[i] = httpx.post(f"{g.base_url}/chat/completions", json=body, timeout=30)
 
+        def waiting() -> int:
+            status = httpx.get(f"{g.url}/admin/status", headers={"Authorization": "Bearer a"}).json()
+            limiter = status["limiters"].get("chat-a", {"in_flight": 0, "queued": 0})
+            return int(limiter["in_flight"] + limiter["queued"])
+
         threads = []
         for i in range(7):
             t = threading.Thread(target=send, args=(i,))
             t.start()
             threads.append(t)
-            time.sleep(0.06)  # a known arrival order
+            if i < 5:  # a known arrival order: the next is sent once this one holds its place
+                assert wait_for(lambda n=i + 1: waiting() == n), f"request {i} never reached the queue"
         for t in threads:
             t.join(30)
         statuses = [results[i].status_code for i in range(7)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import time
 import uuid
@@ -19,11 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import FAKE_ENV
 from tests.fakes.upstream import UpstreamProcess
-from tests.helpers import ROOT, GatewayProcess, free_port
+from tests.helpers import ROOT, GatewayProcess, free_port, require_program, wait_for
 
 MESSAGES = [{"role": "user", "content": "count the tokens"}]
-needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
-needs_prometheus = pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed")
 
 
 def scrape(gw: GatewayProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -50,8 +47,8 @@ def fresh_gateway(upstream: UpstreamProcess, registry_file: Path, tmp_path: Path
         yield gw
 
 
-@needs_promtool
 def test_exposition_passes_promtool(gateway: GatewayProcess, client: openai.OpenAI) -> None:
+    require_program("promtool")
     client.chat.completions.create(model="auto", messages=MESSAGES, max_tokens=4)
     list(client.chat.completions.create(model="auto", messages=MESSAGES, max_tokens=4, stream=True))
     text = httpx.get(f"{gateway.url}/metrics").text
@@ -59,8 +56,8 @@ def test_exposition_passes_promtool(gateway: GatewayProcess, client: openai.Open
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@needs_promtool
 def test_ops_config_and_rules_are_valid() -> None:
+    require_program("promtool")
     for args in (["check", "config", "config/prometheus.yml"],
                  ["check", "rules", "config/alerts.yml", "config/recording-rules.yml"]):
         result = subprocess.run(["promtool", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
@@ -111,11 +108,7 @@ def test_aborted_stream_is_counted(fresh_gateway: GatewayProcess, upstream: Upst
     with httpx.stream("POST", f"{fresh_gateway.base_url}/chat/completions", json=body, timeout=10) as response:
         for _ in response.iter_raw():
             break  # the client leaves after the first bytes
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if total(scrape(fresh_gateway), "gateway_requests_total", status_class="aborted") == 1:
-            break
-        time.sleep(0.1)
+    wait_for(lambda: total(scrape(fresh_gateway), "gateway_requests_total", status_class="aborted") == 1)
     assert total(scrape(fresh_gateway), "gateway_requests_total", status_class="aborted") == 1
     assert total(scrape(fresh_gateway), "gateway_requests_in_flight") == 0
 
@@ -148,8 +141,8 @@ def test_several_workers_report_one_total(upstream: UpstreamProcess, registry_fi
             assert total(scrape(gw), "gateway_requests_total", status_class="2xx") == 30
 
 
-@needs_prometheus
 def test_real_prometheus_scrapes_the_gateway(fresh_gateway: GatewayProcess, tmp_path: Path) -> None:
+    require_program("prometheus")
     client = openai.OpenAI(base_url=fresh_gateway.base_url, api_key="x", max_retries=0)
     prompt_tokens = completion_tokens = 0
     for _ in range(6):

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,22 +14,13 @@ import httpx
 
 from tests.conftest import FAKE_ENV, FAKE_REGISTRY
 from tests.fakes.upstream import UpstreamProcess
-from tests.helpers import GatewayProcess, write_registry
+from tests.helpers import GatewayProcess, wait_for, write_registry
 
 ADMIN = {"Authorization": "Bearer admin-key"}
 
 
 def chosen(gw: GatewayProcess, task: str = "chat") -> str:
     return str(httpx.get(f"{gw.base_url}/route", params={"task": task}).json()["model"])
-
-
-def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def reloads(gw: GatewayProcess, result: str) -> float:
@@ -78,7 +68,7 @@ def test_in_flight_stream_survives_a_reload(upstream: UpstreamProcess, tmp_path:
 
         thread = threading.Thread(target=stream)
         thread.start()
-        time.sleep(0.4)
+        assert wait_for(lambda: upstream.stats()["streams_started"] == 1)  # chat-a's stream is under way
         write_registry(registry, [e for e in FAKE_REGISTRY if e["name"] != "chat-a"])  # its model disappears
         assert wait_for(lambda: chosen(gw) == "chat-b")
         thread.join(20)
@@ -92,8 +82,7 @@ def test_sighup_and_admin_reload(upstream: UpstreamProcess, tmp_path: Path) -> N
     with GatewayProcess(upstream=upstream.url, registry=registry, env=env, log_path=tmp_path / "g.log") as gw:
         gw.wait_ready()
         write_registry(registry, swapped())
-        time.sleep(0.5)
-        assert chosen(gw) == "chat-a"  # watching is off: nothing changes by itself
+        assert chosen(gw) == "chat-a" and reloads(gw, "ok") == 1  # watching is off: only a signal reloads
         os.kill(gw.pid, signal.SIGHUP)
         assert wait_for(lambda: chosen(gw) == "chat-b"), "SIGHUP did not reload"
 

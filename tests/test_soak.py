@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import FAKE_ENV
 from tests.fakes.upstream import UpstreamProcess
-from tests.helpers import GatewayProcess
+from tests.helpers import GatewayProcess, wait_for
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "40"))
 CONCURRENCY = 64
@@ -90,14 +90,15 @@ def test_soak_leaves_no_leaks_and_counts_every_request(
         assert total_sent > 500, sent
 
         upstream.reset()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # aborted streams are counted when the gateway notices
-            if requests_counted(gw) - warm == total_sent and "gateway_requests_in_flight 0.0" in httpx.get(
-                    f"{gw.url}/metrics").text:
-                break
-            time.sleep(0.2)
+        wait_for(lambda: requests_counted(gw) - warm == total_sent and "gateway_requests_in_flight 0.0" in httpx.get(
+            f"{gw.url}/metrics").text, 20, interval=0.2)  # aborted streams are counted when the gateway notices
         assert requests_counted(gw) - warm == total_sent, sent
-        time.sleep(3.5)  # idle upstream connections expire (2 s) and are pruned by the 1 s refresh loop
+
+        def settled() -> bool:  # idle upstream connections expire (2 s) and the 1 s refresh loop prunes them
+            fds, conns, _ = footprint(gw.pid)
+            return fds <= fds0 + 8 and conns <= conns0 + 8
+
+        wait_for(settled, 15, interval=0.2)
         fds1, conns1, rss1 = footprint(gw.pid)
         print(f"soak: {sent}; fds {fds0}->{fds1}, connections {conns0}->{conns1}, RSS {rss0:.0f}->{rss1:.0f} MiB")
         assert fds1 <= fds0 + 8, (fds0, fds1)
