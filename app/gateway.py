@@ -207,7 +207,7 @@ class Gateway:
             await asyncio.sleep(self.settings.inventory_refresh_interval if self.inventory.up else 1.0)
             await self._refresh()
             await self.inventory.unload_idle()
-            self.upstream.transport.prune_idle()
+            self.upstream.prune_idle()
 
     async def _refresh(self) -> None:
         if self.managed is not None and not self.managed.serving:

@@ -10,7 +10,7 @@ Anything that fails before the first content byte reached the client may move on
 candidate model (fallback); after that, a stream ends with one OpenAI-style error event.
 
 Ownership: everything an attempt takes — limiter slots, the model's in-use mark, the upstream
-response — goes on one exit stack the moment it is taken, so every way out (success, timeout, the
+response — is recorded as held the moment it is taken, and every way out (success, timeout, the
 client leaving, a bug) gives it back, the response first. Nobody's generation runs on unseen while
 its slot is free, and no fallback starts while the first model still works on the same prompt.
 ``GATEWAY_TOTAL_TIMEOUT`` bounds all of it: queueing, loading, the first byte and the relay.
@@ -35,6 +35,7 @@ from app.breaker import Permit
 from app.errors import GatewayError, Retry, upstream_error_from_body
 from app.exchange import Exchange, Responder, clock, record
 from app.gateway import Gateway
+from app.limiter import Limiter
 from app.registry import ModelEntry
 from app.relay import relay_json, relay_stream
 from app.streaming import EventSplitter, event_data, event_json, split_events
@@ -172,24 +173,24 @@ class Proxy:
                                 retry.error.message)
                 continue
             except GatewayError as err:
-                self._verdict(permit, ex, healthy=err.status < 500 and ex.sent)
+                self._verdict(permit, ex, healthy=err.status < 500, error=err.message)
                 raise
             except BaseException:
                 gw.breaker.cancel(permit)
                 raise
-            self._verdict(permit, ex, healthy=not ex.broken)
+            self._verdict(permit, ex, healthy=not ex.broken, error=ex.error)
             return
         assert failure is not None
         raise failure.error
 
-    def _verdict(self, permit: Permit, ex: Exchange, *, healthy: bool) -> None:
+    def _verdict(self, permit: Permit, ex: Exchange, *, healthy: bool, error: str) -> None:
         breaker = self.gw.breaker
         if not ex.sent:
             breaker.cancel(permit)  # refused before the upstream saw it (queue full, deadline): no verdict
         elif healthy:
             breaker.success(permit)
         else:
-            breaker.failure(permit, f"broken: {ex.error or 'the upstream failed mid-response'}")
+            breaker.failure(permit, f"broken: {error or 'the upstream failed mid-response'}")
 
     # --- one attempt on one model ---------------------------------------------------------------------
 
@@ -197,47 +198,46 @@ class Proxy:
         gw = self.gw
         translate = compat.chat_to_completion if ex.route_name == "completions" and not gw.upstream.has_completions \
             else None
-        async with contextlib.AsyncExitStack() as held:
-            gw.inventory.acquire(entry)
-            held.callback(gw.inventory.release, entry)
-            keepalive = self._keepalive(reply) if ex.stream else None
+        held = _Held()
+        gw.inventory.acquire(entry)
+        try:
+            keepalive = _KeepAlive(reply, self.settings.keepalive_interval) if ex.stream else None
             try:
-                async with asyncio.timeout_at(ex.deadline):
-                    response, chunks, first = await self._open(ex, entry, body, held)
+                async with asyncio.timeout_at(ex.deadline) as timer:
+                    response, chunks, first = await self._open(ex, entry, body, held, timer)
             except TimeoutError:
-                raise GatewayError(504, f"The request took longer than the total timeout "
-                                        f"({self.settings.total_timeout:g}s).", code="upstream_timeout") from None
+                if asyncio.get_running_loop().time() >= ex.deadline:
+                    raise GatewayError(504, f"The request took longer than the total timeout "
+                                            f"({self.settings.total_timeout:g}s).", code="upstream_timeout") from None
+                raise Retry(GatewayError(
+                    504, f"Model '{entry.name}' sent nothing for {self.settings.first_byte_timeout:g}s.",
+                    code="upstream_timeout"), "timeout") from None
             finally:
                 if keepalive is not None:
-                    keepalive.cancel()
+                    await keepalive.stop()
             if ex.stream:
                 await relay_stream(ex, reply, response, chunks, first, idle_timeout=self.settings.idle_timeout,
                                    metrics=self.metrics, translate=translate)
             else:
                 await relay_json(ex, reply, response, chunks, idle_timeout=self.settings.idle_timeout,
                                  translate=translate)
-
-    def _keepalive(self, reply: Responder) -> asyncio.Task[None]:
-        """While a stream waits for its first event, send SSE comments every keep-alive interval."""
-
-        async def beat() -> None:
-            while True:
-                await asyncio.sleep(self.settings.keepalive_interval)
-                await reply.keepalive()
-
-        task = asyncio.ensure_future(beat())
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a client gone is the watcher's news
-        return task
+        finally:
+            await held.give_back()
+            gw.inventory.release(entry)
 
     async def _open(
-        self, ex: Exchange, entry: ModelEntry, body: dict[str, Any], held: contextlib.AsyncExitStack
+        self, ex: Exchange, entry: ModelEntry, body: dict[str, Any], held: _Held, timer: asyncio.Timeout
     ) -> tuple[httpx.Response, AsyncIterator[bytes], bytes]:
-        """Admit, load, send; return the response (already on ``held``), its byte iterator and, for streams,
-        the bytes up to the first complete event (Foundry Local may answer 200 with a lone error event)."""
+        """Admit, load, send; return the response (already ``held``), its byte iterator and, for streams, the
+        bytes up to the first complete event (Foundry Local may answer 200 with a lone error event).
+
+        ``timer`` runs to the request's deadline, and to the first-byte deadline while the upstream has
+        the request: one timer for both, its expiry told apart by the caller."""
         gw = self.gw
+        loop = asyncio.get_running_loop()
         for limiter in (gw.admission, gw.limiter(entry)):
             ex.queue_wait += await limiter.acquire()
-            held.callback(limiter.release)
+            held.limiters.append(limiter)
         to_chat = ex.route_name == "completions" and not gw.upstream.has_completions
         upstream_route = "chat" if to_chat else ex.route_name
         default_max = None
@@ -245,6 +245,7 @@ class Proxy:
             default_max = entry.max_tokens_default(self.settings.default_max_tokens)
         reloaded = recovered = False
         while True:
+            timer.reschedule(ex.deadline)
             if not recovered and not gw.upstream_serving:  # a managed runtime is restarting: wait for it
                 recovered = await gw.upstream_recovered(ex.deadline)
             try:
@@ -261,21 +262,17 @@ class Proxy:
                 body, upstream_id=ex.upstream_id, stream=ex.stream, default_max_tokens=default_max, to_chat=to_chat,
             )
             started = clock()
+            timer.reschedule(min(ex.deadline, loop.time() + self.settings.first_byte_timeout))
             try:
-                async with asyncio.timeout(self.settings.first_byte_timeout):
-                    response = await gw.upstream.open(upstream_route, payload)
-                    ex.sent = True
-                    held.push_async_callback(response.aclose)  # owned from its first byte
-                    chunks = aiter(cast(httpx.AsyncByteStream, response.stream))  # raw bytes, no decoding layer
-                    raw = first = event = b""
-                    if response.status_code >= 400:
-                        raw = await response.aread()
-                    elif ex.stream:
-                        first, event = await self._first_event(response, chunks)
-            except TimeoutError:
-                raise Retry(GatewayError(
-                    504, f"Model '{entry.name}' sent nothing for {self.settings.first_byte_timeout:g}s.",
-                    code="upstream_timeout"), "timeout") from None
+                response = await gw.upstream.open(upstream_route, payload)
+                ex.sent = True
+                held.responses.append(response)  # owned from its first byte
+                chunks = aiter(cast(httpx.AsyncByteStream, response.stream))  # raw bytes, no decoding layer
+                raw = first = event = b""
+                if response.status_code >= 400:
+                    raw = await response.aread()
+                elif ex.stream:
+                    first, event = await self._first_event(response, chunks)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # Nothing was sent. A managed runtime that just died comes back in about a second:
                 # wait for it rather than fail (once per request).
@@ -335,6 +332,57 @@ class Proxy:
                 if event_data(event) is not None:
                     return seen, event
         return seen, splitter.flush()
+
+
+class _Held:
+    """What one attempt holds — limiter slots and upstream responses — given back on every way out:
+    the responses first (the upstream stops generating), then the slots, whatever happens meanwhile."""
+
+    __slots__ = ("limiters", "responses")
+
+    def __init__(self) -> None:
+        self.limiters: list[Limiter] = []
+        self.responses: list[httpx.Response] = []
+
+    async def give_back(self) -> None:
+        try:
+            for response in self.responses:
+                with contextlib.suppress(Exception):
+                    await response.aclose()
+        finally:
+            for limiter in reversed(self.limiters):
+                limiter.release()
+
+
+class _KeepAlive:
+    """SSE comments every ``interval`` while a stream waits for its first event. A timer, not a task, until
+    a comment is due: most streams start long before the first one."""
+
+    __slots__ = ("handle", "interval", "loop", "reply", "sending")
+
+    def __init__(self, reply: Responder, interval: float) -> None:
+        self.reply = reply
+        self.interval = interval
+        self.loop = asyncio.get_running_loop()
+        self.sending: asyncio.Future[None] | None = None
+        self.handle = self.loop.call_later(interval, self._due)
+
+    def _due(self) -> None:
+        if self.sending is None or self.sending.done():  # a slow client still busy with the last one: skip
+            self.sending = asyncio.ensure_future(self.reply.keepalive())
+            self.sending.add_done_callback(_retrieve)  # a client gone is the disconnect watcher's news
+        self.handle = self.loop.call_later(self.interval, self._due)
+
+    async def stop(self) -> None:
+        """No more comments; one being sent finishes first, so the stream's own bytes come after it."""
+        self.handle.cancel()
+        if self.sending is not None and not self.sending.done():
+            await asyncio.wait((self.sending,))
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _text(value: bytes | None) -> str | None:

@@ -35,7 +35,10 @@ class Settings(BaseSettings):
     # --- listening -------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address the gateway listens on.")
     port: int = Field(8080, ge=0, le=65535, description="Port the gateway listens on.")
-    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes (metrics stay correct).")
+    workers: int = Field(
+        1, ge=1, le=64, description="uvicorn worker processes: only with an external `openai`-kind upstream; each "
+        "enforces 1/N of every limit and metrics are aggregated (docs/reliability.md).",
+    )
 
     # --- upstream ----------------------------------------------------------------------------------
     upstream_mode: Literal["managed", "external"] = Field(
@@ -57,6 +60,10 @@ class Settings(BaseSettings):
     upstream_ca_bundle: Path | None = Field(
         None, description="PEM file of CA certificates trusted for an `https://` upstream, on top of the system "
         "store (which `SSL_CERT_FILE` also extends).",
+    )
+    upstream_transport: Literal["fast", "httpx", "aiohttp"] = Field(
+        "fast", description="HTTP client under httpx for the upstream: `fast` (this project's, measured cheapest), "
+        "`httpx` (httpx's own pool) or `aiohttp` (needs `httpx-aiohttp`). For comparisons and as an escape hatch.",
     )
     upstream_tls_verify: bool = Field(
         True, description="Check the `https://` upstream's certificate. `false` only in a lab: it warns loudly.",

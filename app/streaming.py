@@ -24,8 +24,9 @@ _BOUNDARY = re.compile(rb"(?:\r\n|\r(?!\n)|\n){2}")
 _LINE = re.compile(rb"\r\n|\r|\n")
 _ENDS_EVENT = re.compile(rb"(?:\r\n|\r(?!\n)|\n){2}\Z")
 _ENDS_LINE = re.compile(rb"[\r\n]\Z")
-# One scan per block finds the rare events that need a closer look: a usage object or an error event.
-_SPECIAL = re.compile(rb'"usage"\s*:\s*\{|(?:^|(?<=\r))data:\s*\{\s*"error"\s*:', re.MULTILINE)
+# One scan per block finds the rare events that need a closer look: a usage object or an error key
+# (an "error" inside content text only costs a closer look; the JSON decides).
+_SPECIAL = re.compile(rb'"usage"\s*:\s*\{|"error"\s*:')
 _CONTENT = re.compile(rb'"(?:content|text|reasoning_content)"\s*:\s*"[^"]')
 _DONE = re.compile(rb"(?:^|(?<=[\r\n]))data: ?\[DONE\][ \t]*(?:\r\n|\r|\n|$)", re.MULTILINE)
 
@@ -86,6 +87,11 @@ def split_events(block: bytes) -> list[bytes]:
 
 def event_data(event: bytes) -> bytes | None:
     """The event's data as a client sees it (``data`` lines joined with LF), or None without any."""
+    if b"\r" not in event:
+        body = event.rstrip(b"\n")
+        if body.startswith(b"data:") and b"\n" not in body:  # the usual event: one data line
+            value = body[5:]
+            return value[1:] if value.startswith(b" ") else value
     data: list[bytes] = []
     for line in _LINE.split(event) if b"\r" in event else event.split(b"\n"):
         if line.startswith(b"data"):
@@ -139,7 +145,8 @@ class StreamInspector:
         """Inspect one block of complete events; returns the bytes to send on."""
         if not block:
             return block
-        if self.translate is not None or _SPECIAL.search(block):
+        # substring tests (memchr speed) before any regular expression: most blocks are plain content
+        if self.translate is not None or ((b'"usage"' in block or b'"error"' in block) and _SPECIAL.search(block)):
             return self._rewrite(block)
         if b"[DONE]" in block and _DONE.search(block):
             self.done = True
@@ -163,7 +170,18 @@ class StreamInspector:
 
     def _rewrite(self, block: bytes) -> bytes:
         out: list[bytes] = []
+        plain_content = False
         for event in split_events(block):
+            if self.translate is None and b'"usage"' not in event and b'"error"' not in event:
+                # Under load a whole stream can arrive as one block: only the events that need it are parsed.
+                if b"[DONE]" in event and _DONE.search(event):
+                    self.done = True
+                elif self.first_content:
+                    plain_content = True
+                elif _CONTENT.search(event):
+                    self.first_content = self.last_content = self.clock()
+                out.append(event)
+                continue
             data = event_json(event)
             if not isinstance(data, dict):
                 if _DONE.search(event):
@@ -190,4 +208,6 @@ class StreamInspector:
             if self.translate is not None:
                 event = b"data: " + orjson.dumps(self.translate(data)) + b"\n\n"
             out.append(event)
+        if plain_content:
+            self.last_content = max(self.last_content, self.clock())
         return b"".join(out)

@@ -1,8 +1,9 @@
 """Transport conformance: HTTP/1.1 semantics the gateway relies on, checked against scripted raw servers.
 
-Every case runs twice: on ``FastTransport`` (ours) and on httpx's default transport (httpcore) as the
-reference, so the suite states HTTP's rules rather than our implementation's habits. Where the two
-differ on purpose, the case says so (docs/performance.md lists the differences and why).
+Every case runs on ``FastTransport`` (ours), on httpx's default transport (httpcore) as the reference, so
+the suite states HTTP's rules rather than our implementation's habits, and on ``httpx-aiohttp`` (the
+cheaper maintained alternative), whose known gaps are strict xfails below. docs/reliability.md lists
+where ours and httpcore differ on purpose; docs/performance.md why ours stays.
 """
 
 from __future__ import annotations
@@ -24,8 +25,26 @@ from tests.fakes.scripted import Conn, Request, ScriptedServer, chunked, respons
 TIMEOUT = httpx.Timeout(5.0)
 
 
-@pytest.fixture(params=["fast", "httpx"])
+# httpx-aiohttp 0.2 (aiohttp 3.14) was measured as the cheaper maintained alternative; these are the cases
+# it fails, kept as strict xfails so the record stays true (docs/performance.md, "Transport: keep or switch").
+AIOHTTP_GAPS = {
+    "test_idle_connection_closed_by_the_server_is_not_used": "a stale keep-alive connection fails the next POST "
+    "('Cannot write to closing transport', reported as ConnectTimeout)",
+    "test_reset_mid_body_is_an_error_not_a_short_body[aiohttp-close-delimited]": "a reset ends a close-delimited "
+    "body as if it were complete: a truncated answer passes as whole",
+    "test_write_timeout": "the write timeout is not applied: a stuck upload hangs",
+    "test_pool_timeout": "the pool timeout is not applied",
+    "test_tls_with_a_trusted_ca": "the SSLContext passed as verify= is not used for the connection",
+}
+
+
+@pytest.fixture(params=["fast", "httpx", "aiohttp"])
 def kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "aiohttp":
+        node = request.node.name
+        reason = AIOHTTP_GAPS.get(node) or AIOHTTP_GAPS.get(node.split("[")[0])
+        if reason:
+            request.applymarker(pytest.mark.xfail(strict=True, reason=f"httpx-aiohttp: {reason}"))
     return str(request.param)
 
 
@@ -33,6 +52,11 @@ def make_transport(kind: str, *, ssl_context: ssl.SSLContext | None = None,
                    max_connections: int | None = None) -> httpx.AsyncBaseTransport:
     if kind == "fast":
         return FastTransport(ssl_context=ssl_context, max_connections=max_connections)
+    if kind == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        return AiohttpTransport(verify=ssl_context or True,  # type: ignore[no-any-return]
+                                limits=httpx.Limits(max_connections=max_connections))
     return httpx.AsyncHTTPTransport(verify=ssl_context or True, limits=httpx.Limits(max_connections=max_connections))
 
 

@@ -44,10 +44,7 @@ class Upstream:
         self._proxy_timeout = httpx.Timeout(
             connect=settings.connect_timeout, read=None, write=settings.first_byte_timeout, pool=settings.queue_timeout,
         ).as_dict()
-        self.transport = FastTransport(
-            max_idle_per_host=settings.max_in_flight, keepalive_expiry=settings.upstream_keepalive,
-            ssl_context=upstream_ssl_context(settings),
-        )
+        self.transport = make_transport(settings)
         # Listing models and what is loaded is quick on a healthy upstream: bounded by twice the connect timeout.
         self.quick_timeout = 2 * settings.connect_timeout
         self.client = httpx.AsyncClient(
@@ -115,8 +112,30 @@ class Upstream:
         data = await self.get_json(self.urls["unload"] + alias, timeout=timeout)
         return str(data.get("status", "")) if isinstance(data, dict) else ""
 
+    def prune_idle(self) -> None:
+        """Close idle connections past their keep-alive (the other transports expire them themselves)."""
+        if isinstance(self.transport, FastTransport):
+            self.transport.prune_idle()
+
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def make_transport(settings: Settings) -> httpx.AsyncBaseTransport:
+    """The transport named by ``GATEWAY_UPSTREAM_TRANSPORT`` (docs/performance.md compares them)."""
+    tls = upstream_ssl_context(settings)
+    if settings.upstream_transport == "httpx":
+        return httpx.AsyncHTTPTransport(verify=tls, limits=httpx.Limits(
+            max_connections=None, max_keepalive_connections=settings.max_in_flight,
+            keepalive_expiry=settings.upstream_keepalive))
+    if settings.upstream_transport == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        return AiohttpTransport(verify=tls, limits=httpx.Limits(  # type: ignore[no-any-return]
+            max_connections=None, max_keepalive_connections=settings.max_in_flight,
+            keepalive_expiry=settings.upstream_keepalive))
+    return FastTransport(max_idle_per_host=settings.max_in_flight, keepalive_expiry=settings.upstream_keepalive,
+                         ssl_context=tls)
 
 
 def upstream_ssl_context(settings: Settings) -> ssl.SSLContext:

@@ -205,29 +205,32 @@ class ManagedFoundry:
 
     async def _watch(self) -> str:
         """Until the runtime needs a restart; returns why. An exit is seen at once, a hang in 3 checks."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return f"exited ({_exit_text(proc)})" if proc else "is not running"
+        exited = asyncio.ensure_future(proc.wait())  # one waiter per runtime, not one per health check
         failed = 0
-        while True:
-            proc = self._proc
-            if proc is None or proc.returncode is not None:
-                return f"exited ({_exit_text(proc)})" if proc else "is not running"
-            exited = asyncio.ensure_future(proc.wait())
-            poked = asyncio.ensure_future(self._poked.wait())
-            try:
-                await asyncio.wait((exited, poked), timeout=self.health_interval, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                exited.cancel()
-                poked.cancel()
-            self._poked.clear()
-            if self._stopping:
-                return "is stopping"
-            if proc.returncode is not None:
-                return f"exited ({_exit_text(proc)})"
-            if await self.healthy():
-                failed = 0
-                continue
-            failed += 1
-            if failed >= 3:
-                return "stopped answering health checks"
+        try:
+            while True:
+                poked = asyncio.ensure_future(self._poked.wait())
+                try:
+                    await asyncio.wait((exited, poked), timeout=self.health_interval,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    poked.cancel()
+                self._poked.clear()
+                if self._stopping:
+                    return "is stopping"
+                if proc.returncode is not None:
+                    return f"exited ({_exit_text(proc)})"
+                if await self.healthy():
+                    failed = 0
+                    continue
+                failed += 1
+                if failed >= 3:
+                    return "stopped answering health checks"
+        finally:
+            exited.cancel()
 
     def _mark_down(self, reason: str) -> None:
         self.serving = False

@@ -51,8 +51,8 @@ class _Connection(asyncio.Protocol):
     """One upstream connection; carries one request/response at a time."""
 
     __slots__ = (
-        "_drain", "_waiter", "buffered", "chunks", "error", "got_bytes", "head_done", "headers", "idle_since",
-        "interim", "keep_alive", "key", "loop", "no_body", "on_lost", "parser", "read_paused", "state",
+        "_drain", "_poller", "_waiter", "buffered", "chunks", "error", "got_bytes", "head_done", "headers",
+        "idle_since", "interim", "keep_alive", "key", "loop", "no_body", "on_lost", "parser", "read_paused", "state",
         "status", "transport", "write_paused",
     )
 
@@ -61,6 +61,7 @@ class _Connection(asyncio.Protocol):
         self.key = key
         self.on_lost = on_lost
         self.transport: asyncio.Transport | None = None
+        self._poller: Any = None
         self.state = _State.IDLE
         self.idle_since = 0.0
         self.write_paused = False
@@ -86,6 +87,10 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # for the staleness check before reuse: one poll(2) call, no allocation
+            self._poller = select.poll()
+            self._poller.register(sock.fileno(), select.POLLIN)
 
     def data_received(self, data: bytes) -> None:
         if self.state is not _State.ACTIVE:
@@ -195,35 +200,36 @@ class _Connection(asyncio.Protocol):
             timer.cancel()
 
     def is_stale(self) -> bool:
-        """An idle connection that is closed or readable: the server hung up (or sent garbage)."""
+        """An idle connection that is closed or readable: the server hung up (or sent garbage). Asked of
+        the socket itself, since the event loop may not have processed a FIN that already arrived."""
         if self.state is not _State.IDLE or self.transport is None or self.transport.is_closing():
             return True
-        sock = self.transport.get_extra_info("socket")
-        if sock is None:
+        if self._poller is None:
             return False
         try:
-            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+            return bool(self._poller.poll(0))
         except (OSError, ValueError):
             return True
-        return bool(readable)
 
-    async def send(self, data: bytes, no_body: bool, write_timeout: float | None) -> None:
+    def send(self, data: bytes, no_body: bool) -> None:
         self._begin(no_body)
         self.state = _State.ACTIVE
         assert self.transport is not None
         self.transport.write(data)
-        if self.write_paused:  # the send buffer is over its high-water mark: wait for it to drain
-            self._drain = self.loop.create_future()
-            timer = None
-            if write_timeout is not None:
-                timer = self.loop.call_later(write_timeout, _expire, self._drain, httpx.WriteTimeout,
-                                             "sending the request to the upstream timed out")
-            try:
-                await self._drain
-            finally:
-                self._drain = None
-                if timer is not None:
-                    timer.cancel()
+
+    async def drain(self, write_timeout: float | None) -> None:
+        """Wait until the send buffer is below its high-water mark again (only called when it is above)."""
+        self._drain = self.loop.create_future()
+        timer = None
+        if write_timeout is not None:
+            timer = self.loop.call_later(write_timeout, _expire, self._drain, httpx.WriteTimeout,
+                                         "sending the request to the upstream timed out")
+        try:
+            await self._drain
+        finally:
+            self._drain = None
+            if timer is not None:
+                timer.cancel()
 
     async def response_head(self, timeout: float | None) -> None:
         while not self.head_done:
@@ -372,7 +378,8 @@ class FastTransport(httpx.AsyncBaseTransport):
                 return
 
     async def _reserve(self, key: tuple[str, str, int], timeout: float | None) -> _Connection | None:
-        """An idle connection for ``key``, or None after reserving room for a new one."""
+        """An idle connection for ``key``, or None after reserving room for a new one (waiting for room
+        while ``max_connections`` are open)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
@@ -456,12 +463,16 @@ class FastTransport(httpx.AsyncBaseTransport):
 
         conn: _Connection | None = None
         for attempt in (0, 1):
-            conn = await self._reserve(key, timeout.get("pool"))
+            conn = self._take_idle(key)  # the common case: no await, no pool bookkeeping
+            if conn is None:
+                conn = await self._reserve(key, timeout.get("pool"))
             reused = conn is not None
             if conn is None:
                 conn = await self._connect(key, timeout.get("connect"))
             try:
-                await conn.send(payload, no_body, timeout.get("write"))
+                conn.send(payload, no_body)
+                if conn.write_paused:
+                    await conn.drain(timeout.get("write"))
                 await conn.response_head(timeout.get("read"))
                 break
             except httpx.TransportError as exc:
