@@ -154,13 +154,13 @@ class Proxy:
                                                         code="model_unavailable"), "cooling")
                 continue
             ex.entry = entry
-            if position:
-                previous = candidates[position - 1].name
-                reply.set_route(entry, route.task, f"fallback; {ex.cause or 'cooling'} on {previous}")
-                if reply.started:  # keep-alive comments already sent the headers: say it in the stream
-                    await reply.body(f": fallback; {ex.cause or 'cooling'} on {previous}, now {entry.name}\n\n"
-                                     .encode())
             try:
+                if position:
+                    previous = candidates[position - 1].name
+                    reply.set_route(entry, route.task, f"fallback; {ex.cause or 'cooling'} on {previous}")
+                    if reply.started:  # keep-alive comments already sent the headers: say it in the stream
+                        await reply.body(f": fallback; {ex.cause or 'cooling'} on {previous}, now {entry.name}\n\n"
+                                         .encode())
                 await self._attempt(ex, reply, entry, body)
             except Retry as retry:
                 failure = retry
@@ -199,6 +199,7 @@ class Proxy:
         translate = compat.chat_to_completion if ex.route_name == "completions" and not gw.upstream.has_completions \
             else None
         held = _Held()
+        ex.sent = False  # of this attempt: the breaker's verdict is about this model only
         gw.inventory.acquire(entry)
         try:
             keepalive = _KeepAlive(reply, self.settings.keepalive_interval) if ex.stream else None
@@ -222,8 +223,10 @@ class Proxy:
                 await relay_json(ex, reply, response, chunks, idle_timeout=self.settings.idle_timeout,
                                  translate=translate)
         finally:
-            await held.give_back()
-            gw.inventory.release(entry)
+            try:
+                await held.give_back()
+            finally:
+                gw.inventory.release(entry)
 
     async def _open(
         self, ex: Exchange, entry: ModelEntry, body: dict[str, Any], held: _Held, timer: asyncio.Timeout
@@ -374,10 +377,12 @@ class _KeepAlive:
         self.handle = self.loop.call_later(self.interval, self._due)
 
     async def stop(self) -> None:
-        """No more comments; one being sent finishes first, so the stream's own bytes come after it."""
+        """No more comments; one being sent finishes first, so the stream's own bytes come after it (a
+        client that takes none for a whole interval gets no more: the relay then lets it go)."""
         self.handle.cancel()
         if self.sending is not None and not self.sending.done():
-            await asyncio.wait((self.sending,))
+            await asyncio.wait((self.sending,), timeout=self.interval)
+            self.sending.cancel()
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:

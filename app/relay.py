@@ -1,15 +1,17 @@
 """Relaying an opened upstream response to the client: a JSON body whole, or an SSE stream event by event.
 
-Both bound every wait by the idle timeout and the request's total deadline. A JSON body that fails
-can still move to another model (nothing reached the client); a stream that fails after its first
-bytes ends with exactly one OpenAI-style error event and marks the exchange ``broken`` (the circuit
-breaker counts it as the model's failure).
+Every wait is bounded by the idle timeout and the request's total deadline — reading from the upstream
+and writing to the client alike. A JSON body that fails can still move to another model (nothing
+reached the client); a stream that fails after its first bytes ends with exactly one OpenAI-style error
+event and marks the exchange ``broken`` (the circuit breaker counts it as the model's failure). A client
+that stops reading without leaving is let go after the idle timeout (counted as aborted, nobody's
+failure), so it cannot hold a model's slot and its upstream stream forever.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -26,10 +28,10 @@ Translate = Callable[[dict[str, Any]], dict[str, Any]]
 
 class _IdleTimer:
     """Re-arms an ``asyncio.Timeout`` at most every 5% of the idle timeout: re-arming per chunk costs more
-    than relaying the chunk. It fires between 95% and 100% of ``idle`` after the last chunk, or at the
-    deadline."""
+    than relaying the chunk. It fires between 95% and 100% of ``idle`` after the last progress, or at the
+    deadline. ``sending`` says whether the wait was for the client (it stopped reading) or the upstream."""
 
-    __slots__ = ("deadline", "idle", "loop", "rearm_at", "timer")
+    __slots__ = ("deadline", "idle", "loop", "rearm_at", "sending", "timer")
 
     def __init__(self, timer: asyncio.Timeout, idle: float, deadline: float) -> None:
         self.timer = timer
@@ -37,6 +39,7 @@ class _IdleTimer:
         self.deadline = deadline
         self.loop = asyncio.get_running_loop()
         self.rearm_at = 0.0
+        self.sending = False
 
     def touch(self) -> None:
         now = self.loop.time()
@@ -54,6 +57,7 @@ async def relay_json(
 ) -> None:
     started = clock()
     parts: list[bytes] = []
+    idle: _IdleTimer | None = None
     try:
         async with asyncio.timeout(None) as timeout:
             idle = _IdleTimer(timeout, idle_timeout, ex.deadline)
@@ -63,8 +67,17 @@ async def relay_json(
                     parts.append(await chunks.__anext__())
                 except StopAsyncIteration:
                     break
-        raw = b"".join(parts)
+            ex.upstream_wait += clock() - started
+            started = 0.0
+            raw = _checked_json(ex, response, b"".join(parts), translate)
+            idle.touch()
+            idle.sending = True
+            await reply.whole(response.status_code, b"application/json", raw)
     except TimeoutError:
+        assert idle is not None
+        if idle.sending:
+            ex.aborted = True  # the client stopped reading: let it go, blame nobody
+            return
         if idle.at_deadline():
             raise GatewayError(504, "The request took longer than the total timeout.", code="upstream_timeout") \
                 from None
@@ -74,7 +87,12 @@ async def relay_json(
         raise Retry(GatewayError(502, f"Upstream failed mid-response: {exc.__class__.__name__}",
                                  code="upstream_error"), "broken") from None
     finally:
-        ex.upstream_wait += clock() - started
+        if started:
+            ex.upstream_wait += clock() - started
+
+
+def _checked_json(ex: Exchange, response: httpx.Response, raw: bytes, translate: Translate | None) -> bytes:
+    """The upstream's JSON answer as the client gets it; usage noted for metrics."""
     content_type = response.headers.get("content-type", "application/json").split(",")[0].strip()
     if not content_type.startswith("application/json"):
         raise Retry(GatewayError(502, f"The upstream answered with '{content_type}', not JSON.",
@@ -89,7 +107,7 @@ async def relay_json(
         ex.usage = usage if isinstance(usage, dict) else None
         if translate is not None:
             raw = orjson.dumps(translate(data))
-    await reply.whole(response.status_code, b"application/json", raw)
+    return raw
 
 
 async def relay_stream(
@@ -98,16 +116,19 @@ async def relay_stream(
 ) -> None:
     inspector = StreamInspector(clock, strip_usage=not compat.wants_usage(ex.body or {}), translate=translate)
     splitter = EventSplitter()
-    if not reply.started:
-        await reply.start(response.status_code, b"text/event-stream")
     upstream_wait = 0.0
     ttft_pending = True
+    idle: _IdleTimer | None = None
     try:
-        block = inspector.block(splitter.feed(first))
         async with asyncio.timeout(None) as timeout:
             idle = _IdleTimer(timeout, idle_timeout, ex.deadline)
+            idle.sending = True
+            if not reply.started:
+                await reply.start(response.status_code, b"text/event-stream")
+            block = inspector.block(splitter.feed(first))
             while True:
                 if block:
+                    idle.sending = True
                     await reply.body(block)
                     if ttft_pending and inspector.first_content:  # observed now, not when the stream ends
                         ttft_pending = False
@@ -115,6 +136,7 @@ async def relay_stream(
                         metrics.series(ex.route_name, ex.task, ex.entry.name if ex.entry else None
                                        ).ttft.observe(ex.ttft)
                 idle.touch()
+                idle.sending = False
                 waited = clock()
                 try:
                     chunk = await chunks.__anext__()
@@ -123,17 +145,27 @@ async def relay_stream(
                     break
                 upstream_wait += clock() - waited
                 block = inspector.block(splitter.feed(chunk))
-        tail = inspector.finish(splitter.flush())  # an unterminated last event still goes out
-        if tail:
-            await reply.body(tail)
+            idle.sending = True
+            tail = inspector.finish(splitter.flush())  # an unterminated last event still goes out
+            if tail:
+                await reply.body(tail)
+            if inspector.error is None and inspector.done:
+                await reply.body(b"", more=False)
+                return
     except TimeoutError:
+        assert idle is not None
+        if idle.sending:
+            ex.aborted = True  # the client stopped reading: let it go, blame nobody
+            return
         await _fail(ex, reply, GatewayError(
             504, "The request took longer than the total timeout." if idle.at_deadline() else
-            f"The upstream stalled for more than {idle_timeout:g}s mid-stream.", code="upstream_timeout"))
+            f"The upstream stalled for more than {idle_timeout:g}s mid-stream.", code="upstream_timeout"),
+            idle_timeout)
         return
     except httpx.HTTPError as exc:
         await _fail(ex, reply, GatewayError(
-            502, f"The upstream connection broke mid-stream ({exc.__class__.__name__}).", code="upstream_error"))
+            502, f"The upstream connection broke mid-stream ({exc.__class__.__name__}).", code="upstream_error"),
+            idle_timeout)
         return
     finally:
         ex.upstream_wait += upstream_wait
@@ -142,20 +174,26 @@ async def relay_stream(
             tokens = (inspector.usage or {}).get("completion_tokens") or 0
             if isinstance(tokens, int) and tokens > 1:
                 ex.tpot = (inspector.last_content - inspector.first_content) / (tokens - 1)
-    if inspector.error is not None:
+    if inspector.error is not None:  # the upstream's own error event went out as it came
         ex.error = str(inspector.error.get("message", "upstream error event"))
         ex.status = 502
         ex.broken = True
-        await reply.body(b"", more=False)
+        await _bounded(ex, reply.body(b"", more=False), idle_timeout)
         return
-    if not inspector.done:
-        await _fail(ex, reply, GatewayError(502, "The upstream ended the stream without [DONE].",
-                                            code="upstream_error"))
-        return
-    await reply.body(b"", more=False)
+    await _fail(ex, reply, GatewayError(502, "The upstream ended the stream without [DONE].",
+                                        code="upstream_error"), idle_timeout)
 
 
-async def _fail(ex: Exchange, reply: Responder, err: GatewayError) -> None:
+async def _fail(ex: Exchange, reply: Responder, err: GatewayError, idle_timeout: float) -> None:
     ex.status = err.status
     ex.broken = True
-    await reply.fail(err)
+    await _bounded(ex, reply.fail(err), idle_timeout)
+
+
+async def _bounded(ex: Exchange, send: Awaitable[None], idle_timeout: float) -> None:
+    """A last send to the client, bounded: a client that reads nothing is let go."""
+    try:
+        async with asyncio.timeout(idle_timeout):
+            await send
+    except TimeoutError:
+        ex.aborted = True

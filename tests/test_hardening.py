@@ -5,6 +5,7 @@ a real half-open breaker, SSE in every framing, hung upstreams that cannot hang 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -102,6 +103,39 @@ def test_every_sse_framing_is_relayed(gw: GatewayProcess, upstream: UpstreamProc
     chunks = list(client.chat.completions.create(model="chat-a", messages=MESSAGES, max_tokens=8, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from chat-a."
     assert metric(gw, series % "2xx") == ok + 1 and metric(gw, series % "5xx") == failed  # no spurious error
+
+
+def test_a_lone_unterminated_event_does_not_hang_the_stream(gw: GatewayProcess, upstream: UpstreamProcess) -> None:
+    """The first event is the whole stream, without its blank line: reading it reaches the end (and hands
+    the connection back to the pool); the relay must not read the pooled connection again."""
+    upstream.configure(sse_style="lone_unterminated")
+    started = time.monotonic()
+    r = chat(gw, stream=True, model="chat-a")
+    assert time.monotonic() - started < 5
+    assert stream_text(r.text) == "alone" and "without [DONE]" in r.text  # relayed, then one honest error event
+    upstream.reset()
+    assert chat(gw, model="chat-a").status_code == 200  # the pooled connection is fine
+
+
+def test_a_client_that_stops_reading_does_not_hold_the_model(upstream: UpstreamProcess, registry_file: Path,
+                                                              tmp_path: Path) -> None:
+    """A client that keeps its connection open but reads nothing: after the idle timeout the gateway lets the
+    request go — the upstream stream is closed and the slot freed — without blaming the model."""
+    env = {**FAKE_ENV, "GATEWAY_IDLE_TIMEOUT": "1", "GATEWAY_MODEL_CONCURRENCY": "1", "GATEWAY_BREAKER_FAILURES": "1"}
+    with GatewayProcess(upstream=upstream.url, registry=registry_file, env=env, log_path=tmp_path / "g.log") as g:
+        g.wait_ready()
+        # 16 MB in 4 KB pieces over 4 s: far more than the socket buffers between them hold
+        upstream.configure(reply="x" * (16 << 20), chunks=4096, chunk_delay_ms=1)
+        body = json.dumps({"model": "chat-a", "stream": True, "max_tokens": 8, "messages": MESSAGES}).encode()
+        with socket.socket() as stuck:
+            stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # before connect: no auto-tuning
+            stuck.connect(("127.0.0.1", g.port))
+            stuck.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                          b"content-length: %d\r\n\r\n%s" % (len(body), body))
+            assert wait_for(lambda: "chat-a" in upstream.stats()["cancelled_models"], 10), upstream.stats()
+            upstream.configure(reply=None, chunks=4, chunk_delay_ms=0)
+            r = chat(g, model="chat-a", timeout=10)  # the one slot is free again, and chat-a is not cooling
+            assert r.status_code == 200 and r.headers["x-gateway-model"] == "chat-a"
 
 
 # --- the total timeout bounds queueing, loading and the first byte too (finding 10) ------------------------

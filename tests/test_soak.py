@@ -104,5 +104,7 @@ def test_soak_leaves_no_leaks_and_counts_every_request(
         assert fds1 <= fds0 + 8, (fds0, fds1)
         assert conns1 <= conns0 + 8, (conns0, conns1)
         assert rss1 <= rss0 + 40, (rss0, rss1)
-        assert httpx.post(f"{gw.base_url}/chat/completions",
-                          json={"messages": [{"role": "user", "content": "after"}]}).status_code == 200
+        # the fault storm may have left both models cooling down (2 s): wait until one is routable again
+        wait_for(lambda: httpx.get(f"{gw.base_url}/route").status_code == 200, 10, interval=0.1)
+        after = httpx.post(f"{gw.base_url}/chat/completions", json={"messages": [{"role": "user", "content": "after"}]})
+        assert after.status_code == 200, after.text

@@ -80,6 +80,7 @@ class ManagedFoundry:
         self._proc: asyncio.subprocess.Process | None = None
         self._drain: asyncio.Task[None] | None = None
         self._started_at = 0.0
+        self._last_start_ok = False  # whether the runtime being watched got as far as ready
         self._stopping = False
         self._poked = asyncio.Event()
         self._serving_waiters: list[asyncio.Future[None]] = []
@@ -112,15 +113,18 @@ class ManagedFoundry:
         try:
             info = await asyncio.wait_for(self._read_ready(), self.start_timeout)
         except (TimeoutError, ManagedFoundryError) as exc:
+            self._last_start_ok = False
             await self._terminate()
             self.last_error = f"Foundry Local did not start: {exc or 'timed out'}"
             raise ManagedFoundryError(self.last_error) from None
         except BaseException:
+            self._last_start_ok = False
             await self._terminate()
             raise
         self.url = str(info["url"])
         self.ready_info = info
         self._started_at = time.monotonic()
+        self._last_start_ok = True
         self.serving = True
         self.last_error = ""
         for problem in info.get("errors") or []:  # type: ignore[attr-defined]
@@ -176,8 +180,8 @@ class ManagedFoundry:
                 reason = await self._watch()
                 if self._stopping:
                     return
-                if time.monotonic() - self._started_at >= self.stable_after:
-                    attempts = 0
+                if self._last_start_ok and time.monotonic() - self._started_at >= self.stable_after:
+                    attempts = 0  # it had run stably: this is a new crash, not the same failing start
                 self._mark_down(reason)
                 await self._terminate()
                 delay = 0.0 if attempts == 0 else min(self.backoff_max, self.backoff_min * 2 ** (attempts - 1))
@@ -225,6 +229,7 @@ class ManagedFoundry:
                     return f"exited ({_exit_text(proc)})"
                 if await self.healthy():
                     failed = 0
+                    self._wake_waiters()  # requests that met a passing glitch go on
                     continue
                 failed += 1
                 if failed >= 3:

@@ -42,6 +42,10 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+class _NotSent(httpx.ConnectError):
+    """The connection was found closed before a byte of the request went out: safe to send elsewhere."""
+
+
 def _expire(waiter: asyncio.Future[None], error: type[httpx.TimeoutException], what: str) -> None:
     if not waiter.done():
         waiter.set_exception(error(what))
@@ -51,7 +55,7 @@ class _Connection(asyncio.Protocol):
     """One upstream connection; carries one request/response at a time."""
 
     __slots__ = (
-        "_drain", "_poller", "_waiter", "buffered", "chunks", "error", "got_bytes", "head_done", "headers",
+        "_drain", "_poller", "_waiter", "buffered", "chunks", "counted", "error", "got_bytes", "head_done", "headers",
         "idle_since", "interim", "keep_alive", "key", "loop", "no_body", "on_lost", "parser", "read_paused", "state",
         "status", "transport", "write_paused",
     )
@@ -62,6 +66,7 @@ class _Connection(asyncio.Protocol):
         self.on_lost = on_lost
         self.transport: asyncio.Transport | None = None
         self._poller: Any = None
+        self.counted = False  # in the pool's count of open connections (set once the connect succeeded)
         self.state = _State.IDLE
         self.idle_since = 0.0
         self.write_paused = False
@@ -212,6 +217,8 @@ class _Connection(asyncio.Protocol):
             return True
 
     def send(self, data: bytes, no_body: bool) -> None:
+        if self.state is _State.CLOSED or self.transport is None or self.transport.is_closing():
+            raise _NotSent("the upstream connection closed before the request was sent")
         self._begin(no_body)
         self.state = _State.ACTIVE
         assert self.transport is not None
@@ -286,6 +293,8 @@ class _ResponseStream(httpx.AsyncByteStream):
         return self
 
     async def __anext__(self) -> bytes:
+        if self.released:  # read to its end (or closed) already: the connection may serve someone else now
+            raise StopAsyncIteration
         try:
             chunk = await self.conn.next_chunk(self.read_timeout)
         except BaseException:
@@ -364,7 +373,8 @@ class FastTransport(httpx.AsyncBaseTransport):
         return None
 
     def _on_lost(self, conn: _Connection) -> None:
-        self._open -= 1
+        if conn.counted:  # a connect that failed half-way was uncounted by _connect itself
+            self._open -= 1
         idle = self._idle.get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)
@@ -398,6 +408,10 @@ class FastTransport(httpx.AsyncBaseTransport):
                                      "no upstream connection became free in time")
             try:
                 await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    self._wake_pool()  # woken as we were cancelled: pass the wake-up on
+                raise
             finally:
                 if timer is not None:
                     timer.cancel()
@@ -438,6 +452,7 @@ class FastTransport(httpx.AsyncBaseTransport):
             self._open -= 1
             self._wake_pool()
             raise
+        conn.counted = True
         return conn
 
     # --- requests ------------------------------------------------------------------------------------------
@@ -477,9 +492,7 @@ class FastTransport(httpx.AsyncBaseTransport):
                 break
             except httpx.TransportError as exc:
                 conn.close()
-                # After a write only an idempotent request may go again: the server may have acted on it.
-                if attempt == 0 and reused and not conn.got_bytes and method in _IDEMPOTENT \
-                        and not isinstance(exc, httpx.TimeoutException):
+                if attempt == 0 and _may_resend(exc, method, reused, conn.got_bytes):
                     continue
                 raise
             except BaseException:
@@ -508,6 +521,15 @@ class FastTransport(httpx.AsyncBaseTransport):
             for conn in idle:
                 conn.close()
         self._idle.clear()
+
+
+def _may_resend(exc: httpx.TransportError, method: bytes, reused: bool, got_bytes: bool) -> bool:
+    """Whether a failed request may go again on a fresh connection: when it provably never left, or when
+    it is idempotent and met a reused connection dying before any answer. A POST that was written is
+    never resent: the server may be generating it."""
+    if isinstance(exc, _NotSent):
+        return True
+    return reused and not got_bytes and method in _IDEMPOTENT and not isinstance(exc, httpx.TimeoutException)
 
 
 _DEFAULT_SSL: ssl.SSLContext | None = None

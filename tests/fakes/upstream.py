@@ -46,7 +46,8 @@ import orjson
 DEFAULTS: dict[str, Any] = {"chunks": 4, "chunk_delay_ms": 0.0, "ttft_ms": 0.0, "delay_ms": 0.0, "reply": None,
                             "sse_style": "lf", "manage_delay_ms": 0.0}
 # How streams are framed: "lf" (the usual), "crlf", "cr", "done_nospace" (`data:[DONE]`),
-# "unterminated" (no blank line after the last event), "multiline" (each JSON split over two data lines).
+# "unterminated" (no blank line after the last event), "multiline" (each JSON split over two data lines),
+# "lone_unterminated" (one content event without its blank line, then the end: no [DONE]).
 SSE_STYLES = ("lf", "crlf", "cr", "done_nospace", "unterminated", "multiline")
 PREFIX = "/catalogs/local"
 _VARIANT = re.compile(r"-generic-(cpu|gpu)$")
@@ -329,6 +330,11 @@ async def infer(conn: Connection, chat: bool, raw: bytes) -> None:
     if mode != "slow_first_event":
         conn.write_head(200, "text/event-stream")
     style = str(cfg["sse_style"])
+    if style == "lone_unterminated":
+        conn.write_chunk(b"data: " + orjson.dumps({"id": rid, "object": "chat.completion.chunk", "created": created,
+                                                   "model": model, "choices": [{"index": 0, "delta": {
+                                                       "content": "alone"}, "finish_reason": None}]}))
+        return conn.end_chunks()
     newline = {"crlf": b"\r\n", "cr": b"\r"}.get(style, b"\n")
 
     def sse(payload: bytes) -> bytes:
