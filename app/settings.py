@@ -65,6 +65,10 @@ class Settings(BaseSettings):
         "fast", description="HTTP client under httpx for the upstream: `fast` (this project's, measured cheapest), "
         "`httpx` (httpx's own pool) or `aiohttp` (needs `httpx-aiohttp`). For comparisons and as an escape hatch.",
     )
+    upstream_tcp_tuning: bool = Field(
+        True, description="Linux: `TCP_QUICKACK` re-armed after every read and `TCP_NODELAY` on upstream "
+        "connections, so a runtime writing small segments with Nagle on does not stall each first token ~40 ms.",
+    )
     upstream_tls_verify: bool = Field(
         True, description="Check the `https://` upstream's certificate. `false` only in a lab: it warns loudly.",
     )

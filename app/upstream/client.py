@@ -135,7 +135,7 @@ def make_transport(settings: Settings) -> httpx.AsyncBaseTransport:
             max_connections=None, max_keepalive_connections=settings.max_in_flight,
             keepalive_expiry=settings.upstream_keepalive))
     return FastTransport(max_idle_per_host=settings.max_in_flight, keepalive_expiry=settings.upstream_keepalive,
-                         ssl_context=tls)
+                         ssl_context=tls, tcp_tuning=settings.upstream_tcp_tuning)
 
 
 def upstream_ssl_context(settings: Settings) -> ssl.SSLContext:

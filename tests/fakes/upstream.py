@@ -7,7 +7,12 @@ Raw asyncio + httptools, one process, so it is cheap enough to sit behind load t
 200-plus-error-event stream). Tests steer it out of band:
 
   POST /_config {chunks, chunk_delay_ms, ttft_ms, delay_ms, reply,   defaults for replies
-                sse_style, manage_delay_ms}
+                sse_style, manage_delay_ms, nagle, capacity}
+
+``nagle``: write streams like Foundry Local's web server — Nagle's algorithm on, the head and each
+event in its own small write — so a client that delays its ACKs waits ~40 ms for the first event.
+``capacity``: a runtime with that many "cores": with more streams in flight each one slows down in
+proportion (throughput flat past the knee), like a CPU-bound model server.
   POST /_fault  {mode, count, model, ...params}                       queue a fault
   POST /_reset                                                        clear faults, config, stats
   GET  /_stats                                                        what it saw
@@ -31,6 +36,7 @@ import math
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -44,7 +50,7 @@ import httptools
 import orjson
 
 DEFAULTS: dict[str, Any] = {"chunks": 4, "chunk_delay_ms": 0.0, "ttft_ms": 0.0, "delay_ms": 0.0, "reply": None,
-                            "sse_style": "lf", "manage_delay_ms": 0.0}
+                            "sse_style": "lf", "manage_delay_ms": 0.0, "nagle": False, "capacity": 0}
 # How streams are framed: "lf" (the usual), "crlf", "cr", "done_nospace" (`data:[DONE]`),
 # "unterminated" (no blank line after the last event), "multiline" (each JSON split over two data lines),
 # "lone_unterminated" (one content event without its blank line, then the end: no [DONE]).
@@ -62,6 +68,7 @@ class State:
         self.models = models
         self.foundry = foundry
         self.loaded: set[str] = set()
+        self.in_progress = 0  # streams being written now (survives /_reset: they are still running)
         self.reset()
 
     def reset(self) -> None:
@@ -70,7 +77,7 @@ class State:
         self.stats: dict[str, Any] = {
             "requests": 0, "by_path": {}, "last_bodies": deque(maxlen=50), "streams_started": 0,
             "streams_completed": 0, "streams_cancelled": 0, "load_calls": 0, "unload_calls": 0, "by_model": {},
-            "cancelled_models": [], "in_progress": 0,
+            "cancelled_models": [],
         }
         self.open_connections = 0
 
@@ -210,7 +217,8 @@ def control(conn: Connection, method: str, path: str, raw: bytes) -> None:
         state.reset()
     elif path == "/_stats":
         return conn.write_json(200, {**state.stats, "last_bodies": list(state.stats["last_bodies"]),
-                                     "open_connections": state.open_connections, "loaded": sorted(state.loaded)})
+                                     "open_connections": state.open_connections, "loaded": sorted(state.loaded),
+                                     "in_progress": state.in_progress})
     conn.write_json(200, {"ok": True})
 
 
@@ -327,6 +335,10 @@ async def infer(conn: Connection, chat: bool, raw: bytes) -> None:
         return conn.write(data)
 
     state.stats["streams_started"] += 1
+    if cfg["nagle"] and conn.transport is not None:
+        sock = conn.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
     if mode != "slow_first_event":
         conn.write_head(200, "text/event-stream")
     style = str(cfg["sse_style"])
@@ -353,7 +365,23 @@ async def infer(conn: Connection, chat: bool, raw: bytes) -> None:
                      "choices": [{"index": 0, "text": text_piece or "", "finish_reason": finish}]}
         return sse(orjson.dumps(chunk))
 
-    await asyncio.sleep(float(cfg["ttft_ms"]) / 1000)
+    state.in_progress += 1
+    try:
+        await _stream(conn, state, cfg, fault, mode, model, body, parts, chat, usage, rid, created, style, newline,
+                      event, sse)
+    finally:
+        state.in_progress -= 1
+
+
+async def _stream(conn: Connection, state: State, cfg: dict[str, Any], fault: dict[str, Any], mode: Any, model: str,
+                  body: dict[str, Any], parts: list[str], chat: bool, usage: dict[str, Any], rid: str, created: int,
+                  style: str, newline: bytes, event: Any, sse: Any) -> None:
+    capacity = int(cfg["capacity"])
+
+    def slowdown() -> float:  # past its capacity, every stream in flight shares the same "cores"
+        return max(1.0, state.in_progress / capacity) if capacity else 1.0
+
+    await asyncio.sleep(float(cfg["ttft_ms"]) / 1000 * slowdown())
     if chat:
         conn.write_chunk(event({"role": "assistant", "content": ""}))
     delay = float(fault.get("ms", cfg["chunk_delay_ms"])) / 1000
@@ -363,7 +391,7 @@ async def infer(conn: Connection, chat: bool, raw: bytes) -> None:
             if mode == "reset":
                 return conn.abort()
             return await stall(conn)
-        await asyncio.sleep(delay)
+        await asyncio.sleep(delay * slowdown())
         if conn.closed:
             state.stats["streams_cancelled"] += 1
             state.stats["cancelled_models"].append(model)
@@ -383,6 +411,8 @@ async def infer(conn: Connection, chat: bool, raw: bytes) -> None:
         state.stats["cancelled_models"].append(model)
     else:
         state.stats["streams_completed"] += 1
+
+
 
 
 async def stall(conn: Connection) -> None:
