@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 
 from app.errors import GatewayError
 from app.gateway import Gateway
+from app.limiter import Limiter
 
 router = APIRouter()
 
@@ -60,6 +61,8 @@ def model_rows(gw: Gateway, task: str | None = None, *, show_paths: bool = True)
             "available": available,
             "loaded": inv.is_loaded(entry) if available else False,
             "cooling_down": entry.name in cooling,
+            "concurrency_limit": gw.limiter(entry).limit,
+            "concurrency": "adaptive" if gw.controller(entry) is not None else "fixed",
             "local_path": (str(entry.path) if entry.path else None) if show_paths else None,
             "notes": entry.notes,
         })
@@ -169,10 +172,23 @@ async def admin_status(request: Request, authorization: str | None = Header(None
         },
         "in_flight": gw.admission.in_flight,
         "queued": gw.admission.queued,
-        "limiters": {name: {"limit": limiter.limit, "in_flight": limiter.in_flight, "queued": limiter.queued}
-                     for name, limiter in gw.limiters.items()},
+        "limiters": {name: _limiter_status(gw, name, limiter) for name, limiter in gw.limiters.items()},
         "cooling_down": dict(gw.breaker.skipped()),
     }
+
+
+def _limiter_status(gw: Gateway, name: str, limiter: Limiter) -> dict[str, Any]:
+    entry = gw.registry.lookup(name)
+    controller = gw.controller(entry) if entry is not None else None
+    status: dict[str, Any] = {"limit": limiter.limit, "in_flight": limiter.in_flight, "queued": limiter.queued,
+                              "queued_by_priority": limiter.queued_by_priority(),
+                              "mode": "adaptive" if controller is not None else "fixed"}
+    if controller is not None:
+        status["bounds"] = [controller.minimum, controller.maximum]
+        status["recent_decisions"] = controller.decisions
+        status["measured"] = {str(limit): {"tokens_per_s": round(tp, 1), "s_per_token": round(lat, 5)}
+                              for limit, (tp, lat) in controller.levels().items()}
+    return status
 
 
 # --- declared for the OpenAPI document; served by app.proxy ------------------------------------------

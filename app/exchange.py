@@ -25,8 +25,8 @@ class Exchange:
 
     __slots__ = (
         "aborted", "body", "broken", "cause", "deadline", "entry", "error", "fallbacks", "finished", "load_wait",
-        "queue_wait", "request_id", "route", "route_name", "sent", "started", "status", "stream", "task", "tpot",
-        "ttft", "upstream_id", "upstream_wait", "usage",
+        "priority", "queue_wait", "request_id", "route", "route_name", "sent", "sent_at", "started", "status",
+        "stream", "task", "tpot", "ttft", "upstream_id", "upstream_wait", "usage",
     )
 
     def __init__(self, route_name: str, request_id: str) -> None:
@@ -40,6 +40,8 @@ class Exchange:
         self.finished = False  # the last byte went to the client
         self.sent = False  # the request reached the upstream (as far as anyone can tell)
         self.broken = False  # the upstream failed after content reached the client
+        self.priority = "interactive"
+        self.sent_at = 0.0  # when the request went to the upstream (for the adaptive limit's service time)
         self.task: str | None = None
         self.entry: ModelEntry | None = None
         self.route: Route | None = None

@@ -18,11 +18,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 from app.breaker import Breaker
+from app.concurrency import AdaptiveLimit
 from app.errors import GatewayError
 from app.hardware import GIB, HostMemory, host_memory
 from app.limiter import Limiter
@@ -58,6 +60,7 @@ class Gateway:
         self.admission = Limiter("the gateway", self._per_worker(settings.max_in_flight),
                                  self._per_worker(settings.queue_size), settings.queue_timeout)
         self._limiters: dict[str, Limiter] = {}
+        self._controllers: dict[str, AdaptiveLimit] = {}
         self._routes: dict[tuple[object, ...], Route] = {}
         keys = list(settings.all_api_keys)
         if keys and settings.admin_api_key:
@@ -93,9 +96,26 @@ class Gateway:
         limiter = self._limiters.get(entry.name)
         if limiter is None:
             limiter = Limiter(f"model '{entry.name}'", self._model_limit(entry),
-                              self._per_worker(self.settings.queue_size), self.settings.queue_timeout)
+                              self._per_worker(self.settings.queue_size), self.settings.queue_timeout,
+                              aging=self.settings.batch_aging)
             self._limiters[entry.name] = limiter
+            self.metrics.concurrency_limit.labels(entry.name).set(limiter.limit)
         return limiter
+
+    def completed(self, entry: ModelEntry, limiter: Limiter, service: float, units: float, admitted_at: int) -> None:
+        """A request on ``entry`` held a slot for ``service`` seconds and produced ``units`` of work (tokens):
+        feeds the queue's expected wait and the model's adaptive limit."""
+        limiter.observe(service)
+        controller = self._controllers.get(entry.name)
+        if controller is not None and controller.completed(
+                time.perf_counter(), service, units, admitted_at, waiting=limiter.queued > 0):
+            limiter.set_limit(controller.limit)
+            self.metrics.concurrency_limit.labels(entry.name).set(controller.limit)
+            log.info("model %s: concurrency limit %s", entry.name, controller.decisions[-1])
+
+    def controller(self, entry: ModelEntry) -> AdaptiveLimit | None:
+        """The model's adaptive limit, or None when its limit is fixed."""
+        return self._controllers.get(entry.name)
 
     @property
     def limiters(self) -> dict[str, Limiter]:
@@ -103,7 +123,18 @@ class Gateway:
         return dict(self._limiters)
 
     def _model_limit(self, entry: ModelEntry) -> int:
-        return self._per_worker(entry.max_concurrency or self.settings.model_concurrency)
+        """A registry max_concurrency fixes the limit; otherwise the adaptive controller's, or the setting."""
+        settings = self.settings
+        if entry.max_concurrency or not settings.adaptive_concurrency:
+            self._controllers.pop(entry.name, None)
+            return self._per_worker(entry.max_concurrency or settings.model_concurrency)
+        controller = self._controllers.get(entry.name)
+        if controller is None:
+            low = self._per_worker(settings.concurrency_min)
+            high = max(low, self._per_worker(settings.concurrency_max))
+            controller = self._controllers[entry.name] = AdaptiveLimit(
+                minimum=low, maximum=high, initial=min(high, max(low, self._per_worker(settings.concurrency_initial))))
+        return controller.limit
 
     def _per_worker(self, limit: int) -> int:
         """This worker's share of a limit: with N workers each enforces 1/N, so together they never exceed
@@ -138,9 +169,13 @@ class Gateway:
         for name in list(self._limiters):
             if registry.lookup(name) is None:
                 del self._limiters[name]
+        for name in list(self._controllers):
+            if registry.lookup(name) is None:
+                del self._controllers[name]
         for entry in registry:
             if name_limiter := self._limiters.get(entry.name):
                 name_limiter.set_limit(self._model_limit(entry))
+                self.metrics.concurrency_limit.labels(entry.name).set(name_limiter.limit)
 
     def reload_registry(self, reason: str = "request") -> tuple[bool, str]:
         """Load the registry file again; a bad file is rejected and the last good one stays."""

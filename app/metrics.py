@@ -129,6 +129,10 @@ class Metrics:
             "gateway_model_load_duration_seconds", "Time to load a model into the upstream.",
             ("model", "result"), buckets=LOAD_BUCKETS, registry=r,
         )
+        self.concurrency_limit = Gauge(
+            "gateway_model_concurrency_limit", "Requests this model may have in flight now (adaptive or fixed; "
+            "summed over workers).", ("model",), registry=r, multiprocess_mode="livesum",
+        )
         self.breaker_open = Gauge(
             "gateway_model_cooling_down", "1 while a model is skipped after repeated failures.",
             ("model",), registry=r, multiprocess_mode="max",

@@ -35,7 +35,7 @@ from app.breaker import Permit
 from app.errors import GatewayError, Retry, upstream_error_from_body
 from app.exchange import Exchange, Responder, clock, record
 from app.gateway import Gateway
-from app.limiter import Limiter
+from app.limiter import PRIORITIES, Limiter
 from app.registry import ModelEntry
 from app.relay import relay_json, relay_stream
 from app.streaming import EventSplitter, event_data, event_json, split_events
@@ -74,6 +74,7 @@ class Proxy:
                 if raw is None:
                     ex.aborted = True
                     return
+                ex.priority = _priority(headers.get(b"x-priority"))
                 watcher = asyncio.ensure_future(self._watch(receive, ex, asyncio.current_task()))
                 await self._serve(ex, reply, raw, _text(headers.get(self.task_header)))
             except GatewayError as err:
@@ -222,6 +223,10 @@ class Proxy:
             else:
                 await relay_json(ex, reply, response, chunks, idle_timeout=self.settings.idle_timeout,
                                  translate=translate)
+            if held.model_limiter is not None and ex.status < 400 and not (ex.broken or ex.aborted):
+                tokens = (ex.usage or {}).get("completion_tokens")
+                gw.completed(entry, held.model_limiter, clock() - ex.sent_at,
+                             tokens if isinstance(tokens, int) and tokens > 0 else 1, held.admitted_limit)
         finally:
             try:
                 await held.give_back()
@@ -238,9 +243,11 @@ class Proxy:
         the request: one timer for both, its expiry told apart by the caller."""
         gw = self.gw
         loop = asyncio.get_running_loop()
-        for limiter in (gw.admission, gw.limiter(entry)):
-            ex.queue_wait += await limiter.acquire()
+        model_limiter = gw.limiter(entry)
+        for limiter in (gw.admission, model_limiter):
+            ex.queue_wait += await limiter.acquire(ex.priority)
             held.limiters.append(limiter)
+        held.model_limiter, held.admitted_limit = model_limiter, model_limiter.limit
         to_chat = ex.route_name == "completions" and not gw.upstream.has_completions
         upstream_route = "chat" if to_chat else ex.route_name
         default_max = None
@@ -264,7 +271,7 @@ class Proxy:
             payload = compat.prepare_upstream_body(
                 body, upstream_id=ex.upstream_id, stream=ex.stream, default_max_tokens=default_max, to_chat=to_chat,
             )
-            started = clock()
+            started = ex.sent_at = clock()
             timer.reschedule(min(ex.deadline, loop.time() + self.settings.first_byte_timeout))
             try:
                 response = await gw.upstream.open(upstream_route, payload)
@@ -341,11 +348,13 @@ class _Held:
     """What one attempt holds — limiter slots and upstream responses — given back on every way out:
     the responses first (the upstream stops generating), then the slots, whatever happens meanwhile."""
 
-    __slots__ = ("limiters", "responses")
+    __slots__ = ("admitted_limit", "limiters", "model_limiter", "responses")
 
     def __init__(self) -> None:
         self.limiters: list[Limiter] = []
         self.responses: list[httpx.Response] = []
+        self.model_limiter: Limiter | None = None
+        self.admitted_limit = 0  # the model's limit when this request got its slot
 
     async def give_back(self) -> None:
         try:
@@ -388,6 +397,17 @@ class _KeepAlive:
 def _retrieve(future: asyncio.Future[None]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+def _priority(value: bytes | None) -> str:
+    """``X-Priority: interactive|batch`` (default interactive)."""
+    if value is None:
+        return "interactive"
+    priority = value.decode("latin-1").strip().lower()
+    if priority not in PRIORITIES:
+        raise GatewayError(400, f"X-Priority must be one of {', '.join(PRIORITIES)}, not '{priority[:40]}'.",
+                           code="invalid_value", param="X-Priority")
+    return priority
 
 
 def _text(value: bytes | None) -> str | None:

@@ -129,10 +129,25 @@ class Settings(BaseSettings):
     # --- resilience ------------------------------------------------------------------------------------
     max_in_flight: int = Field(256, ge=1, description="Requests in flight across all models.")
     model_concurrency: int = Field(
-        2, ge=1, description="Requests in flight per model (others wait in a FIFO queue)."
+        2, ge=1, description="Requests in flight per model when `GATEWAY_ADAPTIVE_CONCURRENCY=false` (others "
+        "wait in the queue). A registry `max_concurrency` fixes one model's limit either way.",
     )
+    adaptive_concurrency: bool = Field(
+        True, description="Find each model's concurrency limit by measuring its throughput (climb while it grows, "
+        "back off when it does not); `false`: the static `GATEWAY_MODEL_CONCURRENCY`.",
+    )
+    concurrency_min: int = Field(1, ge=1, description="Adaptive concurrency: the lowest limit per model.")
+    concurrency_max: int = Field(32, ge=1, description="Adaptive concurrency: the highest limit per model.")
+    concurrency_initial: int = Field(2, ge=1, description="Adaptive concurrency: the limit a model starts at.")
     queue_size: int = Field(64, ge=0, description="Requests that may wait per model before 429.")
-    queue_timeout: float = Field(30.0, gt=0, description="Seconds a request may wait in a queue before 429.")
+    queue_timeout: float = Field(
+        30.0, gt=0, description="Seconds a request may wait in a queue before 429; a request whose expected "
+        "wait is longer gets the 429 at once.",
+    )
+    batch_aging: float = Field(
+        10.0, ge=0, description="`X-Priority: batch` requests yield to interactive ones, but only to those that "
+        "arrived less than this many seconds after them (so batch work never starves).",
+    )
     breaker_failures: int = Field(3, ge=1, description="Consecutive failures that cool a model down.")
     breaker_cooldown: float = Field(30.0, gt=0, description="Seconds a failing model is skipped.")
     shutdown_grace: float = Field(20.0, ge=0, description="Seconds in-flight requests get on SIGTERM.")

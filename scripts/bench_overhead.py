@@ -55,7 +55,8 @@ def start_processes(chunk_delay_ms: float) -> tuple[subprocess.Popen[str], subpr
     env = {**os.environ, "GATEWAY_UPSTREAM_MODE": "external", "GATEWAY_UPSTREAM_KIND": "openai",
            "GATEWAY_UPSTREAM_URL": up_url, "GATEWAY_REGISTRY_PATH": str(ROOT / "scripts/bench-registry.json"),
            "GATEWAY_API_KEYS": KEY, "GATEWAY_ACCESS_LOG": "true", "GATEWAY_ENV_FILE": "/nonexistent",
-           "GATEWAY_MODEL_CONCURRENCY": "256", "GATEWAY_MAX_IN_FLIGHT": "512", "GATEWAY_PORT": str(port)}
+           "GATEWAY_MODEL_CONCURRENCY": "256", "GATEWAY_ADAPTIVE_CONCURRENCY": "false",
+           "GATEWAY_MAX_IN_FLIGHT": "512", "GATEWAY_PORT": str(port)}
     started = time.perf_counter()
     gateway = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

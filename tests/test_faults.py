@@ -206,7 +206,8 @@ def test_circuit_breaker_cools_a_failing_model(upstream: UpstreamProcess, regist
 
 
 def test_queue_is_fifo_and_bounded(upstream: UpstreamProcess, registry_file: Path, tmp_path: Path) -> None:
-    env = {**FAKE_ENV, "GATEWAY_MODEL_CONCURRENCY": "1", "GATEWAY_QUEUE_SIZE": "4", "GATEWAY_ADMIN_API_KEY": "a"}
+    env = {**FAKE_ENV, "GATEWAY_MODEL_CONCURRENCY": "1", "GATEWAY_ADAPTIVE_CONCURRENCY": "false",
+           "GATEWAY_QUEUE_SIZE": "4", "GATEWAY_ADMIN_API_KEY": "a"}
     with GatewayProcess(upstream=upstream.url, registry=registry_file, env=env, log_path=tmp_path / "g.log") as g:
         g.wait_ready()
         upstream.configure(delay_ms=900)

@@ -121,7 +121,8 @@ def test_a_client_that_stops_reading_does_not_hold_the_model(upstream: UpstreamP
                                                               tmp_path: Path) -> None:
     """A client that keeps its connection open but reads nothing: after the idle timeout the gateway lets the
     request go — the upstream stream is closed and the slot freed — without blaming the model."""
-    env = {**FAKE_ENV, "GATEWAY_IDLE_TIMEOUT": "1", "GATEWAY_MODEL_CONCURRENCY": "1", "GATEWAY_BREAKER_FAILURES": "1"}
+    env = {**FAKE_ENV, "GATEWAY_IDLE_TIMEOUT": "1", "GATEWAY_MODEL_CONCURRENCY": "1", "GATEWAY_BREAKER_FAILURES": "1",
+           "GATEWAY_ADAPTIVE_CONCURRENCY": "false"}
     with GatewayProcess(upstream=upstream.url, registry=registry_file, env=env, log_path=tmp_path / "g.log") as g:
         g.wait_ready()
         # 16 MB in 4 KB pieces over 4 s: far more than the socket buffers between them hold
@@ -144,7 +145,7 @@ def test_a_client_that_stops_reading_does_not_hold_the_model(upstream: UpstreamP
 def test_total_timeout_covers_the_queue_and_the_first_byte(upstream: UpstreamProcess, registry_file: Path,
                                                            tmp_path: Path) -> None:
     env = {**FAKE_ENV, "GATEWAY_TOTAL_TIMEOUT": "1.5", "GATEWAY_MODEL_CONCURRENCY": "1",
-           "GATEWAY_QUEUE_TIMEOUT": "30", "GATEWAY_FIRST_BYTE_TIMEOUT": "60"}
+           "GATEWAY_ADAPTIVE_CONCURRENCY": "false", "GATEWAY_QUEUE_TIMEOUT": "30", "GATEWAY_FIRST_BYTE_TIMEOUT": "60"}
     with GatewayProcess(upstream=upstream.url, registry=registry_file, env=env, log_path=tmp_path / "g.log") as g:
         g.wait_ready()
         upstream.configure(delay_ms=6000)

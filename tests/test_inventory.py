@@ -61,7 +61,7 @@ def test_names_resolve_to_upstream_ids(foundry_like: UpstreamProcess, tmp_path: 
 
 
 def test_burst_on_an_unloaded_model_loads_it_once(foundry_like: UpstreamProcess, tmp_path: Path) -> None:
-    gw = start(foundry_like, tmp_path, GATEWAY_MODEL_CONCURRENCY="16")
+    gw = start(foundry_like, tmp_path, GATEWAY_MODEL_CONCURRENCY="16", GATEWAY_ADAPTIVE_CONCURRENCY="false")
     try:
         statuses: list[int] = []
         threads = [threading.Thread(target=lambda: statuses.append(ask(gw, "alpha", max_tokens=4).status_code))

@@ -153,3 +153,82 @@ def test_raising_the_limit_admits_waiters() -> None:
         assert limiter.in_flight == 0
 
     run(scenario)
+
+
+def test_interactive_goes_before_batch_but_batch_ages_in() -> None:
+    async def scenario(loop: VirtualClockLoop) -> None:
+        limiter = Limiter("m", limit=1, queue_size=8, timeout=60.0, aging=10.0)
+        await limiter.acquire()
+        order: list[str] = []
+
+        async def queued(name: str, priority: str) -> None:
+            await limiter.acquire(priority)
+            order.append(name)
+
+        tasks = [asyncio.ensure_future(queued("batch-1", "batch"))]
+        await settle()
+        loop.now += 1.0
+        tasks.append(asyncio.ensure_future(queued("interactive-1", "interactive")))
+        await settle()
+        loop.now += 11.0  # batch-1 has now waited 12 s: more than an interactive request's 10 s head start
+        tasks.append(asyncio.ensure_future(queued("interactive-2", "interactive")))
+        await settle()
+        assert limiter.queued_by_priority() == {"interactive": 2, "batch": 1}
+        for _ in range(3):
+            limiter.release()
+            await settle()
+        # interactive-1 came 1 s after batch-1: it goes first; interactive-2 came 12 s after: batch-1 goes first
+        assert order == ["interactive-1", "batch-1", "interactive-2"]
+        limiter.release()
+        await asyncio.gather(*tasks)
+
+    run(scenario)
+
+
+def test_batch_never_starves_under_a_steady_interactive_stream() -> None:
+    async def scenario(loop: VirtualClockLoop) -> None:
+        limiter = Limiter("m", limit=1, queue_size=64, timeout=600.0, aging=5.0)
+        await limiter.acquire()
+        served: list[tuple[str, float]] = []
+
+        async def queued(name: str, priority: str) -> None:
+            await limiter.acquire(priority)
+            served.append((name, loop.now))
+
+        batch = asyncio.ensure_future(queued("batch", "batch"))
+        tasks = []
+        for i in range(20):  # a new interactive request every second, each served in a second
+            tasks.append(asyncio.ensure_future(queued(f"i{i}", "interactive")))
+            await settle()
+            loop.now += 1.0
+            limiter.release()
+            await settle()
+        assert batch.done()
+        served_at = dict(served)["batch"]
+        assert served_at <= 1000.0 + 7.0, served  # within its ageing (5 s) plus a service or two
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    run(scenario)
+
+
+def test_an_expected_wait_over_the_bound_is_refused_at_once() -> None:
+    async def scenario(loop: VirtualClockLoop) -> None:
+        limiter = Limiter("m", limit=1, queue_size=64, timeout=25.0)
+        limiter.observe(10.0)  # requests hold a slot ~10 s
+        await limiter.acquire()
+        waiting = [asyncio.ensure_future(limiter.acquire()) for _ in range(2)]  # expected 10 s, 20 s
+        await settle()
+        assert limiter.queued == 2
+        with pytest.raises(GatewayError) as info:
+            await limiter.acquire()  # 30 s expected: over 25 s, so 429 now rather than after 25 s
+        assert info.value.status == 429 and "expected wait" in info.value.message
+        assert int(info.value.headers["retry-after"]) >= 1
+        batch_waits_behind_everyone = limiter.expected_wait(2) > limiter.expected_wait(0)
+        assert batch_waits_behind_everyone
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+
+    run(scenario)

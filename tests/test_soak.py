@@ -75,8 +75,8 @@ def test_soak_leaves_no_leaks_and_counts_every_request(
     upstream: UpstreamProcess, registry_file: Path, tmp_path: Path
 ) -> None:
     env = {**FAKE_ENV, "GATEWAY_IDLE_TIMEOUT": "1", "GATEWAY_FIRST_BYTE_TIMEOUT": "2",
-           "GATEWAY_UPSTREAM_KEEPALIVE": "2", "GATEWAY_MODEL_CONCURRENCY": "64", "GATEWAY_QUEUE_SIZE": "64",
-           "GATEWAY_BREAKER_COOLDOWN": "2"}
+           "GATEWAY_UPSTREAM_KEEPALIVE": "2", "GATEWAY_MODEL_CONCURRENCY": "64",
+           "GATEWAY_ADAPTIVE_CONCURRENCY": "false", "GATEWAY_QUEUE_SIZE": "64", "GATEWAY_BREAKER_COOLDOWN": "2"}
     upstream.configure(chunks=8, chunk_delay_ms=2)
     with GatewayProcess(upstream=upstream.url, registry=registry_file, env=env, log_path=tmp_path / "gw.log") as gw:
         gw.wait_ready()
