@@ -174,6 +174,9 @@ async def admin_status(request: Request, authorization: str | None = Header(None
         "queued": gw.admission.queued,
         "limiters": {name: _limiter_status(gw, name, limiter) for name, limiter in gw.limiters.items()},
         "cooling_down": dict(gw.breaker.skipped()),
+        "residency": {"running": sorted(gw.residency.running()), "turns": gw.residency.turns,
+                      "waiting": {name: len(group) for name, group in gw.residency.waiting.items()},
+                      "hold_s": gw.residency.hold},
     }
 
 

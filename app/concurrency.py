@@ -8,7 +8,7 @@ whose latency is dominated by how many tokens they produce.
 
 - Work is counted in **units** (output tokens when the upstream reports usage, else requests), and
   latency as **seconds per unit**, so long and short answers compare.
-- The controller measures in **windows**: ``max(min_samples, 2 × limit)`` completions admitted at the
+- The controller measures in **windows**: ``max(min_samples, 4 × limit)`` completions admitted at the
   current limit while it was binding (requests were waiting). A window at a limit nobody reached says
   nothing about the runtime and changes nothing.
 - After each window it compares the throughput at this limit with the one just below: clearly more
@@ -50,7 +50,7 @@ class AdaptiveLimit:
     minimum: int = 1
     maximum: int = 32
     initial: int = 2
-    min_samples: int = 8
+    min_samples: int = 16
     gain: float = 0.05
     smoothing: float = 0.5
     limit: int = field(init=False)
@@ -75,7 +75,7 @@ class AdaptiveLimit:
         window.units += max(units, 1.0)
         window.busy += service
         window.binding += waiting
-        if window.count < max(self.min_samples, 2 * self.limit):
+        if window.count < max(self.min_samples, 4 * self.limit):
             return False
         self._window = _Window(started=now)
         if window.binding * 2 < window.count:

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Set
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from app.hardware import GIB, HostMemory, host_memory
 from app.limiter import Limiter
 from app.metrics import Metrics
 from app.registry import ModelEntry, Registry, RegistryError, load_registry
+from app.residency import Residency
 from app.routing import Route, choose
 from app.settings import Settings
 from app.upstream.client import Upstream
@@ -57,6 +58,7 @@ class Gateway:
             settings.breaker_failures, settings.breaker_cooldown,
             on_change=lambda model, is_open: self.metrics.breaker_open.labels(model).set(int(is_open)),
         )
+        self.residency = Residency(self._fit_together, hold=settings.swap_hold)
         self.admission = Limiter("the gateway", self._per_worker(settings.max_in_flight),
                                  self._per_worker(settings.queue_size), settings.queue_timeout)
         self._limiters: dict[str, Limiter] = {}
@@ -116,6 +118,14 @@ class Gateway:
     def controller(self, entry: ModelEntry) -> AdaptiveLimit | None:
         """The model's adaptive limit, or None when its limit is fixed."""
         return self._controllers.get(entry.name)
+
+    def _fit_together(self, names: Set[str]) -> bool:
+        """Whether these registry models fit the RAM budget at once (unknown names count nothing)."""
+        total = 0.0
+        for name in names:
+            entry = self.registry.lookup(name)
+            total += entry.min_ram_gb if entry is not None else 0.0
+        return total <= self.memory.budget_gb
 
     @property
     def limiters(self) -> dict[str, Limiter]:

@@ -38,7 +38,9 @@ from app.gateway import Gateway
 from app.limiter import PRIORITIES, Limiter
 from app.registry import ModelEntry
 from app.relay import relay_json, relay_stream
+from app.residency import Residency
 from app.streaming import EventSplitter, event_data, event_json, split_events
+from app.upstream.inventory import Inventory
 
 Scope = MutableMapping[str, Any]
 Message = dict[str, Any]
@@ -201,7 +203,6 @@ class Proxy:
             else None
         held = _Held()
         ex.sent = False  # of this attempt: the breaker's verdict is about this model only
-        gw.inventory.acquire(entry)
         try:
             keepalive = _KeepAlive(reply, self.settings.keepalive_interval) if ex.stream else None
             try:
@@ -228,10 +229,7 @@ class Proxy:
                 gw.completed(entry, held.model_limiter, clock() - ex.sent_at,
                              tokens if isinstance(tokens, int) and tokens > 0 else 1, held.admitted_limit)
         finally:
-            try:
-                await held.give_back()
-            finally:
-                gw.inventory.release(entry)
+            await held.give_back()
 
     async def _open(
         self, ex: Exchange, entry: ModelEntry, body: dict[str, Any], held: _Held, timer: asyncio.Timeout
@@ -248,6 +246,11 @@ class Proxy:
             ex.queue_wait += await limiter.acquire(ex.priority)
             held.limiters.append(limiter)
         held.model_limiter, held.admitted_limit = model_limiter, model_limiter.limit
+        if gw.upstream.manages_models:  # models that cannot co-reside take turns, grouped (no swap thrash)
+            ex.queue_wait += await gw.residency.enter(entry.name)
+            held.resident = (gw.residency, entry.name)
+        gw.inventory.acquire(entry)  # in use from now on: never unloaded under this request
+        held.in_use = (gw.inventory, entry)
         to_chat = ex.route_name == "completions" and not gw.upstream.has_completions
         upstream_route = "chat" if to_chat else ex.route_name
         default_max = None
@@ -348,13 +351,15 @@ class _Held:
     """What one attempt holds — limiter slots and upstream responses — given back on every way out:
     the responses first (the upstream stops generating), then the slots, whatever happens meanwhile."""
 
-    __slots__ = ("admitted_limit", "limiters", "model_limiter", "responses")
+    __slots__ = ("admitted_limit", "in_use", "limiters", "model_limiter", "resident", "responses")
 
     def __init__(self) -> None:
         self.limiters: list[Limiter] = []
         self.responses: list[httpx.Response] = []
         self.model_limiter: Limiter | None = None
         self.admitted_limit = 0  # the model's limit when this request got its slot
+        self.resident: tuple[Residency, str] | None = None  # its model's place on the runtime
+        self.in_use: tuple[Inventory, ModelEntry] | None = None  # its model marked in use
 
     async def give_back(self) -> None:
         try:
@@ -362,6 +367,12 @@ class _Held:
                 with contextlib.suppress(Exception):
                     await response.aclose()
         finally:
+            if self.in_use is not None:
+                inventory, entry = self.in_use
+                inventory.release(entry)
+            if self.resident is not None:
+                residency, name = self.resident
+                residency.leave(name)
             for limiter in reversed(self.limiters):
                 limiter.release()
 

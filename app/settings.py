@@ -144,6 +144,11 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Seconds a request may wait in a queue before 429; a request whose expected "
         "wait is longer gets the 429 at once.",
     )
+    swap_hold: float = Field(
+        15.0, ge=0, description="Models that cannot all be loaded at once: requests are grouped by model, and a "
+        "running model keeps taking its own new requests for this many seconds after another model's requests "
+        "start waiting (0 = plain alternation, one swap per turn).",
+    )
     batch_aging: float = Field(
         10.0, ge=0, description="`X-Priority: batch` requests yield to interactive ones, but only to those that "
         "arrived less than this many seconds after them (so batch work never starves).",

@@ -3,6 +3,7 @@ driven by the official openai client."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -16,6 +17,7 @@ import psutil
 import pytest
 
 from tests.helpers import ROOT, GatewayProcess, require_module
+from tests.test_scheduling import stream_load
 
 require_module("foundry_local_sdk")
 ADMIN = {"Authorization": "Bearer admin"}
@@ -203,6 +205,19 @@ def test_readyz_is_false_while_the_runtime_is_down(flaky_host: tuple[GatewayProc
     assert wait_for(lambda: httpx.get(f"{gw.url}/readyz", timeout=5).status_code == 200)
     r = httpx.post(f"{gw.base_url}/chat/completions", json={"messages": HELLO, "max_tokens": 4}, timeout=30)
     assert r.status_code == 200
+
+
+def test_adaptive_limit_rises_above_two_on_the_real_runtime(managed: GatewayProcess) -> None:
+    """tiny-chat gains throughput from a few requests side by side: under 16 streaming clients the
+    controller climbs past the old static limit of 2 (on 2 cores it settles around 3-4)."""
+    limits = []
+    for _ in range(3):
+        asyncio.run(stream_load(managed.base_url, 16, 4, 3000, model="tiny-chat", max_tokens=32))
+        limits.append(status(managed)["limiters"]["tiny-chat"]["limit"])  # type: ignore[index]
+    measured = status(managed)["limiters"]["tiny-chat"]["measured"]  # type: ignore[index]
+    assert max(limits) > 2, (limits, measured)
+    assert f'gateway_model_concurrency_limit{{model="tiny-chat"}} {float(limits[-1])}' in httpx.get(
+        f"{managed.url}/metrics").text
 
 
 def test_shutdown_leaves_no_runtime_and_restart_reuses_registration(cache_dir: Path, tmp_path: Path) -> None:

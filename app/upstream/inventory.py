@@ -60,6 +60,7 @@ class Inventory:
         self._in_use: dict[str, int] = {}
         self._loading: dict[str, asyncio.Future[None]] = {}
         self._unloading: dict[str, asyncio.Future[None]] = {}
+        self._load_waiters: dict[str, int] = {}  # requests waiting for a model's load
         self._restore: set[str] = set()  # upstream ids loaded when the runtime died: loaded again on restart
         self._tasks: set[asyncio.Future[None]] = set()
 
@@ -178,7 +179,11 @@ class Inventory:
             self._loading[entry.name] = pending
             self._tasks.add(task := asyncio.ensure_future(self._load(entry, pending)))
             task.add_done_callback(self._tasks.discard)
-        await asyncio.shield(pending)
+        self._load_waiters[entry.name] = self._load_waiters.get(entry.name, 0) + 1
+        try:
+            await asyncio.shield(pending)
+        finally:
+            self._load_waiters[entry.name] -= 1
         return time.perf_counter() - started
 
     async def _load(self, entry: ModelEntry, done: asyncio.Future[None]) -> None:
@@ -195,6 +200,9 @@ class Inventory:
             log.info("loaded %s (%s) in %.2fs: %s", entry.name, self.upstream_id(entry),
                      time.perf_counter() - started, status)
             done.set_result(None)
+            if not self._load_waiters.get(entry.name) and not self._in_use.get(entry.name):
+                # every request that wanted it left while it loaded: give the RAM back at once
+                await self._unload(entry, reason="loaded for requests that all left")
         except httpx.ConnectError as exc:
             done.set_exception(GatewayError(
                 503, f"Loading model '{entry.name}' failed: {exc}", code="upstream_unavailable",

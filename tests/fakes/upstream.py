@@ -72,6 +72,7 @@ class State:
         self.reset()
 
     def reset(self) -> None:
+        self.loaded.clear()
         self.config = dict(DEFAULTS)
         self.faults: list[dict[str, Any]] = []
         self.stats: dict[str, Any] = {
