@@ -207,9 +207,11 @@ def main() -> None:
                     cell = uvloop.run(drive(f"{gw.base_url}/chat/completions", ["tiny-chat", "tiny-chat-b"], 8,
                                             args.seconds * 2, warmup=args.warmup))
                     count = loads(gw) - before
+                    residency = httpx.get(f"{gw.url}/admin/status", headers=ADMIN).json()["residency"]
                 done = cell.completed + cell.abandoned
                 results["swap"][name] = {"req_s": cell.completed / cell.seconds, "loads": count,
-                                         "loads_per_100": 100 * count / max(1, done), "errors": cell.errors}
+                                         "loads_per_100": 100 * count / max(1, done), "errors": cell.errors,
+                                         "turns": residency["turns"], "hold_s": residency["hold_s"]}
                 print(f"swap {name}: {results['swap'][name]}", flush=True)
     print()
     print(table(results))

@@ -167,3 +167,23 @@ def test_priority_header_is_checked(gateway: GatewayProcess) -> None:
         ok = httpx.post(f"{gateway.base_url}/chat/completions", headers={"X-Priority": priority},
                         json={"messages": MESSAGES, "max_tokens": 4})
         assert ok.status_code == 200
+
+
+def test_a_model_still_generating_for_a_client_that_left_is_not_double_booked(two_models: UpstreamProcess,
+                                                                                tmp_path: Path) -> None:
+    """Foundry Local refuses to unload a model whose generation is still running — as it is for a moment
+    after a client leaves mid-stream. The gateway waits for the unload to go through instead of counting
+    the model gone and loading the other one next to it (over the RAM budget)."""
+    two_models.configure(manage_delay_ms=0, chunks=20, chunk_delay_ms=250)  # the runtime notices a close late
+    registry = write_registry(tmp_path / "models.json", TWO_REGISTRY)
+    with GatewayProcess(upstream=two_models.url, registry=registry, env=FOUNDRY_ENV, log_path=tmp_path / "g.log") as gw:
+        gw.wait_ready()
+        body = {"model": "alpha", "stream": True, "max_tokens": 8, "messages": MESSAGES}
+        with httpx.stream("POST", f"{gw.base_url}/chat/completions", json=body, timeout=10) as r:
+            for line in r.iter_lines():
+                if '"content":"' in line and '"content":""' not in line:
+                    break  # the user stops alpha's answer…
+        r = httpx.post(f"{gw.base_url}/chat/completions", timeout=10,  # …and asks beta at once
+                       json={"model": "beta", "messages": MESSAGES, "max_tokens": 4})
+        assert r.status_code == 200, r.text
+        assert two_models.stats()["loaded"] == ["beta-generic-cpu:1"]  # never both at once

@@ -238,19 +238,38 @@ class Inventory:
                 log.warning("loading %s goes over the RAM budget: every other loaded model is in use", entry.name)
                 return
             victim = min(idle, key=lambda e: self._last_used.get(e.name, 0.0))
-            await self._unload(victim, reason=f"to make room for {entry.name}")
+            if not await self._unload(victim, reason=f"to make room for {entry.name}"):
+                log.warning("loading %s goes over the RAM budget: %s would not unload", entry.name, victim.name)
+                return
 
-    async def _unload(self, entry: ModelEntry, reason: str) -> None:
-        """Unload ``entry``; it counts as unloaded from the start, so a request for it waits and reloads."""
+    async def _unload(self, entry: ModelEntry, reason: str) -> bool:
+        """Unload ``entry``; it counts as unloaded from the start, so a request for it waits and reloads.
+
+        Foundry Local refuses to unload a model with a generation still running ("cannot unload model …:
+        1 active"), which happens right after a client left mid-stream: the runtime notices the closed
+        connection a moment later. So a refusal is retried a few times over ~1.5 s; if the model still
+        will not go, it counts as loaded again (the truth) and the caller stops making room with it."""
         done = asyncio.get_running_loop().create_future()
         done.add_done_callback(_retrieve)
         self._unloading[entry.name] = done
         self.mark_unloaded(entry)
         try:
-            await self.upstream.unload(self.alias(entry), timeout=self.load_timeout)
-            log.info("unloaded %s (%s)", entry.name, reason)
-        except (httpx.HTTPError, ValueError, OSError) as exc:
-            log.warning("unloading %s failed: %s", entry.name, exc)
+            for attempt, pause in enumerate((0.05, 0.1, 0.2, 0.4, 0.8, None)):
+                try:
+                    await self.upstream.unload(self.alias(entry), timeout=self.load_timeout)
+                    log.info("unloaded %s (%s)", entry.name, reason)
+                    return True
+                except httpx.HTTPStatusError as exc:
+                    if pause is None:
+                        log.warning("unloading %s failed %d times, it stays loaded: %s", entry.name, attempt + 1, exc)
+                        break
+                    await asyncio.sleep(pause)  # a generation the client left is still winding down
+                except (httpx.HTTPError, ValueError, OSError) as exc:
+                    log.warning("unloading %s failed: %s", entry.name, exc)
+                    break
+            self.loaded.add(self.upstream_id(entry))
+            self._export()
+            return False
         finally:
             self._unloading.pop(entry.name, None)
             done.set_result(None)

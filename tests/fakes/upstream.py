@@ -69,6 +69,7 @@ class State:
         self.foundry = foundry
         self.loaded: set[str] = set()
         self.in_progress = 0  # streams being written now (survives /_reset: they are still running)
+        self.active_by_model: dict[str, int] = {}  # the same, per model (Foundry Local will not unload those)
         self.reset()
 
     def reset(self) -> None:
@@ -230,6 +231,10 @@ def manage(conn: Connection, action: str, alias: str) -> None:
         return conn.write_json(404, error(f"Model not found: {alias}"))
     if action == "unload":
         state.stats["unload_calls"] += 1
+        active = state.active_by_model.get(match, 0)
+        if active:  # like Foundry Local: a model with a generation running cannot be unloaded
+            return conn.write_json(500, error(f"Unload failed: cannot unload model '{match}': {active} active "
+                                              "request(s)", "server_error"))
     if action == "load":
         state.stats["load_calls"] += 1
         status = "already_loaded" if match in state.loaded else "loaded"
@@ -367,11 +372,13 @@ async def infer(conn: Connection, chat: bool, raw: bytes) -> None:
         return sse(orjson.dumps(chunk))
 
     state.in_progress += 1
+    state.active_by_model[model] = state.active_by_model.get(model, 0) + 1
     try:
         await _stream(conn, state, cfg, fault, mode, model, body, parts, chat, usage, rid, created, style, newline,
                       event, sse)
     finally:
         state.in_progress -= 1
+        state.active_by_model[model] -= 1
 
 
 async def _stream(conn: Connection, state: State, cfg: dict[str, Any], fault: dict[str, Any], mode: Any, model: str,
