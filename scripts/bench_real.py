@@ -162,7 +162,11 @@ def main() -> None:
     parser.add_argument("--clients", default="1,4,16,32,64", help="concurrency levels")
     parser.add_argument("--skip-swap", action="store_true", help="only the direct-vs-gateway rows")
     parser.add_argument("--json", type=Path, help="write every number here too")
+    parser.add_argument("--render", type=Path, help="print the tables of an earlier --json file and stop")
     args = parser.parse_args()
+    if args.render:
+        print(table(json.loads(args.render.read_text())))
+        return
     import uvloop
 
     levels = [int(c) for c in args.clients.split(",")]
@@ -220,13 +224,20 @@ def main() -> None:
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = ["| clients | direct req/s | gateway req/s | × | direct tok/s | gateway tok/s | direct TTFT p50 / p95 ms "
-             "| gateway TTFT p50 / p95 ms | direct total p50 / p95 ms | gateway total p50 / p95 ms | limit |",
+    lines = ["| clients | direct req/s (rounds) | gateway req/s (rounds) | × | direct tok/s | gateway tok/s "
+             "| direct TTFT p50 / p95 ms | gateway TTFT p50 / p95 ms | direct total p50 / p95 ms "
+             "| gateway total p50 / p95 ms | limit |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def rounds(cell: dict[str, Any]) -> str:
+        values = cell.get("req_s_rounds") or []
+        return f" ({min(values):.0f}–{max(values):.0f})" if len(values) > 1 else ""
+
     for row in results["rows"]:
         d, g = row["direct"], row["gateway"]
         lines.append(
-            f"| {row['clients']} | {d['req_s']:.1f} | {g['req_s']:.1f} | {g['req_s'] / max(d['req_s'], 1e-9):.2f} "
+            f"| {row['clients']} | {d['req_s']:.1f}{rounds(d)} | {g['req_s']:.1f}{rounds(g)} "
+            f"| {g['req_s'] / max(d['req_s'], 1e-9):.2f} "
             f"| {d['tok_s']:.0f} | {g['tok_s']:.0f} | {d['ttft_p50']:.1f} / {d['ttft_p95']:.1f} "
             f"| {g['ttft_p50']:.1f} / {g['ttft_p95']:.1f} | {d['total_p50']:.1f} / {d['total_p95']:.1f} "
             f"| {g['total_p50']:.1f} / {g['total_p95']:.1f} | {row['gateway_limit']} |")
@@ -234,7 +245,8 @@ def table(results: dict[str, Any]) -> str:
         lines += ["", "| swap scenario (8 clients, 2 models that do not fit together) | req/s | model loads | "
                   "loads per 100 requests |", "|---|---:|---:|---:|"]
         for name, cell in results["swap"].items():
-            lines.append(f"| {name} | {cell['req_s']:.1f} | {cell['loads']:.0f} | {cell['loads_per_100']:.1f} |")
+            lines.append(f"| {name} (hold {cell.get('hold_s', '?')} s) | {cell['req_s']:.1f} | {cell['loads']:.0f} "
+                         f"| {cell['loads_per_100']:.1f} |")
     return "\n".join(lines)
 
 
