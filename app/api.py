@@ -7,7 +7,7 @@ document that clients and fuzzers read.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from app.errors import GatewayError
 from app.gateway import Gateway
 from app.limiter import Limiter
+from app.routing import ENDPOINT_NEEDS
 
 router = APIRouter()
 
@@ -55,6 +56,7 @@ def model_rows(gw: Gateway, task: str | None = None, *, show_paths: bool = True)
             "tasks": list(entry.tasks),
             "min_ram_gb": entry.min_ram_gb,
             "fits": fits,
+            "capabilities": list(entry.capabilities),
             "fit": (f"fits ({entry.min_ram_gb:g} ≤ {budget:.1f} GiB budget)" if fits
                     else f"needs {entry.min_ram_gb:g} GiB > {budget:.1f} GiB budget"),
             "upstream_id": inv.upstream_id(entry),
@@ -89,10 +91,19 @@ async def route_dry_run(
     request: Request,
     task: str | None = Query(None, max_length=200),
     model: str | None = Query(None, max_length=500),
+    endpoint: Literal["chat", "completions", "responses", "embeddings", "transcriptions"] = Query(
+        "chat", description="the endpoint the request would go to"),
+    tools: bool = Query(False, description="the request carries `tools`"),
+    json_schema: bool = Query(False, description="the request asks for `response_format` json_schema"),
 ) -> dict[str, Any]:
     gw = _gw(request)
     header_task = task if task is not None else request.headers.get(gw.settings.task_header)
-    route = gw.route(model, header_task)
+    need = {ENDPOINT_NEEDS[endpoint]}
+    if tools:
+        need.add("tools")
+    if json_schema:
+        need.add("json_schema")
+    route = gw.route(model, header_task, frozenset(need))
     out = route.as_dict()
     out["upstream_id"] = gw.inventory.upstream_id(route.model)
     out["host"] = {"ram_gb": round(gw.memory.total_gb, 2), "budget_gb": round(gw.memory.budget_gb, 2),

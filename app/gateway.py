@@ -38,6 +38,7 @@ from app.upstream.inventory import Inventory
 from app.upstream.managed import LocalModelSpec, ManagedFoundry
 
 log = logging.getLogger("foundry_gateway")
+CHAT = frozenset({"chat"})
 
 
 class Gateway:
@@ -78,16 +79,16 @@ class Gateway:
 
     # --- routing and admission --------------------------------------------------------------------
 
-    def route(self, model: str | None, task: str | None) -> Route:
+    def route(self, model: str | None, task: str | None, need: frozenset[str] = CHAT) -> Route:
         """The routing policy's answer, memoised: it only changes with the registry, the upstream's
         inventory or the breaker, and all three are part of the key (or clear the cache)."""
         available, cooling = self.inventory.available, self.breaker.skipped()
-        key = (model, task, available, self.breaker.version)
+        key = (model, task, need, available, self.breaker.version)
         route = self._routes.get(key)
         if route is None:
             route = choose(
                 self.registry, model=model, task=task, default_task=self.settings.default_task,
-                budget_gb=self.memory.budget_gb, available=available, cooling=cooling,
+                budget_gb=self.memory.budget_gb, available=available, cooling=cooling, need=need,
             )
             if len(self._routes) >= 1024:  # clients choose the strings in the key: stay bounded
                 self._routes.clear()
@@ -317,8 +318,13 @@ class Gateway:
         return self.settings.upstream_url or discover_foundry_url()
 
 
+_FOUNDRY_TASKS = {"code": "coding", "embeddings": "embeddings", "transcription": "automatic-speech-recognition",
+                  "vision": "vision-language-chat"}
+
+
 def _foundry_task(entry: ModelEntry) -> str:
-    return "coding" if entry.tasks == ("code",) else "chat-completion"
+    """The ``task`` metadata Foundry Local wants when registering a local folder."""
+    return _FOUNDRY_TASKS.get(entry.tasks[0], "chat-completion") if len(entry.tasks) == 1 else "chat-completion"
 
 
 def _mtime(path: Path) -> float:

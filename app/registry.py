@@ -33,7 +33,25 @@ FIELDS: dict[str, str] = {
     "default_max_tokens": "`max_tokens` added to requests that have none (default: the setting).",
     "max_concurrency": "Requests in flight on this model (default: the setting).",
     "path": "Local ONNX Runtime GenAI model folder to register with Foundry Local (relative to this file).",
+    "capabilities": "What the model can do: chat, tools, embeddings, transcription, vision, json_schema. "
+    "Default from its task (embeddings → embeddings, transcription → transcription, vision → chat + vision, "
+    "anything else → chat).",
+    "parse_tool_calls": "Turn `<tool_call>{…}</tool_call>` text the model emits into OpenAI `tool_calls` "
+    "(Foundry Local streams them as text, its issue #874). Default false.",
 }
+
+CAPABILITIES = ("chat", "tools", "embeddings", "transcription", "vision", "json_schema")
+_TASK_CAPABILITIES = {"embeddings": ("embeddings",), "transcription": ("transcription",), "vision": ("chat", "vision")}
+
+
+def default_capabilities(tasks: tuple[str, ...]) -> tuple[str, ...]:
+    """What a model can do when its entry does not say: from its tasks."""
+    out: list[str] = []
+    for task in tasks:
+        for capability in _TASK_CAPABILITIES.get(task, ("chat",)):
+            if capability not in out:
+                out.append(capability)
+    return tuple(out)
 
 
 class RegistryError(ValueError):
@@ -58,6 +76,8 @@ class ModelEntry:
     default_max_tokens: int | None = None
     max_concurrency: int | None = None
     path: Path | None = None
+    capabilities: tuple[str, ...] = ("chat",)
+    parse_tool_calls: bool = False
 
     @property
     def task(self) -> str:
@@ -92,6 +112,10 @@ class ModelEntry:
             out["priority"] = self.priority
         if self.path is not None:
             out["path"] = str(self.path)
+        if self.capabilities != default_capabilities(self.tasks):
+            out["capabilities"] = list(self.capabilities)
+        if self.parse_tool_calls:
+            out["parse_tool_calls"] = True
         return out
 
 
@@ -247,6 +271,13 @@ def _validate_entry(
         "aliases", list, "must be a list of non-empty strings",
         lambda v: all(isinstance(a, str) and a.strip() for a in v),
     ) or []
+    capabilities = optional(
+        "capabilities", list, f"must be a list of: {', '.join(CAPABILITIES)}",
+        lambda v: bool(v) and all(c in CAPABILITIES for c in v),
+    )
+    parse_tool_calls = item.get("parse_tool_calls", False)
+    if not isinstance(parse_tool_calls, bool):
+        bad("parse_tool_calls", "must be true or false")
 
     path: Path | None = None
     if raw_path:
@@ -268,6 +299,8 @@ def _validate_entry(
         default_max_tokens=default_max,
         max_concurrency=concurrency,
         path=path,
+        capabilities=tuple(dict.fromkeys(capabilities)) if capabilities else default_capabilities(tasks),
+        parse_tool_calls=bool(parse_tool_calls),
     )
 
 

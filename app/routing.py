@@ -2,8 +2,12 @@
 
 The classic ``select_model.py`` rule, done properly: for the task, take registry entries in preference
 order and pick the first whose ``min_ram_gb`` fits the host's budget — skipping models the upstream
-does not have (once its inventory is known) and models cooling down after failures. The rest of the
-viable list is kept as fallbacks. A ``model`` naming a registry entry pins it.
+does not have (once its inventory is known), models cooling down after failures, and models without a
+capability the request needs (``tools``, ``json_schema``, ``embeddings``…). The rest of the viable list
+is kept as fallbacks. A ``model`` naming a registry entry pins it.
+
+Endpoints that are not chat (embeddings, transcription) route by capability: with no task header,
+their candidates are every model that can serve them.
 """
 
 from __future__ import annotations
@@ -13,6 +17,13 @@ from dataclasses import dataclass
 
 from app.errors import GatewayError
 from app.registry import ModelEntry, Registry
+
+# What each proxied endpoint needs of a model, and the task its requests have when no header names one.
+ENDPOINT_NEEDS = {"chat": "chat", "completions": "chat", "responses": "chat", "embeddings": "embeddings",
+                  "transcriptions": "transcription"}
+_FEATURE_WORDS = {"tools": "tool calls (`tools`)", "json_schema": "`response_format` json_schema",
+                  "vision": "image input", "embeddings": "embeddings", "transcription": "audio transcription",
+                  "chat": "chat"}
 
 AUTO_MODELS = frozenset({"", "auto", "default"})
 
@@ -77,21 +88,37 @@ def choose(
     budget_gb: float,
     available: Set[str] | None = None,
     cooling: Mapping[str, str] | None = None,
+    need: Set[str] = frozenset({"chat"}),
 ) -> Route:
     """Pick the model for a request.
 
     ``available`` is the set of registry names the upstream has (None while unknown: nothing is
-    filtered); ``cooling`` the names the circuit breaker is skipping for now, each with its reason.
-    Raises GatewayError: 400 unknown task, 404 unknown model, 503 nothing viable.
+    filtered); ``cooling`` the names the circuit breaker is skipping for now, each with its reason;
+    ``need`` the capabilities the request needs.
+    Raises GatewayError: 400 unknown task or a capability nobody has, 404 unknown model, 503 nothing viable.
     """
     requested = (model or "").strip()
     if requested.lower() not in AUTO_MODELS:
-        return _pinned(registry, requested, task, budget_gb, available)
+        return _pinned(registry, requested, task, budget_gb, available, need)
 
-    chosen_task = resolve_task(registry, task, default_task)
+    by_capability = next((c for c in need if c != "chat" and c in ("embeddings", "transcription")), None)
+    if by_capability and not (task or "").strip():
+        chosen_task = by_capability
+        entries = tuple(sorted((e for e in registry if by_capability in e.capabilities),
+                               key=lambda e: (e.priority, e.index)))
+        if not entries:
+            raise GatewayError(400, f"No model in the registry serves {_FEATURE_WORDS[by_capability]} (add one "
+                                    f"with capabilities [\"{by_capability}\"]).", code="unsupported_value")
+    else:
+        chosen_task = resolve_task(registry, task, default_task)
+        entries = registry.for_task(chosen_task)
     verdicts: list[Verdict] = []
     viable: list[ModelEntry] = []
-    for entry in registry.for_task(chosen_task):
+    for entry in entries:
+        missing = [c for c in need if c not in entry.capabilities]
+        if missing:
+            verdicts.append(Verdict(entry.name, entry.min_ram_gb, "skipped", f"no {', '.join(missing)}"))
+            continue
         if entry.min_ram_gb > budget_gb:
             reason = f"needs {_gb(entry.min_ram_gb)} > {_gb(budget_gb)} budget"
         elif available is not None and entry.name not in available:
@@ -107,13 +134,20 @@ def choose(
         verdicts.append(Verdict(entry.name, entry.min_ram_gb, "skipped", reason))
 
     if not viable:
-        raise _nothing_viable(registry, chosen_task, budget_gb, verdicts)
-    explanation = f"first viable of {len(registry.for_task(chosen_task))} for task {chosen_task}"
+        lacking = [v for v in verdicts if v.reason.startswith("no ")]
+        if lacking and len(lacking) == len(verdicts):
+            features = ", ".join(_FEATURE_WORDS.get(c, c) for c in sorted(need) if c != "chat") or "this endpoint"
+            raise GatewayError(400, f"No model for task '{chosen_task}' can do {features} "
+                                    f"({'; '.join(f'{v.model}: {v.reason}' for v in lacking)}).",
+                               code="unsupported_value")
+        raise _nothing_viable(entries, chosen_task, budget_gb, verdicts)
+    explanation = f"first viable of {len(entries)} for task {chosen_task}"
     return Route(chosen_task, viable[0], tuple(viable[1:]), "auto", explanation, tuple(verdicts))
 
 
 def _pinned(
-    registry: Registry, requested: str, task: str | None, budget_gb: float, available: Set[str] | None
+    registry: Registry, requested: str, task: str | None, budget_gb: float, available: Set[str] | None,
+    need: Set[str],
 ) -> Route:
     entry = registry.lookup(requested)
     if entry is None:
@@ -123,6 +157,13 @@ def _pinned(
             f"Model '{requested}' is not in the registry. Known models: {known}; or use model 'auto'.",
             code="model_not_found",
             param="model",
+        )
+    missing = [c for c in sorted(need) if c not in entry.capabilities]
+    if missing:
+        features = ", ".join(_FEATURE_WORDS.get(c, c) for c in missing)
+        raise GatewayError(
+            400, f"Model '{entry.name}' cannot do {features} (its capabilities: {', '.join(entry.capabilities)}).",
+            code="unsupported_value", param="model",
         )
     header_task = (task or "").strip()
     chosen_task = header_task if header_task in entry.tasks else entry.task
@@ -145,8 +186,8 @@ def _pinned(
     return Route(chosen_task, entry, (), "pinned", f"model '{requested}' requested", (verdict,))
 
 
-def _nothing_viable(registry: Registry, task: str, budget_gb: float, verdicts: list[Verdict]) -> GatewayError:
-    entries = registry.for_task(task)
+def _nothing_viable(entries: tuple[ModelEntry, ...], task: str, budget_gb: float,
+                    verdicts: list[Verdict]) -> GatewayError:
     smallest = min(entries, key=lambda e: e.min_ram_gb)
     if smallest.min_ram_gb > budget_gb:
         message = (

@@ -81,11 +81,13 @@ def build_model(hf_dir: Path, seed: int = SEED) -> None:
     print(f"random Qwen2: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
 
 
-def convert(hf_dir: Path, out: Path, precision: str) -> None:
+def convert(hf_dir: Path, out: Path, precision: str, embeddings: bool = False) -> None:
     build = out.parent / f".{out.name}-build"
     shutil.rmtree(build, ignore_errors=True)
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(build),
            "-p", precision, "-e", "cpu", "-c", str(out.parent / f".{out.name}-cache")]
+    if embeddings:  # Foundry Local's /v1/embeddings reads the final hidden state of the last token
+        cmd += ["--extra_options", "include_hidden_states=true"]
     subprocess.run(cmd, check=True)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -116,12 +118,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("models/tiny-chat"))
     parser.add_argument("--precision", choices=["fp32", "int4"], default="fp32")
     parser.add_argument("--seed", type=int, default=SEED, help="weights seed: another seed, another model")
+    parser.add_argument("--embeddings", action="store_true",
+                        help="also expose hidden_states, so Foundry Local serves /v1/embeddings with it")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = Path(tmp) / "hf"
         build_tokenizer(hf_dir)
         build_model(hf_dir, args.seed)
-        convert(hf_dir, args.out.resolve(), args.precision)
+        convert(hf_dir, args.out.resolve(), args.precision, args.embeddings)
     (args.out / "README.md").write_text(
         f"# {args.out.name}\n\nA 2-layer Qwen2-architecture chat model with **random weights** (seed "
         f"{args.seed}) and a byte-level BPE tokenizer (vocab {VOCAB}) trained on the Python standard library, "

@@ -103,3 +103,61 @@ def test_pinned_model_over_budget_or_missing_is_503() -> None:
         pick(8, model="qwen2.5-7b-instruct")
     with pytest.raises(GatewayError, match="not available on the upstream"):
         pick(32, model="phi-4-mini", available=frozenset({"tiny-chat"}))
+
+
+# --- capabilities ---------------------------------------------------------------------------------------------
+
+
+def capable() -> Registry:
+    return parse_registry(json.dumps([
+        {"name": "big-embed", "task": "embeddings", "min_ram_gb": 64},
+        {"name": "plain-chat", "task": "chat", "min_ram_gb": 1},
+        {"name": "tool-chat", "task": "chat", "min_ram_gb": 2, "capabilities": ["chat", "tools"]},
+        {"name": "small-embed", "task": "embeddings", "min_ram_gb": 0.5},
+        {"name": "whisper", "task": "transcription", "min_ram_gb": 1},
+    ]))
+
+
+def route_for(need: set[str], **kw: object) -> object:
+    params: dict[str, object] = {"model": None, "task": None, "default_task": "chat", "budget_gb": 16,
+                                 "need": frozenset(need), **kw}
+    return choose(capable(), **params)  # type: ignore[arg-type]
+
+
+def test_capabilities_default_from_the_task() -> None:
+    entries = {e.name: e.capabilities for e in capable()}
+    assert entries == {"big-embed": ("embeddings",), "plain-chat": ("chat",), "tool-chat": ("chat", "tools"),
+                       "small-embed": ("embeddings",), "whisper": ("transcription",)}
+
+
+def test_a_request_with_tools_goes_to_a_tool_capable_model() -> None:
+    route = route_for({"chat", "tools"})
+    assert route.model.name == "tool-chat"  # type: ignore[attr-defined]
+    reasons = {v.model: v.reason for v in route.verdicts}  # type: ignore[attr-defined]
+    assert reasons["plain-chat"] == "no tools"
+
+
+def test_embeddings_with_auto_and_no_header_pick_the_best_embedding_model_that_fits() -> None:
+    route = route_for({"embeddings"})
+    assert route.model.name == "small-embed" and route.task == "embeddings"  # type: ignore[attr-defined]
+    reasons = {v.model: v.reason for v in route.verdicts}  # type: ignore[attr-defined]
+    assert reasons["big-embed"].startswith("needs 64 GiB")
+    assert route_for({"transcription"}).model.name == "whisper"  # type: ignore[attr-defined]
+
+
+def test_a_pinned_model_without_the_capability_is_a_clear_400() -> None:
+    with pytest.raises(GatewayError) as info:
+        route_for({"embeddings"}, model="plain-chat")
+    assert info.value.status == 400 and "'plain-chat' cannot do embeddings" in info.value.message
+
+
+def test_a_feature_no_model_has_is_a_400_naming_it() -> None:
+    with pytest.raises(GatewayError) as info:
+        route_for({"chat", "json_schema"})
+    assert info.value.status == 400 and "json_schema" in info.value.message
+    assert "plain-chat: no json_schema" in info.value.message
+
+
+def test_unknown_capabilities_are_rejected_by_the_registry() -> None:
+    with pytest.raises(ValueError, match="capabilities must be a list of"):
+        parse_registry(json.dumps([{"name": "x", "task": "chat", "min_ram_gb": 1, "capabilities": ["telepathy"]}]))
