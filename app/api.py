@@ -1,15 +1,17 @@
 """The HTTP API around the hot path: model listing, routing dry-run, health, metrics and admin.
 
-These routes are FastAPI (validation, OpenAPI docs); the two proxied routes are served by
-``app.proxy`` before FastAPI sees them, and are declared here only so they appear in the OpenAPI
-document that clients and fuzzers read.
+These routes are FastAPI (validation, OpenAPI docs); the proxied routes are served by ``app.proxy``
+before FastAPI sees them, and are declared here only so they appear in the OpenAPI document that
+clients and fuzzers read. Stored responses (``/v1/responses/{id}``) are passed to the runtime that
+keeps them.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Body, Header, Query, Request
+import httpx
+from fastapi import APIRouter, Body, File, Form, Header, Path, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from app.errors import GatewayError
@@ -227,3 +229,66 @@ async def completions(
 ) -> dict[str, Any]:
     raise GatewayError(500, "served by the proxy")  # pragma: no cover
 
+
+
+_RESPONSE_EXAMPLE = {"model": "auto", "input": "Say hello", "max_output_tokens": 32}
+_EMBEDDING_EXAMPLE = {"model": "auto", "input": ["first text", "second text"]}
+
+
+@router.post("/v1/responses", summary="The Responses API (JSON or typed events), routed like chat")
+async def responses(
+    body: dict[str, Any] = Body(..., examples=[_RESPONSE_EXAMPLE]),
+    x_task: str | None = Header(None, description=_TASK_DOC),
+) -> dict[str, Any]:
+    raise GatewayError(500, "served by the proxy")  # pragma: no cover
+
+
+@router.post("/v1/embeddings", summary="Embeddings (float or base64), routed to embedding models")
+async def embeddings(body: dict[str, Any] = Body(..., examples=[_EMBEDDING_EXAMPLE])) -> dict[str, Any]:
+    raise GatewayError(500, "served by the proxy")  # pragma: no cover
+
+
+@router.post("/v1/audio/transcriptions", summary="Speech to text, routed to transcription models")
+async def transcriptions(
+    file: UploadFile = File(..., description="the audio"),
+    model: str = Form("auto"),
+    language: str | None = Form(None),
+    response_format: Literal["json", "text"] = Form("json"),
+) -> dict[str, Any]:
+    raise GatewayError(500, "served by the proxy")  # pragma: no cover
+
+
+# --- stored responses: kept by the runtime that answered ---------------------------------------------------
+
+_RESPONSE_ID = Path(..., max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
+
+
+@router.get("/v1/responses/{response_id}", summary="A stored response (kept by Foundry Local while it runs)")
+async def get_response(request: Request, response_id: str = _RESPONSE_ID) -> Response:
+    return await _stored(request, "GET", response_id)
+
+
+@router.delete("/v1/responses/{response_id}", summary="Delete a stored response")
+async def delete_response(request: Request, response_id: str = _RESPONSE_ID) -> Response:
+    return await _stored(request, "DELETE", response_id)
+
+
+@router.get("/v1/responses/{response_id}/input_items", summary="A stored response's input items")
+async def response_input_items(request: Request, response_id: str = _RESPONSE_ID) -> Response:
+    return await _stored(request, "GET", f"{response_id}/input_items")
+
+
+async def _stored(request: Request, method: str, path: str) -> Response:
+    """The runtime's answer as it is (API keys were checked for every /v1 route before this)."""
+    upstream = _gw(request).upstream
+    try:
+        answer = await upstream.client.request(method, f"{upstream.urls['responses']}/{path}",
+                                               headers=upstream.headers, timeout=upstream.quick_timeout)
+    except httpx.HTTPError as exc:
+        raise GatewayError(503, f"The upstream is unreachable: {exc.__class__.__name__}",
+                           code="upstream_unavailable") from None
+    if not answer.headers.get("content-type", "").startswith("application/json"):
+        raise GatewayError(answer.status_code if answer.status_code >= 400 else 502,
+                           f"The upstream answered {answer.status_code} without JSON for /v1/responses/{path}.",
+                           code="upstream_error")
+    return Response(answer.content, status_code=answer.status_code, media_type="application/json")

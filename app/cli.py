@@ -23,6 +23,7 @@ from rich.table import Table
 from app import __version__, benchmark
 from app.errors import GatewayError
 from app.registry import FIELDS, RegistryError, build_registry, dump_registry, load_registry
+from app.routing import ENDPOINT_NEEDS
 from app.settings import Settings, load_settings
 
 out = Console()
@@ -161,14 +162,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     title = "Models" if budget is None else f"Models — this host: {budget.describe()}"
     table = Table(title=title, title_justify="left")
     table.add_column("model", no_wrap=True)
-    for name in ("task", "min RAM", "fits", "available", "loaded"):
+    for name in ("task", "can", "min RAM", "fits", "available", "loaded"):
         table.add_column(name)
     if args.wide:
         table.add_column("upstream id", overflow="fold")
         table.add_column("notes", overflow="fold")
     for row in rows:
         cells = [
-            row["id"], ", ".join(row["tasks"]), f"{row['min_ram_gb']:g} GiB",
+            row["id"], ", ".join(row["tasks"]), ", ".join(row.get("capabilities", [])), f"{row['min_ram_gb']:g} GiB",
             "[green]yes[/]" if row["fits"] else "[red]no[/]",
             _yes_no(row["available"]), _yes_no(row["loaded"] if row["available"] else None),
         ]
@@ -181,11 +182,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_select(args: argparse.Namespace) -> int:
     if args.gateway:
-        query = "&".join(f"{k}={v}" for k, v in (("task", args.task), ("model", args.model)) if v)
+        query = "&".join(f"{k}={v}" for k, v in (("task", args.task), ("model", args.model),
+                                                   ("endpoint", args.endpoint), ("tools", args.tools and "true")) if v)
         decision = _remote(args.gateway, f"/v1/route?{query}")
     else:
         gw = _offline_gateway(args)
-        route = gw.route(args.model, args.task)
+        need = {ENDPOINT_NEEDS[args.endpoint], *(["tools"] if args.tools else [])}
+        route = gw.route(args.model, args.task, frozenset(need))
         decision = route.as_dict()
         decision["upstream_id"] = gw.inventory.upstream_id(route.model)
         decision["host"] = {"ram_gb": round(gw.memory.total_gb, 2), "budget_gb": round(gw.memory.budget_gb, 2),
@@ -343,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("select", "Show the model a request would be routed to, and why.", cmd_select)
     p.add_argument("--task", help="task (default: the default task)")
     p.add_argument("--model", help="a pinned model name, alias or upstream id")
+    p.add_argument("--endpoint", choices=list(ENDPOINT_NEEDS), default="chat",
+                   help="the endpoint the request goes to (default: chat)")
+    p.add_argument("--tools", action="store_true", help="the request carries tools")
     source_options(p)
 
     reg = sub.add_parser("registry", help="Validate or edit the model registry.", description="Registry tools.")

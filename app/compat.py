@@ -36,7 +36,7 @@ def parse_body(raw: bytes) -> JSON:
     return data
 
 
-def _check_type(body: JSON, key: str, kinds: type | tuple[type, ...], what: str) -> Any:
+def check_type(body: JSON, key: str, kinds: type | tuple[type, ...], what: str) -> Any:
     value = body.get(key)
     if value is None:
         return None
@@ -47,10 +47,10 @@ def _check_type(body: JSON, key: str, kinds: type | tuple[type, ...], what: str)
     return value
 
 
-def _check_range(body: JSON, key: str, low: float, high: float | None = None, integer: bool = False) -> None:
+def check_range(body: JSON, key: str, low: float, high: float | None = None, integer: bool = False) -> None:
     kinds = int if integer else _NUMBER
     what = "an integer" if integer else "a number"
-    value = _check_type(body, key, kinds, what)
+    value = check_type(body, key, kinds, what)
     if value is None:
         return
     if value < low or (high is not None and value > high):
@@ -58,19 +58,24 @@ def _check_range(body: JSON, key: str, low: float, high: float | None = None, in
         raise bad_request(f"'{key}' must be {bound}, got {value}.", param=key, code="invalid_value")
 
 
+def check_common(body: JSON) -> None:
+    """The fields every generating endpoint shares."""
+    check_type(body, "model", str, "a string")
+    check_type(body, "stream", bool, "a boolean")
+    check_range(body, "temperature", 0, 2)
+    check_range(body, "top_p", 0, 1)
+    check_range(body, "presence_penalty", -2, 2)
+    check_range(body, "frequency_penalty", -2, 2)
+    check_type(body, "seed", int, "an integer")
+
+
 def validate(body: JSON, route: str, *, single_choice: bool) -> None:
     """Check the fields the gateway reads or that the upstream mishandles."""
-    _check_type(body, "model", str, "a string")
-    _check_type(body, "stream", bool, "a boolean")
-    _check_range(body, "max_tokens", 1, integer=True)
-    _check_range(body, "max_completion_tokens", 1, integer=True)
-    _check_range(body, "temperature", 0, 2)
-    _check_range(body, "top_p", 0, 1)
-    _check_range(body, "n", 1, 128, integer=True)
-    _check_range(body, "presence_penalty", -2, 2)
-    _check_range(body, "frequency_penalty", -2, 2)
-    _check_type(body, "seed", int, "an integer")
-    options = _check_type(body, "stream_options", dict, "an object")
+    check_common(body)
+    check_range(body, "max_tokens", 1, integer=True)
+    check_range(body, "max_completion_tokens", 1, integer=True)
+    check_range(body, "n", 1, 128, integer=True)
+    options = check_type(body, "stream_options", dict, "an object")
     if options is not None and not isinstance(options.get("include_usage", False), bool):
         raise bad_request("'stream_options.include_usage' must be a boolean.", param="stream_options.include_usage")
     stop = body.get("stop")

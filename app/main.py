@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
 from app.api import router
+from app.endpoints import ENDPOINTS
 from app.errors import GatewayError, error_body
 from app.gateway import Gateway
 from app.proxy import Proxy
@@ -28,11 +29,12 @@ from app.settings import Settings, load_settings
 
 log = logging.getLogger("foundry_gateway")
 
-PROXIED = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+PROXIED = {path: endpoint.name for path, endpoint in ENDPOINTS.items()}
 
 
 class GatewayApp:
-    """Routes ``POST /v1/chat/completions`` and ``/v1/completions`` to the proxy, the rest to FastAPI."""
+    """Routes the proxied ``POST`` endpoints (chat, completions, responses, embeddings, transcriptions) to the
+    proxy, the rest to FastAPI."""
 
     def __init__(self, api: FastAPI, proxy: Proxy) -> None:
         self.api = api

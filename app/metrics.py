@@ -43,7 +43,7 @@ REJECTION_REASONS = frozenset({
     "unknown_task", "model_not_found", "no_viable_model", "insufficient_ram", "model_unavailable",
     "overloaded", "invalid_api_key", "body_too_large", "headers_too_large", "shutting_down",
 })
-ROUTES = ("chat", "completions")
+ROUTES = ("chat", "completions", "responses", "embeddings", "transcriptions")
 STATUS_CLASSES = ("2xx", "4xx", "5xx", "aborted")
 
 

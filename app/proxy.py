@@ -1,4 +1,5 @@
-"""The hot path: ``POST /v1/chat/completions`` and ``POST /v1/completions`` as a plain ASGI handler.
+"""The hot path: the proxied OpenAI endpoints (chat, completions, responses, embeddings, audio
+transcriptions) as a plain ASGI handler; what differs between them lives in ``app.endpoints``.
 
 Every request pays for this code, so it avoids FastAPI's routing and dependency machinery, parses the
 body once (orjson) and relays the upstream's bytes as they arrive. The flow:
@@ -24,14 +25,17 @@ import itertools
 import logging
 import os
 import sys
+import uuid
 from collections.abc import AsyncIterator, MutableMapping
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import orjson
 
-from app import compat
+from app import compat, endpoints
 from app.breaker import Permit
+from app.endpoints import BY_NAME, Endpoint
 from app.errors import GatewayError, Retry, upstream_error_from_body
 from app.exchange import Exchange, Responder, clock, record
 from app.gateway import Gateway
@@ -40,6 +44,7 @@ from app.registry import ModelEntry
 from app.relay import relay_json, relay_stream
 from app.residency import Residency
 from app.streaming import EventSplitter, event_data, event_json, split_events
+from app.tokens import counter
 from app.upstream.inventory import Inventory
 
 Scope = MutableMapping[str, Any]
@@ -48,6 +53,7 @@ Message = dict[str, Any]
 log = logging.getLogger("foundry_gateway.proxy")
 _ids = itertools.count(1)
 _ID_PREFIX = os.urandom(4).hex()
+_DONE_EVENT = b"[DONE]"
 
 
 class Proxy:
@@ -72,13 +78,13 @@ class Proxy:
                 self.gw.check_key(_text(headers.get(b"authorization")))
                 if self.gw.draining:
                     raise GatewayError(503, "The gateway is shutting down.", code="shutting_down")
-                raw = await self._read_body(receive, headers)
+                raw = await self._read_body(receive, headers, self._body_limit(route_name))
                 if raw is None:
                     ex.aborted = True
                     return
                 ex.priority = _priority(headers.get(b"x-priority"))
                 watcher = asyncio.ensure_future(self._watch(receive, ex, asyncio.current_task()))
-                await self._serve(ex, reply, raw, _text(headers.get(self.task_header)))
+                await self._serve(ex, reply, raw, headers)
             except GatewayError as err:
                 if not ex.upstream_id:  # refused by the gateway itself, before any upstream call
                     self.metrics.rejections.labels(self.metrics.rejection_label(err.code)).inc()
@@ -102,8 +108,10 @@ class Proxy:
 
     # --- request ---------------------------------------------------------------------------------
 
-    async def _read_body(self, receive: Any, headers: dict[bytes, bytes]) -> bytes | None:
-        limit = self.settings.max_body_bytes
+    def _body_limit(self, route_name: str) -> int:
+        return self.settings.max_audio_bytes if route_name == "transcriptions" else self.settings.max_body_bytes
+
+    async def _read_body(self, receive: Any, headers: dict[bytes, bytes], limit: int) -> bytes | None:
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise GatewayError(413, f"Request body is larger than {limit} bytes.", code="body_too_large")
@@ -136,13 +144,19 @@ class Proxy:
                     owner.cancel()
                 return
 
-    async def _serve(self, ex: Exchange, reply: Responder, raw: bytes, task_header: str | None) -> None:
+    async def _serve(self, ex: Exchange, reply: Responder, raw: bytes, headers: dict[bytes, bytes]) -> None:
         gw = self.gw
-        body = compat.parse_body(raw)
-        compat.validate(body, ex.route_name, single_choice=gw.upstream.kind == "foundry")
-        ex.body = body
-        ex.stream = body.get("stream") is True
-        route = gw.route(body.get("model"), task_header)
+        endpoint = BY_NAME[ex.route_name]
+        if endpoint.name == "transcriptions":
+            body = await endpoints.parse_upload(raw, _text(headers.get(b"content-type")) or "")
+        else:
+            body = compat.parse_body(raw)
+        endpoints.validate(endpoint, body, single_choice=gw.upstream.kind == "foundry")
+        ex.body = body if endpoint.name != "transcriptions" else {k: v for k, v in body.items() if k != "file"}
+        ex.stream = endpoint.streams and body.get("stream") is True
+        model = body.get("model")
+        route = gw.route(model if isinstance(model, str) else None, _text(headers.get(self.task_header)),
+                         endpoints.needs(endpoint, body))
         ex.route, ex.task, ex.entry = route, route.task, route.model
         self.metrics.routing.labels(self.metrics.task_label(route.task), route.model.name, route.reason).inc()
         reply.set_route(route.model, route.task, route.header)
@@ -199,6 +213,7 @@ class Proxy:
 
     async def _attempt(self, ex: Exchange, reply: Responder, entry: ModelEntry, body: dict[str, Any]) -> None:
         gw = self.gw
+        endpoint = BY_NAME[ex.route_name]
         translate = compat.chat_to_completion if ex.route_name == "completions" and not gw.upstream.has_completions \
             else None
         held = _Held()
@@ -220,10 +235,17 @@ class Proxy:
                     await keepalive.stop()
             if ex.stream:
                 await relay_stream(ex, reply, response, chunks, first, idle_timeout=self.settings.idle_timeout,
-                                   metrics=self.metrics, translate=translate)
+                                   metrics=self.metrics,
+                                   inspector=endpoints.inspector(endpoint, body, clock, translate,
+                                                                 parse_tool_calls=entry.parse_tool_calls))
             else:
+                finish = endpoints.answer(endpoint, body, translate, counter(entry.path),
+                                          parse_tool_calls=entry.parse_tool_calls)
+                if endpoint.name == "transcriptions":
+                    finish = endpoints.transcription_answer(body)
                 await relay_json(ex, reply, response, chunks, idle_timeout=self.settings.idle_timeout,
-                                 translate=translate)
+                                 finish=finish, usage_of=lambda data: endpoints.usage_of(endpoint, data),
+                                 as_text=endpoint.name == "transcriptions" and body.get("response_format") == "text")
             if held.model_limiter is not None and ex.status < 400 and not (ex.broken or ex.aborted):
                 tokens = (ex.usage or {}).get("completion_tokens")
                 gw.completed(entry, held.model_limiter, clock() - ex.sent_at,
@@ -240,6 +262,7 @@ class Proxy:
         ``timer`` runs to the request's deadline, and to the first-byte deadline while the upstream has
         the request: one timer for both, its expiry told apart by the caller."""
         gw = self.gw
+        endpoint = BY_NAME[ex.route_name]
         loop = asyncio.get_running_loop()
         model_limiter = gw.limiter(entry)
         for limiter in (gw.admission, model_limiter):
@@ -252,7 +275,7 @@ class Proxy:
         gw.inventory.acquire(entry)  # in use from now on: never unloaded under this request
         held.in_use = (gw.inventory, entry)
         to_chat = ex.route_name == "completions" and not gw.upstream.has_completions
-        upstream_route = "chat" if to_chat else ex.route_name
+        upstream_route = "chat" if to_chat else endpoint.name
         default_max = None
         if gw.upstream.kind == "foundry":
             default_max = entry.max_tokens_default(self.settings.default_max_tokens)
@@ -271,21 +294,26 @@ class Proxy:
                     raise Retry(err, "connect", transport=True) from None
                 raise Retry(err, "load_failed") from None
             ex.upstream_id = gw.inventory.upstream_id(entry)
-            payload = compat.prepare_upstream_body(
-                body, upstream_id=ex.upstream_id, stream=ex.stream, default_max_tokens=default_max, to_chat=to_chat,
-            )
+            content_type = None
+            if endpoint.name == "transcriptions":
+                upload = held.upload(gw, body) if gw.upstream.reads_our_files else None
+                payload, content_type = endpoints.transcription_body(body, ex.upstream_id, upload)
+            else:
+                payload = endpoints.prepare(endpoint, body, upstream_id=ex.upstream_id, stream=ex.stream,
+                                            default_max_tokens=default_max, to_chat=to_chat)
             started = ex.sent_at = clock()
             timer.reschedule(min(ex.deadline, loop.time() + self.settings.first_byte_timeout))
             try:
-                response = await gw.upstream.open(upstream_route, payload)
+                response = await gw.upstream.open(upstream_route, payload, content_type)
                 ex.sent = True
                 held.responses.append(response)  # owned from its first byte
                 chunks = aiter(cast(httpx.AsyncByteStream, response.stream))  # raw bytes, no decoding layer
-                raw = first = event = b""
+                raw = first = b""
+                error: dict[str, Any] | None = None
                 if response.status_code >= 400:
                     raw = await response.aread()
                 elif ex.stream:
-                    first, event = await self._first_event(response, chunks)
+                    first, error = await self._first_events(response, chunks, endpoint)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # Nothing was sent. A managed runtime that just died comes back in about a second:
                 # wait for it rather than fail (once per request).
@@ -302,17 +330,9 @@ class Proxy:
             finally:
                 ex.upstream_wait += clock() - started
             if response.status_code < 400:
-                if not ex.stream:
+                if not ex.stream or error is None:
                     return response, chunks, first
-                data = event_json(event)
-                if not isinstance(data, dict):
-                    raise Retry(GatewayError(502, "The upstream's stream did not start with a JSON event.",
-                                             code="upstream_bad_response"), "bad_response")
-                error = data.get("error")
-                if error is None or "choices" in data:
-                    return response, chunks, first
-                error = error if isinstance(error, dict) else {"message": str(error)}  # HTTP 200, a lone error event
-                raw = orjson.dumps({"error": error})
+                raw = orjson.dumps({"error": error})  # HTTP 200, then a failure before any content
                 status = 400 if _is_client_error(error) else 502
             else:
                 status = response.status_code
@@ -323,6 +343,8 @@ class Proxy:
                 gw.inventory.mark_unloaded(entry)  # unloaded behind our back: load and try once more
                 continue
             failure = upstream_error_from_body(status, raw)
+            if status >= 500 and (fault := endpoints.client_error(endpoint, status, failure.message, entry.name)):
+                raise fault
             if status == 404 and "model" in message.lower():
                 gw.inventory.mark_missing(entry)
                 raise Retry(GatewayError(503, f"Model '{entry.name}' is missing on the upstream: {failure.message}",
@@ -331,8 +353,12 @@ class Proxy:
                 raise Retry(failure, f"http_{status}")
             raise failure
 
-    async def _first_event(self, response: httpx.Response, chunks: AsyncIterator[bytes]) -> tuple[bytes, bytes]:
-        """The stream's bytes up to the end of its first event that carries data, and that event."""
+    async def _first_events(
+        self, response: httpx.Response, chunks: AsyncIterator[bytes], endpoint: Endpoint
+    ) -> tuple[bytes, dict[str, Any] | None]:
+        """Read a stream up to the event that decides how it started (the first one for chat; the first
+        text, the end or a failure for the Responses API): the bytes read so far, and the error if the
+        upstream failed before any content (it may have said HTTP 200)."""
         content_type = response.headers.get("content-type", "")
         if not content_type.startswith("text/event-stream"):
             raise Retry(GatewayError(502, f"The upstream answered a stream with '{content_type or 'no type'}'.",
@@ -342,16 +368,31 @@ class Proxy:
         async for chunk in chunks:
             seen += chunk
             for event in split_events(splitter.feed(chunk)):
-                if event_data(event) is not None:
-                    return seen, event
-        return seen, splitter.flush()
+                if event_data(event) is None:
+                    continue
+                data = event_json(event)
+                if data is None and endpoint.name == "responses" and _DONE_EVENT in event:
+                    return seen, None  # ended without deciding: the relay says so
+                if not isinstance(data, dict):
+                    raise Retry(GatewayError(502, "The upstream's stream did not start with a JSON event.",
+                                             code="upstream_bad_response"), "bad_response")
+                decisive, error = endpoints.stream_start(endpoint, data)
+                if decisive:
+                    return seen, error
+        tail = splitter.flush()
+        if event_data(tail) is not None and isinstance(data := event_json(tail), dict):
+            return seen, endpoints.stream_start(endpoint, data)[1]
+        if endpoint.name == "responses":
+            return seen, None
+        raise Retry(GatewayError(502, "The upstream's stream ended before its first event.",
+                                 code="upstream_bad_response"), "bad_response")
 
 
 class _Held:
     """What one attempt holds — limiter slots and upstream responses — given back on every way out:
     the responses first (the upstream stops generating), then the slots, whatever happens meanwhile."""
 
-    __slots__ = ("admitted_limit", "in_use", "limiters", "model_limiter", "resident", "responses")
+    __slots__ = ("admitted_limit", "files", "in_use", "limiters", "model_limiter", "resident", "responses")
 
     def __init__(self) -> None:
         self.limiters: list[Limiter] = []
@@ -360,6 +401,17 @@ class _Held:
         self.admitted_limit = 0  # the model's limit when this request got its slot
         self.resident: tuple[Residency, str] | None = None  # its model's place on the runtime
         self.in_use: tuple[Inventory, ModelEntry] | None = None  # its model marked in use
+        self.files: list[Path] = []  # uploads written for the runtime to read
+
+    def upload(self, gw: Gateway, body: dict[str, Any]) -> str:
+        """Write an uploaded audio file where a local runtime can read it; deleted with the attempt."""
+        filename, _, data = body["file"]
+        folder = gw.settings.foundry_cache_dir.resolve() / "uploads"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{uuid.uuid4().hex}{Path(str(filename)).suffix[:8]}"
+        path.write_bytes(data)
+        self.files.append(path)
+        return str(path)
 
     async def give_back(self) -> None:
         try:
@@ -367,6 +419,8 @@ class _Held:
                 with contextlib.suppress(Exception):
                     await response.aclose()
         finally:
+            for path in self.files:
+                path.unlink(missing_ok=True)
             if self.in_use is not None:
                 inventory, entry = self.in_use
                 inventory.release(entry)

@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import orjson
 
-from app import compat
 from app.errors import GatewayError, Retry
 from app.exchange import Exchange, Responder, clock
 from app.metrics import Metrics
@@ -53,8 +52,11 @@ class _IdleTimer:
 
 async def relay_json(
     ex: Exchange, reply: Responder, response: httpx.Response, chunks: AsyncIterator[bytes], *,
-    idle_timeout: float, translate: Translate | None,
+    idle_timeout: float, finish: Translate | None = None,
+    usage_of: Callable[[dict[str, Any]], dict[str, Any] | None] = lambda data: None, as_text: bool = False,
 ) -> None:
+    """Read the whole answer, check it is JSON, note its usage, let ``finish`` rewrite it, send it (as plain
+    text with ``as_text``: a transcription's text)."""
     started = clock()
     parts: list[bytes] = []
     idle: _IdleTimer | None = None
@@ -69,10 +71,13 @@ async def relay_json(
                     break
             ex.upstream_wait += clock() - started
             started = 0.0
-            raw = _checked_json(ex, response, b"".join(parts), translate)
+            raw, text = _checked_json(ex, response, b"".join(parts), finish, usage_of, as_text)
             idle.touch()
             idle.sending = True
-            await reply.whole(response.status_code, b"application/json", raw)
+            if as_text:
+                await reply.whole(response.status_code, b"text/plain; charset=utf-8", text.encode())
+            else:
+                await reply.whole(response.status_code, b"application/json", raw)
     except TimeoutError:
         assert idle is not None
         if idle.sending:
@@ -91,8 +96,11 @@ async def relay_json(
             ex.upstream_wait += clock() - started
 
 
-def _checked_json(ex: Exchange, response: httpx.Response, raw: bytes, translate: Translate | None) -> bytes:
-    """The upstream's JSON answer as the client gets it; usage noted for metrics."""
+def _checked_json(
+    ex: Exchange, response: httpx.Response, raw: bytes, finish: Translate | None,
+    usage_of: Callable[[dict[str, Any]], dict[str, Any] | None], as_text: bool,
+) -> tuple[bytes, str]:
+    """The upstream's JSON answer as the client gets it (and its ``text`` field); usage noted for metrics."""
     content_type = response.headers.get("content-type", "application/json").split(",")[0].strip()
     if not content_type.startswith("application/json"):
         raise Retry(GatewayError(502, f"The upstream answered with '{content_type}', not JSON.",
@@ -102,19 +110,20 @@ def _checked_json(ex: Exchange, response: httpx.Response, raw: bytes, translate:
     except orjson.JSONDecodeError:
         raise Retry(GatewayError(502, "The upstream answered with invalid JSON.",
                                  code="upstream_bad_response"), "bad_response") from None
+    text = ""
     if isinstance(data, dict):
-        usage = data.get("usage")
-        ex.usage = usage if isinstance(usage, dict) else None
-        if translate is not None:
-            raw = orjson.dumps(translate(data))
-    return raw
+        if finish is not None:
+            data = finish(data)
+            raw = orjson.dumps(data)
+        ex.usage = usage_of(data)
+        text = str(data.get("text", "")) if as_text else ""
+    return raw, text
 
 
 async def relay_stream(
     ex: Exchange, reply: Responder, response: httpx.Response, chunks: AsyncIterator[bytes], first: bytes, *,
-    idle_timeout: float, metrics: Metrics, translate: Translate | None,
+    idle_timeout: float, metrics: Metrics, inspector: StreamInspector,
 ) -> None:
-    inspector = StreamInspector(clock, strip_usage=not compat.wants_usage(ex.body or {}), translate=translate)
     splitter = EventSplitter()
     upstream_wait = 0.0
     ttft_pending = True
@@ -180,7 +189,7 @@ async def relay_stream(
         ex.broken = True
         await _bounded(ex, reply.body(b"", more=False), idle_timeout)
         return
-    await _fail(ex, reply, GatewayError(502, "The upstream ended the stream without [DONE].",
+    await _fail(ex, reply, GatewayError(502, "The upstream ended the stream before its end event.",
                                         code="upstream_error"), idle_timeout)
 
 

@@ -163,6 +163,9 @@ class Settings(BaseSettings):
     metrics_api_key: str | None = Field(None, description="Bearer key required for `/metrics` (unset = open).")
     admin_api_key: str | None = Field(None, description="Bearer key for `/admin/*` (unset = admin disabled).")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body (413 above).")
+    max_audio_bytes: int = Field(
+        25 * 1024 * 1024, ge=1024, description="Largest audio upload to `/v1/audio/transcriptions` (413 above).",
+    )
     max_header_bytes: int = Field(
         64 * 1024, ge=1024, description="Largest total size of request headers (431 above)."
     )

@@ -41,6 +41,21 @@ ROWS: list[tuple[str, str, str, Any, dict[str, str], int, str | None]] = [
     ("stream_options of wrong type", "POST", CHAT, {"stream_options": [], "messages": OK}, {}, 400, "invalid_type"),
     ("prompt missing (completions)", "POST", "/v1/completions", {"model": "auto"}, {}, 400,
      "missing_required_parameter"),
+    ("input missing (responses)", "POST", "/v1/responses", {"model": "auto"}, {}, 400, "missing_required_parameter"),
+    ("max_output_tokens out of range (responses)", "POST", "/v1/responses", {"input": "x", "max_output_tokens": 0},
+     {}, 400, "invalid_value"),
+    ("token-id input (embeddings)", "POST", "/v1/embeddings", {"input": [[1, 2]]}, {}, 400, "unsupported_value"),
+    ("dimensions (embeddings)", "POST", "/v1/embeddings", {"input": "x", "dimensions": 8}, {}, 400,
+     "unsupported_value"),
+    ("no model can do the endpoint", "POST", "/v1/embeddings", {"input": "x"}, {}, 400, "unsupported_value"),
+    ("endpoint the pinned model cannot do", "POST", "/v1/embeddings", {"model": "chat-a", "input": "x"}, {}, 400,
+     "unsupported_value"),
+    ("tools on a model without tools", "POST", CHAT, {"model": "chat-a", "messages": OK, "tools": [
+        {"type": "function", "function": {"name": "f"}}]}, {}, 400, "unsupported_value"),
+    ("json_schema on a model without it", "POST", CHAT, {"model": "chat-a", "messages": OK, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, {}, 400, "unsupported_value"),
+    ("audio not sent as multipart", "POST", "/v1/audio/transcriptions", {"model": "auto"}, {}, 400,
+     "invalid_request"),
     ("unknown task", "POST", CHAT, {"messages": OK}, {"X-Task": "poetry"}, 400, "unknown_task"),
     ("unknown model", "POST", CHAT, {"model": "gpt-9", "messages": OK}, {}, 404, "model_not_found"),
     ("nothing fits the task", "POST", CHAT, {"messages": OK}, {"X-Task": "vision"}, 503, "no_viable_model"),
@@ -117,15 +132,17 @@ json_values = st.recursive(
     max_leaves=12,
 )
 fields = st.sampled_from(["model", "messages", "stream", "max_tokens", "temperature", "top_p", "n", "stop",
-                          "stream_options", "seed", "tools", "prompt", "user"])
+                          "stream_options", "seed", "tools", "prompt", "user", "input", "max_output_tokens",
+                          "instructions", "encoding_format", "dimensions", "response_format", "text"])
 bodies = st.dictionaries(fields, json_values, max_size=6) | st.builds(
     lambda extra, content: {"messages": [{"role": "user", "content": content}], **extra},
     st.dictionaries(fields, json_values, max_size=3), st.text(max_size=50),
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=bodies, stream=st.booleans(), path=st.sampled_from([CHAT, "/v1/completions"]))
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=bodies, stream=st.booleans(),
+       path=st.sampled_from([CHAT, "/v1/completions", "/v1/responses", "/v1/embeddings"]))
 def test_fuzzed_bodies_never_500_nor_hang(gw: GatewayProcess, body: dict[str, Any], stream: bool, path: str) -> None:
     if stream:
         body = {**body, "stream": True}

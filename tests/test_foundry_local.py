@@ -122,6 +122,74 @@ def test_foundry_stream_error_event_becomes_an_http_error(client: openai.OpenAI)
         list(client.chat.completions.create(model="auto", messages=HELLO, max_tokens=100_000, stream=True))
 
 
+# --- the rest of the OpenAI surface on the real runtime (issue 12) ---------------------------------------------
+
+
+def test_responses_json_on_the_real_runtime(client: openai.OpenAI) -> None:
+    raw = client.responses.with_raw_response.create(model="auto", input="Say hi", extra_headers={"X-Task": "chat"})
+    response = raw.parse()
+    assert raw.headers["x-gateway-model"] == "tiny-chat" and raw.headers["x-gateway-task"] == "chat"
+    assert response.output_text  # no max_output_tokens sent: the gateway's default made it work
+    assert response.usage is not None and 0 < response.usage.output_tokens <= 64
+    assert response.status in ("completed", "incomplete")
+
+
+def test_responses_stream_on_the_real_runtime_reaches_completed(client: openai.OpenAI) -> None:
+    """The model decides when it stops (a random-weight model samples its end token now and then): every stream
+    ends with its terminal event, and within a bounded number of tries one ends ``response.completed``."""
+    ends = []
+    for _ in range(20):
+        events = list(client.responses.create(model="tiny-chat", input="Say hi", stream=True, max_output_tokens=1024))
+        assert events[0].type == "response.created"
+        ends.append(events[-1].type)
+        assert ends[-1] in ("response.completed", "response.incomplete")
+        if ends[-1] == "response.completed":
+            text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+            assert text and events[-1].response.output_text == text  # type: ignore[union-attr]
+            break
+    assert ends[-1] == "response.completed", ends
+
+
+def test_stored_responses_on_the_real_runtime(client: openai.OpenAI) -> None:
+    first = client.responses.create(model="tiny-chat", input="hi", max_output_tokens=8, store=True)
+    assert client.responses.retrieve(first.id).id == first.id
+    items = client.responses.input_items.list(first.id)
+    assert [item.content for item in items.data] == ["hi"]  # type: ignore[union-attr]
+    follow = client.responses.create(model="tiny-chat", input="again", max_output_tokens=8,
+                                     previous_response_id=first.id)
+    assert follow.previous_response_id == first.id
+    client.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(first.id)
+    with pytest.raises(openai.NotFoundError, match="no longer available"):
+        client.responses.create(model="tiny-chat", input="x", max_output_tokens=8, previous_response_id="resp_gone")
+
+
+def _unit(vector: list[float]) -> float:
+    return sum(x * x for x in vector) ** 0.5
+
+
+def test_embeddings_on_the_real_runtime(client: openai.OpenAI, managed: GatewayProcess) -> None:
+    raw = client.embeddings.with_raw_response.create(model="auto", input="hello world")  # the SDK asks for base64
+    one = raw.parse()
+    assert raw.headers["x-gateway-model"] == "tiny-embed"  # no task header: the embedding model that fits
+    assert len(one.data) == 1 and len(one.data[0].embedding) == 128
+    assert _unit(one.data[0].embedding) == pytest.approx(1.0, abs=1e-4)
+    assert one.usage.prompt_tokens > 0  # the runtime says 0: counted with the model's own tokenizer
+    listed = client.embeddings.create(model="auto", input=["hello world", "a second text"], encoding_format="float")
+    assert [d.index for d in listed.data] == [0, 1]
+    assert listed.data[0].embedding == pytest.approx(one.data[0].embedding, abs=1e-5)  # base64 == float
+    assert listed.data[1].embedding != pytest.approx(listed.data[0].embedding, abs=1e-3)
+    assert 'gateway_tokens_total{model="tiny-embed",task="embeddings",type="input"}' in \
+        httpx.get(f"{managed.url}/metrics", timeout=5).text
+
+
+def test_embedding_input_too_long_is_a_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model="tiny-embed", input="word " * 5000)
+    assert info.value.code == "context_length_exceeded" and "tiny-embed" in info.value.message
+
+
 def metric(gw: GatewayProcess, name: str) -> float:
     for line in httpx.get(f"{gw.url}/metrics", timeout=5).text.splitlines():
         if line.startswith(name + " "):
@@ -233,7 +301,7 @@ def test_shutdown_leaves_no_runtime_and_restart_reuses_registration(cache_dir: P
         finally:
             assert gw.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean shutdown
         assert not psutil.pid_exists(runtime_pid) or psutil.Process(runtime_pid).status() == psutil.STATUS_ZOMBIE
-    assert "reused ['tiny-chat-generic-cpu:1']" in (tmp_path / "g.log").read_text()
+    assert "reused ['tiny-chat-generic-cpu:1', 'tiny-embed-generic-cpu:1']" in (tmp_path / "g.log").read_text()
 
 
 def test_runtime_exits_when_the_gateway_is_killed(cache_dir: Path, tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ class Upstream:
             transport=self.transport, timeout=httpx.Timeout(self.quick_timeout, connect=settings.connect_timeout),
         )
         self._header_list = list(headers.items())
+        self._auth = [(k, v) for k, v in headers.items() if k != "content-type"]
         self.base_url = ""
         self.urls: dict[str, str] = {}
         self._url_objects: dict[str, httpx.URL] = {}
@@ -65,6 +66,9 @@ class Upstream:
         self.urls = {
             "chat": f"{api}/chat/completions",
             "completions": f"{api}/completions",
+            "responses": f"{api}/responses",
+            "embeddings": f"{api}/embeddings",
+            "transcriptions": f"{api}/audio/transcriptions",
             "models": f"{api}/models",
             "loaded": f"{base}{self.prefix}/models/loaded",
             "load": f"{base}{self.prefix}/models/load/",
@@ -73,9 +77,16 @@ class Upstream:
         }
         self._url_objects = {name: httpx.URL(url) for name, url in self.urls.items()}
 
-    async def open(self, route: str, body: bytes) -> httpx.Response:
+    @property
+    def reads_our_files(self) -> bool:
+        """Foundry Local on this host: its transcription endpoint takes a path it reads from its own disk."""
+        host = httpx.URL(self.base_url).host
+        return self.kind == "foundry" and (host == "localhost" or host.startswith("127.") or host == "::1")
+
+    async def open(self, route: str, body: bytes, content_type: str | None = None) -> httpx.Response:
         """POST a body to a proxied route; returns once the response head arrived, body unread."""
-        request = httpx.Request("POST", self._url_objects[route], content=body, headers=self._header_list,
+        headers = self._header_list if content_type is None else [("content-type", content_type), *self._auth]
+        request = httpx.Request("POST", self._url_objects[route], content=body, headers=headers,
                                 extensions={"timeout": self._proxy_timeout})
         return await self.transport.handle_async_request(request)
 

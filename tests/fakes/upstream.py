@@ -1,16 +1,18 @@
 """A fault-injecting OpenAI-compatible upstream for tests: a real HTTP server on 127.0.0.1.
 
 Raw asyncio + httptools, one process, so it is cheap enough to sit behind load tests. It serves
-``/v1/models``, ``/v1/chat/completions`` and ``/v1/completions`` (JSON or SSE), the same under the
+``/v1/models``, ``/v1/chat/completions`` and ``/v1/completions`` (JSON or SSE), ``/v1/responses``,
+``/v1/embeddings`` and ``/v1/audio/transcriptions`` (``tests.fakes.surface``), the same under the
 ``/catalogs/local`` prefix, and with ``--foundry`` mimics Foundry Local's local-catalog management
 (``/models/loaded``, ``/models/load/{alias}``, "Model not loaded", the max_tokens rejection and the
 200-plus-error-event stream). Tests steer it out of band:
 
   POST /_config {chunks, chunk_delay_ms, ttft_ms, delay_ms, reply,   defaults for replies
-                sse_style, manage_delay_ms, nagle, capacity}
+                sse_style, manage_delay_ms, nagle, capacity, pieces}
 
 ``nagle``: write streams like Foundry Local's web server — Nagle's algorithm on, the head and each
 event in its own small write — so a client that delays its ACKs waits ~40 ms for the first event.
+``pieces``: a stream's content chunks exactly as listed (the reply is their concatenation).
 ``capacity``: a runtime with that many "cores": with more streams in flight each one slows down in
 proportion (throughput flat past the knee), like a CPU-bound model server.
   POST /_fault  {mode, count, model, ...params}                       queue a fault
@@ -49,8 +51,11 @@ from typing import Any
 import httptools
 import orjson
 
+from tests.fakes import surface
+
 DEFAULTS: dict[str, Any] = {"chunks": 4, "chunk_delay_ms": 0.0, "ttft_ms": 0.0, "delay_ms": 0.0, "reply": None,
-                            "sse_style": "lf", "manage_delay_ms": 0.0, "nagle": False, "capacity": 0}
+                            "sse_style": "lf", "manage_delay_ms": 0.0, "nagle": False, "capacity": 0,
+                            "pieces": None}
 # How streams are framed: "lf" (the usual), "crlf", "cr", "done_nospace" (`data:[DONE]`),
 # "unterminated" (no blank line after the last event), "multiline" (each JSON split over two data lines),
 # "lone_unterminated" (one content event without its blank line, then the end: no [DONE]).
@@ -103,7 +108,9 @@ class Connection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
         self.body: list[bytes] = []
-        self.queue: deque[tuple[str, str, bytes]] = deque()
+        self.header = b""
+        self.content_type = ""
+        self.queue: deque[tuple[str, str, bytes, str]] = deque()
         self.busy = False
         self.task: asyncio.Future[None] | None = None
 
@@ -130,19 +137,23 @@ class Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"content-type":
+            self.content_type = value.decode("latin-1")
+
     def on_message_complete(self) -> None:
         method = self.parser.get_method().decode()
-        self.queue.append((method, self.url.decode(), b"".join(self.body)))
-        self.url, self.body = b"", []
+        self.queue.append((method, self.url.decode(), b"".join(self.body), self.content_type))
+        self.url, self.body, self.content_type = b"", [], ""
         if not self.busy:
             self.busy = True
             self.task = asyncio.ensure_future(self.serve_queue())
 
     async def serve_queue(self) -> None:
         while self.queue and not self.closed:
-            method, url, body = self.queue.popleft()
+            method, url, body, content_type = self.queue.popleft()
             try:
-                await handle(self, method, url, body)
+                await handle(self, method, url, body, content_type)
             except Exception as exc:  # a bug here must show in the test, not hang it
                 self.write_json(500, {"error": {"message": f"fake upstream bug: {exc!r}", "type": "api_error"}})
         self.busy = False
@@ -184,7 +195,7 @@ def error(message: str, etype: str = "invalid_request_error") -> dict[str, Any]:
     return {"error": {"message": message, "type": etype}}
 
 
-async def handle(conn: Connection, method: str, url: str, raw: bytes) -> None:
+async def handle(conn: Connection, method: str, url: str, raw: bytes, content_type: str = "") -> None:
     state = conn.state
     path = url.split("?")[0]
     state.stats["by_path"][path] = state.stats["by_path"].get(path, 0) + 1
@@ -205,6 +216,12 @@ async def handle(conn: Connection, method: str, url: str, raw: bytes) -> None:
             return manage(conn, action, path.rsplit("/", 1)[1])
     if method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
         return await infer(conn, path.endswith("chat/completions"), raw)
+    if method == "POST" and path == "/v1/responses":
+        return await surface.responses(conn, raw)
+    if method == "POST" and path == "/v1/embeddings":
+        return surface.embeddings(conn, raw)
+    if method == "POST" and path == "/v1/audio/transcriptions":
+        return surface.transcriptions(conn, raw, content_type)
     return conn.write_json(404, error(f"no route {method} {path}"))
 
 
@@ -314,6 +331,9 @@ async def infer(conn: Connection, chat: bool, raw: bytes) -> None:
         text = "x" * int(fault.get("bytes", 20_000_000))
     n = int(cfg["chunks"])
     parts = pieces(text, n) if mode != "huge" else [text]
+    if cfg["pieces"]:  # the stream's content exactly as these pieces (the reply is their concatenation)
+        parts = [str(p) for p in cfg["pieces"]]
+        text = "".join(parts)
     prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []) if isinstance(m, dict))
     prompt_tokens += len(str(body.get("prompt", "")).split())
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(parts),
