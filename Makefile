@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8080
 MODEL := models/tiny-chat/genai_config.json
 
-.PHONY: help install model prometheus run test lint typecheck unit bench bench-real bench-transport clean
+.PHONY: help install model prometheus run test lint typecheck unit bench bench-real bench-surface bench-transport clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ bench: install  ## gateway overhead vs direct against a fast fake upstream
 
 bench-real: install model  ## direct vs through the gateway on the real runtime: 1-64 clients, and the swap scenario (~6 min)
 	$(PY) scripts/bench_real.py
+
+bench-surface: install model  ## embeddings and Responses, direct vs through the gateway on the real runtime (~3 min)
+	$(PY) scripts/bench_surface.py
 
 bench-transport: install  ## CPU per request of each upstream transport alone (fast, httpx, aiohttp)
 	$(PY) scripts/bench_transport.py
