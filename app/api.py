@@ -260,7 +260,7 @@ async def transcriptions(
 
 # --- stored responses: kept by the runtime that answered ---------------------------------------------------
 
-_RESPONSE_ID = Path(..., max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
+_RESPONSE_ID = Path(..., max_length=200, pattern=r"^[A-Za-z0-9_:-]+$")
 
 
 @router.get("/v1/responses/{response_id}", summary="A stored response (kept by Foundry Local while it runs)")

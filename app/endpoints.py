@@ -60,7 +60,9 @@ def needs(endpoint: Endpoint, body: JSON) -> frozenset[str]:
     if endpoint.capability == "chat":
         if body.get("tools"):
             need.add("tools")
-        fmt = body.get("response_format") if endpoint.name != "responses" else (body.get("text") or {}).get("format")
+        text = body.get("text")
+        fmt = body.get("response_format") if endpoint.name != "responses" else \
+            text.get("format") if isinstance(text, dict) else None
         if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
             need.add("json_schema")
         if _has_images(body.get("messages") if endpoint.name != "responses" else body.get("input")):
@@ -98,6 +100,9 @@ def _validate_responses(body: JSON) -> None:
         compat.check_type(body, key, str, "a string")
     compat.check_type(body, "store", bool, "a boolean")
     compat.check_type(body, "tools", list, "a list")
+    compat.check_type(body, "text", dict, "an object")
+    if isinstance(body.get("text"), dict):
+        compat.check_type(body["text"], "format", dict, "an object")
     value = body.get("input")
     if value is None:
         raise bad_request("'input' is required.", param="input", code="missing_required_parameter")
@@ -142,6 +147,7 @@ def prepare(endpoint: Endpoint, body: JSON, *, upstream_id: str, stream: bool, d
         out["max_output_tokens"] = default_max_tokens  # Foundry Local budgets the whole context otherwise
     if endpoint.name == "embeddings":
         out.pop("encoding_format", None)  # the runtime ignores it; the gateway encodes (answer() below)
+        out.pop("stream", None)  # there is no streaming of embeddings
     return orjson.dumps(out)
 
 
@@ -173,6 +179,8 @@ def stream_start(endpoint: Endpoint, data: Any) -> tuple[bool, JSON | None]:
         error = data.get("error") if "choices" not in data else None
         return True, _as_error(error) if error is not None else None
     kind = data.get("type")
+    if kind is None and "error" in data:  # Foundry Local's chat-style failure: HTTP 200, one error event
+        return True, _as_error(data["error"])
     if kind == "response.failed":
         found = data.get("response")
         response: JSON = found if isinstance(found, dict) else {}
@@ -193,16 +201,21 @@ def _as_error(error: Any) -> JSON:
 Answer = Callable[[JSON], JSON]
 
 
-def answer(endpoint: Endpoint, body: JSON, translate: Callable[[JSON], JSON] | None,
-           count_tokens: Callable[[list[str]], int | None], *, parse_tool_calls: bool) -> Answer | None:
-    """What to do to the upstream's JSON answer before the client gets it (None: nothing)."""
+def answer(endpoint: Endpoint, body: JSON, translate: Callable[[JSON], JSON] | None, *, parse_tool_calls: bool,
+           input_tokens: int | None = None) -> Answer | None:
+    """What to do to the upstream's JSON answer before the client gets it (None: nothing).
+    ``input_tokens``: the embeddings' input counted by the gateway (see :func:`embedding_inputs`)."""
     if fixes_tool_calls(endpoint, body, parse_tool_calls):
         return fix_answer
     if endpoint.name == "embeddings":
         as_base64 = body.get("encoding_format") == "base64"
-        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        return lambda data: _embeddings_answer(data, as_base64, inputs, count_tokens)
+        return lambda data: _embeddings_answer(data, as_base64, input_tokens)
     return translate
+
+
+def embedding_inputs(body: JSON) -> list[str]:
+    value = body["input"]
+    return value if isinstance(value, list) else [value]
 
 
 def usage_of(endpoint: Endpoint, data: JSON) -> JSON | None:
@@ -213,18 +226,15 @@ def usage_of(endpoint: Endpoint, data: JSON) -> JSON | None:
     return responses_usage(usage) if endpoint.name == "responses" else usage
 
 
-def _embeddings_answer(data: JSON, as_base64: bool, inputs: list[str],
-                       count_tokens: Callable[[list[str]], int | None]) -> JSON:
+def _embeddings_answer(data: JSON, as_base64: bool, tokens: int | None) -> JSON:
     if as_base64:  # OpenAI's base64: the float32 vector, little-endian (the runtime ignores the option)
         for item in data.get("data") or []:
             vector = item.get("embedding") if isinstance(item, dict) else None
             if isinstance(vector, list):
                 item["embedding"] = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
     usage = data.get("usage")
-    if not isinstance(usage, dict) or not usage.get("prompt_tokens"):  # Foundry Local reports 0
-        tokens = count_tokens(inputs)
-        if tokens is not None:
-            data["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+    if (not isinstance(usage, dict) or not usage.get("prompt_tokens")) and tokens is not None:  # Foundry Local: 0
+        data["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
     return data
 
 
@@ -269,17 +279,17 @@ async def parse_upload(raw: bytes, content_type: str) -> JSON:
         return {"type": "http.request", "body": raw, "more_body": False}
 
     scope = {"type": "http", "method": "POST", "headers": [(b"content-type", content_type.encode("latin-1"))]}
+    body: JSON = {}
     try:
-        form = await Request(scope, receive).form(max_part_size=len(raw) + 1)
+        async with Request(scope, receive).form(max_part_size=len(raw) + 1) as form:
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    body[key] = (value.filename or "audio", value.content_type or "application/octet-stream",
+                                 await value.read())
+                else:
+                    body[key] = value
     except Exception as exc:  # a malformed body is the client's error, whatever the parser raised
         raise bad_request(f"The multipart body could not be read: {exc}", code="invalid_request") from None
-    body: JSON = {}
-    for key, value in form.multi_items():
-        if isinstance(value, UploadFile):
-            body[key] = (value.filename or "audio", value.content_type or "application/octet-stream",
-                         await value.read())
-        else:
-            body[key] = value
     if not isinstance(body.get("file"), tuple):
         raise bad_request("'file' is required: the audio to transcribe.", param="file",
                           code="missing_required_parameter")
@@ -288,6 +298,14 @@ async def parse_upload(raw: bytes, content_type: str) -> JSON:
         raise bad_request(f"'response_format' must be one of {', '.join(TRANSCRIPTION_FORMATS)} here "
                           f"(Foundry Local returns plain text), not '{fmt}'.", param="response_format",
                           code="unsupported_value")
+    if body.get("temperature") not in (None, ""):
+        try:
+            temperature = float(body["temperature"])
+        except ValueError:
+            temperature = -1.0
+        if not 0 <= temperature <= 1:
+            raise bad_request("'temperature' must be a number from 0 to 1.", param="temperature",
+                              code="invalid_value")
     if body.get("stream") not in (None, "false", "False"):
         raise bad_request("Streaming transcription is not supported.", param="stream", code="unsupported_value")
     return body
@@ -306,6 +324,7 @@ def transcription_body(body: JSON, upstream_id: str, foundry_file: str | None) -
         return orjson.dumps(out), "application/json"
     fields = {k: v for k, v in body.items() if k != "file" and isinstance(v, str)}
     fields["model"] = upstream_id
+    fields["response_format"] = "json"  # the gateway answers text itself (transcription_answer)
     filename, content_type, data = body["file"]
     request = httpx.Request("POST", "http://upstream/", data=fields, files={"file": (filename, data, content_type)})
     return request.read(), request.headers["content-type"]

@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import logging
 import os
+import re
 import sys
 import uuid
 from collections.abc import AsyncIterator, MutableMapping
@@ -54,6 +55,7 @@ log = logging.getLogger("foundry_gateway.proxy")
 _ids = itertools.count(1)
 _ID_PREFIX = os.urandom(4).hex()
 _DONE_EVENT = b"[DONE]"
+_PLAIN_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,7}")
 
 
 class Proxy:
@@ -218,6 +220,10 @@ class Proxy:
             else None
         held = _Held()
         ex.sent = False  # of this attempt: the breaker's verdict is about this model only
+        counting: asyncio.Future[int | None] | None = None
+        if endpoint.name == "embeddings":  # the runtime reports no usage: counted meanwhile, off the event loop
+            counting = asyncio.ensure_future(asyncio.to_thread(counter(entry.path), endpoints.embedding_inputs(body)))
+            counting.add_done_callback(_retrieve)
         try:
             keepalive = _KeepAlive(reply, self.settings.keepalive_interval) if ex.stream else None
             try:
@@ -239,8 +245,8 @@ class Proxy:
                                    inspector=endpoints.inspector(endpoint, body, clock, translate,
                                                                  parse_tool_calls=entry.parse_tool_calls))
             else:
-                finish = endpoints.answer(endpoint, body, translate, counter(entry.path),
-                                          parse_tool_calls=entry.parse_tool_calls)
+                finish = endpoints.answer(endpoint, body, translate, parse_tool_calls=entry.parse_tool_calls,
+                                          input_tokens=await counting if counting is not None else None)
                 if endpoint.name == "transcriptions":
                     finish = endpoints.transcription_answer(body)
                 await relay_json(ex, reply, response, chunks, idle_timeout=self.settings.idle_timeout,
@@ -296,7 +302,7 @@ class Proxy:
             ex.upstream_id = gw.inventory.upstream_id(entry)
             content_type = None
             if endpoint.name == "transcriptions":
-                upload = held.upload(gw, body) if gw.upstream.reads_our_files else None
+                upload = await held.upload(gw, body) if gw.upstream.reads_our_files else None
                 payload, content_type = endpoints.transcription_body(body, ex.upstream_id, upload)
             else:
                 payload = endpoints.prepare(endpoint, body, upstream_id=ex.upstream_id, stream=ex.stream,
@@ -403,14 +409,24 @@ class _Held:
         self.in_use: tuple[Inventory, ModelEntry] | None = None  # its model marked in use
         self.files: list[Path] = []  # uploads written for the runtime to read
 
-    def upload(self, gw: Gateway, body: dict[str, Any]) -> str:
-        """Write an uploaded audio file where a local runtime can read it; deleted with the attempt."""
+    async def upload(self, gw: Gateway, body: dict[str, Any]) -> str:
+        """Write an uploaded audio file where a local runtime can read it (off the event loop); deleted with
+        the attempt. Only the extension of the client's file name is kept, and only if it is plain."""
         filename, _, data = body["file"]
-        folder = gw.settings.foundry_cache_dir.resolve() / "uploads"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{uuid.uuid4().hex}{Path(str(filename)).suffix[:8]}"
-        path.write_bytes(data)
-        self.files.append(path)
+        suffix = Path(str(filename)).suffix
+        path = gw.settings.foundry_cache_dir.resolve() / "uploads" / \
+            f"{uuid.uuid4().hex}{suffix if _PLAIN_SUFFIX.fullmatch(suffix) else ''}"
+        self.files.append(path)  # before writing: a partly written file is removed too
+
+        def write() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+
+        try:
+            await asyncio.to_thread(write)
+        except OSError as exc:
+            raise GatewayError(503, f"The audio could not be handed to the runtime: {exc.strerror or exc}.",
+                               code="upload_failed") from None
         return str(path)
 
     async def give_back(self) -> None:
@@ -459,7 +475,7 @@ class _KeepAlive:
             self.sending.cancel()
 
 
-def _retrieve(future: asyncio.Future[None]) -> None:
+def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
 

@@ -268,6 +268,9 @@ class ResponsesInspector(StreamInspector):
                 self.error = error if isinstance(error, dict) else {"message": "the response failed"}
         elif kind == "error":
             self.error = {"message": str(data.get("message") or "upstream error"), "code": data.get("code")}
+        elif kind is None and "error" in data:  # the chat-style failure event
+            error = data["error"]
+            self.error = error if isinstance(error, dict) else {"message": str(error)}
         else:
             self._timestamp(event)
         return event

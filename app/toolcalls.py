@@ -45,20 +45,65 @@ def extract(text: str) -> tuple[str | None, list[JSON]]:
     calls: list[JSON] = []
     kept: list[str] = []
     rest = text
-    while (start := rest.find(OPEN)) >= 0 and (end := rest.find(CLOSE, start)) >= 0:
+    while (start := rest.find(OPEN)) >= 0:
+        body = rest[start + len(OPEN):]
+        end = _object_end(body)
+        if end == 0:  # not followed by an object: the tag is text
+            kept.append(rest[:start + len(OPEN)])
+            rest = body
+            continue
+        close = body.find(CLOSE, max(end, 0))
+        if close < 0:
+            break
         kept.append(rest[:start])
-        parsed = parse_call(rest[start + len(OPEN):end])
+        parsed = parse_call(body[:close])
         if parsed is None:
-            kept.append(rest[start:end + len(CLOSE)])
+            kept.append(rest[start:start + len(OPEN) + close + len(CLOSE)])
         else:
             calls.append({"id": call_id(), "type": "function",
                           "function": {"name": parsed[0], "arguments": parsed[1]}})
-        rest = rest[end + len(CLOSE):]
+        rest = body[close + len(CLOSE):]
     kept.append(rest)
     content = "".join(kept)
     if calls and not content.strip():
         return None, calls
     return content, calls
+
+
+def _object_end(text: str) -> int:
+    """Where the JSON object that ``text`` starts with (after whitespace) ends — the index after its closing
+    brace; -1 while it is unfinished, 0 if ``text`` does not start with an object. Braces and tags inside
+    strings do not count."""
+    depth = 0
+    in_string = escaped = False
+    for index, char in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"' and depth:
+            in_string = True
+        elif char == "{":
+            depth += 1
+        elif char == "}" and depth:
+            depth -= 1
+            if not depth:
+                return index + 1
+        elif not depth and not char.isspace():
+            return 0
+    return -1
+
+
+def _string(raw: str) -> str | None:
+    """A JSON string's body as text (None if the model wrote an invalid escape)."""
+    try:
+        value = orjson.loads(f'"{raw}"')
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, str) else None
 
 
 def fix_answer(data: JSON) -> JSON:
@@ -117,14 +162,12 @@ class ToolCallStream:
                 self.in_call, self.arguments_at, self.sent = True, -1, 0
 
     def end(self) -> list[JSON]:
-        """The stream ended: what is still held goes out as the text it was (an unfinished call too)."""
+        """The stream ended: what is still held goes out as the text it was (an unfinished call too; one whose
+        name went out already sent its arguments as far as written)."""
         out: list[JSON] = []
-        if self.in_call:
-            if self.arguments_at >= 0:  # its name went out: the arguments as far as written
-                self._arguments(self.buffer[self.sent:], out)
-            else:
-                self._text(OPEN + self.buffer, out)
-        else:
+        if self.in_call and self.arguments_at < 0:
+            self._text(OPEN + self.buffer, out)
+        elif not self.in_call:
             self._text(self.buffer, out)
         self.buffer, self.in_call = "", False
         return out
@@ -140,32 +183,45 @@ class ToolCallStream:
 
     def _call(self, out: list[JSON]) -> bool:
         """Advance the call being written; False when it needs more text."""
-        end = self.buffer.find(CLOSE)
         if self.arguments_at < 0:
-            head = _HEAD.match(self.buffer)
-            if head is None:
-                if end < 0:
-                    return False
-                self._whole_call(self.buffer[:end], out)
-            else:
-                out.append({"tool_calls": [{"index": self.calls, "id": call_id(), "type": "function",
-                                            "function": {"name": orjson.loads(f'"{head.group(1)}"'),
-                                                         "arguments": ""}}]})
-                self.calls += 1
-                self.arguments_at = self.sent = head.end()
-                return True
-        elif end < 0:
-            # send the arguments so far, but not what may be the call's own closing brace or the tag's start
-            stop = len(self.buffer) - _held_prefix(self.buffer, CLOSE)
-            stop = len(self.buffer[:stop].rstrip().removesuffix("}").rstrip())
-            if stop > self.sent:
-                self._arguments(self.buffer[self.sent:stop], out)
-                self.sent = stop
+            return self._call_start(out)
+        length = _object_end(self.buffer[self.arguments_at:])
+        if length < 0:  # the arguments object is still open: all of it so far is arguments
+            self._arguments(self.buffer[self.sent:], out)
+            self.sent = len(self.buffer)
             return False
-        else:
-            call = self.buffer[:end].rstrip().removesuffix("}").rstrip()
-            self._arguments(call[self.sent:], out)
-        self.buffer = self.buffer[end + len(CLOSE):]
+        arguments_end = self.arguments_at + length
+        self._arguments(self.buffer[self.sent:arguments_end], out)
+        self.sent = arguments_end
+        return self._close(arguments_end)
+
+    def _call_start(self, out: list[JSON]) -> bool:
+        head = _HEAD.match(self.buffer)
+        name = _string(head.group(1)) if head is not None else None
+        if head is not None and name is not None:  # arguments last: they stream as written
+            out.append({"tool_calls": [{"index": self.calls, "id": call_id(), "type": "function",
+                                        "function": {"name": name, "arguments": ""}}]})
+            self.calls += 1
+            self.arguments_at = self.sent = head.end()
+            return True
+        stripped = self.buffer.lstrip()
+        if stripped and not stripped.startswith("{"):  # not a call: the tag was text
+            self._text(OPEN, out)
+            self.in_call = False
+            return True
+        end = _object_end(self.buffer)
+        close = self.buffer.find(CLOSE, end) if end > 0 else -1
+        if close < 0:
+            return False
+        self._whole_call(self.buffer[:close], out)
+        return self._close(close)
+
+    def _close(self, after: int) -> bool:
+        """The call's tag closes after ``after``: done with it (False while the tag has not come)."""
+        close = self.buffer.find(CLOSE, after)
+        if close < 0:
+            return False
+        self.buffer = self.buffer[close + len(CLOSE):]
         self.in_call = False
         return True
 
@@ -217,6 +273,8 @@ class ToolCallChunks:
             out.append(_with(data, choice, {}, finish))
         elif not (isinstance(content, str) and content):
             out.append(data)
+        if "usage" in data:  # one chunk became several: the usage once, on the last
+            out = [{k: v for k, v in chunk.items() if k != "usage"} for chunk in out[:-1]] + out[-1:]
         return out
 
     def end(self) -> list[JSON]:

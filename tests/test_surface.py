@@ -87,7 +87,16 @@ def test_responses_fall_back_before_content(client: openai.OpenAI, upstream: Ups
     assert "fallback" in raw.headers["x-gateway-route"]
 
 
+def test_responses_stream_failing_before_text_falls_back(client: openai.OpenAI, upstream: UpstreamProcess) -> None:
+    upstream.fault("stream_error", count=1, model="chat-a")
+    raw = client.responses.with_raw_response.create(model="auto", input="Say hi", stream=True)
+    assert raw.headers["x-gateway-model"] == "tools-a" and "fallback" in raw.headers["x-gateway-route"]
+    assert [e.type for e in raw.parse()][-1] == "response.completed"
+
+
 def test_responses_bad_input_is_a_clear_400(gateway: GatewayProcess) -> None:
+    r = httpx.post(f"{gateway.base_url}/responses", json={"input": "x", "text": "plain"}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "text"
     r = httpx.post(f"{gateway.base_url}/responses", json={"model": "auto"}, timeout=10)
     assert r.status_code == 400 and r.json()["error"]["param"] == "input"
     r = httpx.post(f"{gateway.base_url}/responses", json={"input": "x", "max_output_tokens": 0}, timeout=10)
@@ -182,6 +191,9 @@ def test_transcription_bad_uploads(gateway: GatewayProcess) -> None:
     r = httpx.post(f"{gateway.base_url}/audio/transcriptions", data={"model": "auto", "response_format": "srt"},
                    files={"file": ("x.wav", b"1")}, timeout=10)
     assert r.status_code == 400 and r.json()["error"]["param"] == "response_format"
+    r = httpx.post(f"{gateway.base_url}/audio/transcriptions", data={"model": "auto", "temperature": "hot"},
+                   files={"file": ("x.wav", b"1")}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "temperature"
 
 
 def test_transcription_on_foundry_local_names_a_file(tmp_path: Path) -> None:
@@ -196,11 +208,13 @@ def test_transcription_on_foundry_local_names_a_file(tmp_path: Path) -> None:
         gw.wait_ready()
         client = openai.OpenAI(base_url=gw.base_url, api_key="unused", max_retries=0)
         result = client.audio.transcriptions.create(model="auto", file=("talk.wav", b"\1" * 321), language="en")
-        assert result.text.startswith("heard 321 bytes of ")
+        assert result.text.startswith("heard 321 bytes of ") and result.text.endswith(".wav")
         sent = up.stats()["last_bodies"][-1]
         assert sent["model"] == models[0] and sent["language"] == "en"
         assert sent["filename"].startswith(str((tmp_path / "cache" / "uploads").resolve()))
         assert not Path(sent["filename"]).exists()  # deleted once answered
+        odd = client.audio.transcriptions.create(model="auto", file=("../a\0b.w v", b"\1" * 5))
+        assert odd.text.startswith("heard 5 bytes of ") and "/" not in odd.text[17:]  # no name from the client
 
 
 # --- tool calls -----------------------------------------------------------------------------------------------------

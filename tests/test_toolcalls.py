@@ -49,10 +49,9 @@ def test_arguments_stream_as_they_are_written() -> None:
     head = stream.feed('<tool_call>{"name": "f", "arguments": {"q": "hel')
     assert head[0]["tool_calls"][0]["function"] == {"name": "f", "arguments": ""}
     assert head[1]["tool_calls"][0]["function"]["arguments"] == '{"q": "hel'
-    more = stream.feed('lo"}')  # the call's own closing brace may follow: held back
-    assert more == [{"tool_calls": [{"index": 0, "function": {"arguments": 'lo"'}}]}]
-    last = stream.feed("}</tool_call>")
-    assert last == [{"tool_calls": [{"index": 0, "function": {"arguments": "}"}}]}]
+    more = stream.feed('lo"}')  # the arguments object closes here
+    assert more == [{"tool_calls": [{"index": 0, "function": {"arguments": 'lo"}'}}]}]
+    assert stream.feed("}</tool_call>") == []  # the call's own brace and its tag
 
 
 def test_text_around_and_between_calls() -> None:
@@ -72,6 +71,37 @@ def test_not_a_call_stays_text() -> None:
 def test_unfinished_call_is_not_lost() -> None:
     content, calls = run(['<tool_call>{"arguments": {"x": 1}, "na'])
     assert content == '<tool_call>{"arguments": {"x": 1}, "na' and calls == {}
+
+
+def test_call_cut_before_its_tag_keeps_valid_arguments() -> None:
+    content, calls = run(['<tool_call>{"name": "f", "arguments": {"a": 1}}'])  # then the end of the stream
+    assert content == "" and json.loads(calls[0]["arguments"]) == {"a": 1}
+
+
+def test_close_tag_and_braces_inside_argument_strings() -> None:
+    text = '<tool_call>{"name": "f", "arguments": {"s": "x</tool_call>y}{"}}</tool_call>after'
+    for pieces in ([text], list(text)):
+        content, calls = run(pieces)
+        assert json.loads(calls[0]["arguments"]) == {"s": "x</tool_call>y}{"} and content == "after"
+    assert extract(text)[1][0]["function"]["arguments"] == '{"s":"x</tool_call>y}{"}'
+
+
+def test_tag_in_prose_is_released_as_text() -> None:
+    stream = ToolCallStream()
+    assert stream.feed("Use the <tool_call> tag") == [{"content": "Use the "}, {"content": "<tool_call>"},
+                                                      {"content": " tag"}]
+
+
+def test_invalid_escape_in_a_name_stays_text() -> None:
+    text = '<tool_call>{"name": "get\\_weather", "arguments": {}}</tool_call>'
+    assert run([text]) == (text, {})
+
+
+def test_usage_stays_on_one_chunk() -> None:
+    chunks = ToolCallChunks()
+    out = chunks.chunk({"id": "c", "usage": {"total_tokens": 3},
+                        "choices": [{"index": 0, "delta": {"content": "hi " + WEATHER}, "finish_reason": "stop"}]})
+    assert sum("usage" in chunk for chunk in out) == 1 and "usage" in out[-1]
 
 
 def test_arguments_first_sent_whole() -> None:

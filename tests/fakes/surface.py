@@ -41,23 +41,24 @@ def _json_body(conn: Connection, raw: bytes) -> dict[str, Any] | None:
     return body
 
 
-def _servable(conn: Connection, model: str) -> bool:
-    """Known, and loaded where the fake plays Foundry Local; else answered as the runtime would."""
+def _servable(conn: Connection, model: str) -> dict[str, Any] | None:
+    """Known, and loaded where the fake plays Foundry Local: the fault queued for it ({} if none); else None,
+    answered as the runtime would."""
     state = conn.state
     state.stats["by_model"][model] = state.stats["by_model"].get(model, 0) + 1
     if model not in state.models:
         conn.write_json(404, _error(f"Model not found: {model}"))
-        return False
+        return None
     if state.foundry and model not in state.loaded:
         conn.write_json(400, _error(f"Model not loaded: {model} must be loaded before inference"))
-        return False
-    fault = state.take_fault(model)
-    if fault is not None and fault.get("mode") == "status":
+        return None
+    fault = state.take_fault(model) or {}
+    if fault.get("mode") == "status":
         status = int(fault.get("status", 500))
         conn.write_json(status, _error(f"injected HTTP {status}", "api_error" if status >= 500 else
                                        "invalid_request_error"))
-        return False
-    return True
+        return None
+    return fault
 
 
 # --- /v1/responses ---------------------------------------------------------------------------------------------
@@ -65,7 +66,7 @@ def _servable(conn: Connection, model: str) -> bool:
 
 async def responses(conn: Connection, raw: bytes) -> None:
     body = _json_body(conn, raw)
-    if body is None or not _servable(conn, model := str(body.get("model"))):
+    if body is None or (fault := _servable(conn, model := str(body.get("model")))) is None:
         return
     cfg = conn.state.config
     stream = body.get("stream") is True
@@ -73,6 +74,10 @@ async def responses(conn: Connection, raw: bytes) -> None:
     message = "Requested output length exceeds the model's maximum context length"
     if failed and not stream:
         return conn.write_json(400, _error(message))
+    if fault.get("mode") == "stream_error" and stream:  # Foundry Local's chat-style failure: 200, one event
+        conn.write_head(200, "text/event-stream")
+        conn.write_chunk(b"data: " + orjson.dumps(_error("injected failure", "server_error")) + b"\n\n")
+        return conn.end_chunks()
     text = cfg["reply"] or f"Hello from {model}."
     words = text.split(" ")
     pieces = [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
@@ -140,7 +145,7 @@ def vector(text: str) -> list[float]:
 
 def embeddings(conn: Connection, raw: bytes) -> None:
     body = _json_body(conn, raw)
-    if body is None or not _servable(conn, model := str(body.get("model"))):
+    if body is None or _servable(conn, model := str(body.get("model"))) is None:
         return
     value = body.get("input")
     inputs = value if isinstance(value, list) else [value]
@@ -164,11 +169,11 @@ def transcriptions(conn: Connection, raw: bytes, content_type: str) -> None:
         audio = raw[found.end():raw.rfind(b"\r\n--")]
         stats["last_bodies"].append({"multipart": True, "model": model.group(1).decode(),
                                      "filename": found.group(1).decode(), "size": len(audio)})
-        if not _servable(conn, model.group(1).decode()):
+        if _servable(conn, model.group(1).decode()) is None:
             return
         return conn.write_json(200, {"text": f"heard {len(audio)} bytes of {found.group(1).decode()}"})
     body = _json_body(conn, raw)
-    if body is None or not _servable(conn, str(body.get("model"))):
+    if body is None or _servable(conn, str(body.get("model"))) is None:
         return
     path = str(body.get("filename", ""))
     if not os.path.isfile(path):  # as the runtime: it reads the file from its own disk
