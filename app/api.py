@@ -47,7 +47,9 @@ def model_rows(gw: Gateway, task: str | None = None, *, show_paths: bool = True)
     for entry in gw.registry:
         if task and task not in entry.tasks:
             continue
-        fits = entry.min_ram_gb <= budget
+        measured = inv.measured_gb(entry)
+        need = inv.ram_gb(entry)
+        fits = need <= budget
         available = None if inv.available is None else entry.name in inv.available
         rows.append({
             "id": entry.name,
@@ -57,10 +59,13 @@ def model_rows(gw: Gateway, task: str | None = None, *, show_paths: bool = True)
             "task": entry.task,
             "tasks": list(entry.tasks),
             "min_ram_gb": entry.min_ram_gb,
+            "measured_ram_gb": None if measured is None else round(measured, 4),
+            "ram_gb": round(need, 4),
             "fits": fits,
+            "pinned": entry.pinned,
             "capabilities": list(entry.capabilities),
-            "fit": (f"fits ({entry.min_ram_gb:g} ≤ {budget:.1f} GiB budget)" if fits
-                    else f"needs {entry.min_ram_gb:g} GiB > {budget:.1f} GiB budget"),
+            "fit": (f"fits ({need:.3g} ≤ {budget:.1f} GiB budget)" if fits
+                    else f"needs {need:.3g} GiB > {budget:.1f} GiB budget"),
             "upstream_id": inv.upstream_id(entry),
             "available": available,
             "loaded": inv.is_loaded(entry) if available else False,
@@ -136,6 +141,7 @@ async def readyz(request: Request) -> JSONResponse:
         "upstream": upstream,
         "registry": {"models": len(gw.registry), "tasks": list(gw.registry.tasks)},
         "draining": gw.draining,
+        "preload": {"running": gw.preloading, "models": gw.preload},
     }
     return JSONResponse(body, status_code=200 if ready else 503)
 

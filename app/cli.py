@@ -162,14 +162,16 @@ def cmd_models(args: argparse.Namespace) -> int:
     title = "Models" if budget is None else f"Models — this host: {budget.describe()}"
     table = Table(title=title, title_justify="left")
     table.add_column("model", no_wrap=True)
-    for name in ("task", "can", "min RAM", "fits", "available", "loaded"):
+    for name in ("task", "can", "min RAM", "measured", "fits", "available", "loaded"):
         table.add_column(name)
     if args.wide:
         table.add_column("upstream id", overflow="fold")
         table.add_column("notes", overflow="fold")
     for row in rows:
         cells = [
-            row["id"], ", ".join(row["tasks"]), ", ".join(row.get("capabilities", [])), f"{row['min_ram_gb']:g} GiB",
+            row["id"] + (" [dim](pinned)[/]" if row.get("pinned") else ""), ", ".join(row["tasks"]),
+            ", ".join(row.get("capabilities", [])), f"{row['min_ram_gb']:g} GiB",
+            "–" if row.get("measured_ram_gb") is None else f"{row['measured_ram_gb'] * 1024:.0f} MiB",
             "[green]yes[/]" if row["fits"] else "[red]no[/]",
             _yes_no(row["available"]), _yes_no(row["loaded"] if row["available"] else None),
         ]
@@ -270,6 +272,69 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from app.upstream.catalog import pull_model
 
     return pull_model(args.name, cache_dir=_settings(args).foundry_cache_dir, console=err)
+
+
+# --- cache -------------------------------------------------------------------------------------------------
+
+
+def _cache_context(args: argparse.Namespace) -> tuple[Settings, Any, set[str] | None, str]:
+    """Settings, registry, what the runtime has loaded (None: no gateway answered) and the gateway asked."""
+    settings = _settings(args)
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    url = args.gateway or f"http://{host}:{settings.port}"
+    try:
+        rows = _remote(url, "/v1/models")["data"]
+        loaded: set[str] | None = {str(r["upstream_id"]) for r in rows if r.get("loaded")}
+    except Exception:  # no gateway running there: nothing can have the cache's models loaded through it
+        loaded = None
+    return settings, load_registry(settings.registry_path), loaded, url
+
+
+def cmd_cache_dir(args: argparse.Namespace) -> int:
+    out.print(str(_settings(args).foundry_cache_dir.resolve()), highlight=False)
+    return 0
+
+
+def cmd_cache_ls(args: argparse.Namespace) -> int:
+    from app.cache import list_cache
+
+    settings, registry, loaded, url = _cache_context(args)
+    cache_dir = settings.foundry_cache_dir.resolve()
+    rows = list_cache(cache_dir, registry, loaded)
+    if args.json:
+        _print_json({"cache_dir": str(cache_dir), "gateway": url if loaded is not None else None,
+                     "models": [row.as_dict() for row in rows]})
+        return 0
+    table = Table(title=f"Foundry Local cache — {cache_dir}", title_justify="left")
+    for name in ("model", "kind", "version", "size", "registered as", "loaded"):
+        table.add_column(name, justify="right" if name == "size" else "left")
+    for row in rows:
+        table.add_row(row.id, row.kind, "–" if row.version is None else str(row.version),
+                      f"{row.size_bytes / 1024**2:.1f} MiB", row.registered_as or "[dim]–[/]", _yes_no(row.loaded))
+    out.print(table)
+    if loaded is None:
+        out.print(f"[dim]loaded: unknown (no gateway answered at {url}; pass --gateway URL)[/]")
+    return 0
+
+
+def cmd_cache_rm(args: argparse.Namespace) -> int:
+    from app.cache import find, list_cache, remove
+
+    settings, registry, loaded, _ = _cache_context(args)
+    cache_dir = settings.foundry_cache_dir.resolve()
+    row = find(list_cache(cache_dir, registry, loaded), args.name, registry)
+    if row is None:
+        err.print(f"[red]error[/] '{args.name}' is not in the cache ({cache_dir}); see `foundry-gateway cache ls`.")
+        return 1
+    if row.loaded and not args.force:
+        err.print(f"[red]error[/] {row.id} is loaded in the running runtime; unload it first, or pass --force "
+                  "(the runtime keeps it in memory until it unloads).")
+        return 1
+    out.print(remove(cache_dir, row), highlight=False)
+    if row.registered_as and row.kind == "local folder":
+        out.print(f"[dim]models.json still lists '{row.registered_as}' with this folder: the managed runtime "
+                  "registers it again at its next start (remove the entry to forget it for good).[/]")
+    return 0
 
 
 # --- settings -------------------------------------------------------------------------------------------
@@ -376,6 +441,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("pull", "Download a catalog model through Foundry Local (needs internet).", cmd_pull)
     p.add_argument("name", help="catalog alias, e.g. phi-4-mini")
+
+    cache = sub.add_parser("cache", help="What Foundry Local's model cache holds; remove from it.",
+                           description="Foundry Local's model cache: local model folders registered with the "
+                                       "runtime and catalog downloads, their size, and whether they are loaded.")
+    cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    p = cache_sub.add_parser("ls", help="List the cached models (size on disk, registry entry, loaded).")
+    p.add_argument("--gateway", help="the running gateway to ask what is loaded (default: this host's)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_cache_ls)
+    p = cache_sub.add_parser("rm", help="Remove a model from the cache (refuses a loaded one without --force).")
+    p.add_argument("name", help="upstream id, alias or registry name")
+    p.add_argument("--force", action="store_true", help="remove even if the runtime has it loaded")
+    p.add_argument("--gateway", help="the running gateway to ask what is loaded (default: this host's)")
+    p.set_defaults(func=cmd_cache_rm)
+    p = cache_sub.add_parser("dir", help="Print the cache directory.")
+    p.set_defaults(func=cmd_cache_dir, gateway=None)
 
     p = command("settings", "Show the settings in force, or the settings table.", cmd_settings)
     p.add_argument("--markdown", action="store_true", help="print the README settings table")

@@ -26,6 +26,8 @@ from typing import Any
 from app.breaker import Breaker
 from app.concurrency import AdaptiveLimit
 from app.errors import GatewayError
+from app.footprint import FILE_NAME as FOOTPRINTS
+from app.footprint import Footprints, LoadMeter, private_bytes
 from app.hardware import GIB, HostMemory, host_memory
 from app.limiter import Limiter
 from app.metrics import Metrics
@@ -54,7 +56,12 @@ class Gateway:
         self.inventory = Inventory(
             self.upstream, self.metrics, budget_gb=lambda: self.memory.budget_gb,
             load_timeout=settings.load_timeout, idle_unload_after=settings.idle_unload_after,
+            footprints=Footprints(settings.foundry_cache_dir / FOOTPRINTS if settings.upstream_kind == "foundry"
+                                  else None),
+            meter=LoadMeter(self._runtime_private_bytes),
         )
+        self.preload: dict[str, str] = {}  # GATEWAY_PRELOAD: model → "loaded" or why not
+        self.preloading = False
         self.breaker = Breaker(
             settings.breaker_failures, settings.breaker_cooldown,
             on_change=lambda model, is_open: self.metrics.breaker_open.labels(model).set(int(is_open)),
@@ -83,12 +90,13 @@ class Gateway:
         """The routing policy's answer, memoised: it only changes with the registry, the upstream's
         inventory or the breaker, and all three are part of the key (or clear the cache)."""
         available, cooling = self.inventory.available, self.breaker.skipped()
-        key = (model, task, need, available, self.breaker.version)
+        key = (model, task, need, available, self.breaker.version, self.inventory.footprints.version)
         route = self._routes.get(key)
         if route is None:
             route = choose(
                 self.registry, model=model, task=task, default_task=self.settings.default_task,
                 budget_gb=self.memory.budget_gb, available=available, cooling=cooling, need=need,
+                measured=self.measured_gb(),
             )
             if len(self._routes) >= 1024:  # clients choose the strings in the key: stay bounded
                 self._routes.clear()
@@ -120,12 +128,26 @@ class Gateway:
         """The model's adaptive limit, or None when its limit is fixed."""
         return self._controllers.get(entry.name)
 
+    def measured_gb(self) -> dict[str, float]:
+        """What registry models were measured to use, GiB by name."""
+        out = {}
+        for entry in self.registry:
+            measured = self.inventory.measured_gb(entry)
+            if measured is not None:
+                out[entry.name] = measured
+        return out
+
+    def _runtime_private_bytes(self) -> int | None:
+        """The managed runtime's private memory now (None for an external one: not ours to read)."""
+        pid = self.managed.pid if self.managed is not None else None
+        return private_bytes(pid) if pid else None
+
     def _fit_together(self, names: Set[str]) -> bool:
         """Whether these registry models fit the RAM budget at once (unknown names count nothing)."""
         total = 0.0
         for name in names:
             entry = self.registry.lookup(name)
-            total += entry.min_ram_gb if entry is not None else 0.0
+            total += self.inventory.ram_gb(entry) if entry is not None else 0.0
         return total <= self.memory.budget_gb
 
     @property
@@ -216,6 +238,9 @@ class Gateway:
         await self.inventory.refresh()
         if not self.inventory.up:
             log.warning("upstream %s not reachable yet: %s", self.upstream.base_url, self.inventory.last_error)
+        if self.settings.preload and self.upstream.manages_models:
+            self.preloading = True
+            self._spawn(self._preload())
         self._spawn(self._refresh_loop())
         if self.settings.registry_watch_interval > 0:
             self._spawn(self._watch_registry())
@@ -246,7 +271,42 @@ class Gateway:
     @property
     def ready(self) -> bool:
         serving = self.managed is None or self.managed.serving
-        return serving and self.inventory.up and len(self.registry) > 0 and not self.draining
+        return (serving and self.inventory.up and len(self.registry) > 0 and not self.draining
+                and not self.preloading)
+
+    def preload_list(self) -> list[ModelEntry | str]:
+        """``GATEWAY_PRELOAD`` as registry entries (a name the registry does not know stays a string)."""
+        if [name.lower() for name in self.settings.preload] == ["all-fitting"]:
+            chosen: list[ModelEntry | str] = []
+            room = self.memory.budget_gb
+            for entry in self.registry:
+                available = self.inventory.available is None or entry.name in self.inventory.available
+                if available and self.inventory.ram_gb(entry) <= room:
+                    chosen.append(entry)
+                    room -= self.inventory.ram_gb(entry)
+            return chosen
+        return [self.registry.lookup(name) or name for name in self.settings.preload]
+
+    async def _preload(self) -> None:
+        """Load ``GATEWAY_PRELOAD`` before turning ready; a model that fails is reported, not fatal."""
+        try:
+            if not self.inventory.up:
+                await self.upstream_recovered(asyncio.get_running_loop().time() + self.settings.foundry_start_timeout)
+                await self.inventory.refresh()
+            for item in self.preload_list():
+                if isinstance(item, str):
+                    self.preload[item] = "not in the registry"
+                    log.error("GATEWAY_PRELOAD: '%s' is not in the registry", item)
+                    continue
+                try:
+                    await self.inventory.ensure_loaded(item)
+                    self.preload[item.name] = "loaded"
+                except GatewayError as err:
+                    self.preload[item.name] = err.message
+                    log.error("GATEWAY_PRELOAD: %s", err.message)
+            log.info("preloaded: %s", ", ".join(f"{k} ({v})" for k, v in self.preload.items()) or "nothing")
+        finally:
+            self.preloading = False
 
     async def _refresh_loop(self) -> None:
         while True:

@@ -125,6 +125,10 @@ class Metrics:
             "gateway_model_loaded", "1 when this registry model is loaded in the upstream.",
             ("model",), registry=r, multiprocess_mode="max",
         )
+        self.model_measured_ram = Gauge(
+            "gateway_model_measured_ram_bytes", "RAM the runtime grew by when this model loaded (measured; "
+            "fit and eviction use max(min_ram_gb, this)).", ("model",), registry=r, multiprocess_mode="max",
+        )
         self.model_load_duration = Histogram(
             "gateway_model_load_duration_seconds", "Time to load a model into the upstream.",
             ("model", "result"), buckets=LOAD_BUCKETS, registry=r,

@@ -38,6 +38,7 @@ FIELDS: dict[str, str] = {
     "anything else → chat).",
     "parse_tool_calls": "Turn `<tool_call>{…}</tool_call>` text the model emits into OpenAI `tool_calls` "
     "(Foundry Local streams them as text, its issue #874). Default false.",
+    "pinned": "Never unloaded by the gateway (LRU eviction to make room, the idle unload). Default false.",
 }
 
 CAPABILITIES = ("chat", "tools", "embeddings", "transcription", "vision", "json_schema")
@@ -78,6 +79,7 @@ class ModelEntry:
     path: Path | None = None
     capabilities: tuple[str, ...] = ("chat",)
     parse_tool_calls: bool = False
+    pinned: bool = False
 
     @property
     def task(self) -> str:
@@ -114,8 +116,9 @@ class ModelEntry:
             out["path"] = str(self.path)
         if self.capabilities != default_capabilities(self.tasks):
             out["capabilities"] = list(self.capabilities)
-        if self.parse_tool_calls:
-            out["parse_tool_calls"] = True
+        for key in ("parse_tool_calls", "pinned"):
+            if getattr(self, key):
+                out[key] = True
         return out
 
 
@@ -275,9 +278,10 @@ def _validate_entry(
         "capabilities", list, f"must be a list of: {', '.join(CAPABILITIES)}",
         lambda v: bool(v) and all(c in CAPABILITIES for c in v),
     )
-    parse_tool_calls = item.get("parse_tool_calls", False)
-    if not isinstance(parse_tool_calls, bool):
-        bad("parse_tool_calls", "must be true or false")
+    switches = {key: item.get(key, False) for key in ("parse_tool_calls", "pinned")}
+    for key, value in switches.items():
+        if not isinstance(value, bool):
+            bad(key, "must be true or false")
 
     path: Path | None = None
     if raw_path:
@@ -300,7 +304,8 @@ def _validate_entry(
         max_concurrency=concurrency,
         path=path,
         capabilities=tuple(dict.fromkeys(capabilities)) if capabilities else default_capabilities(tasks),
-        parse_tool_calls=bool(parse_tool_calls),
+        parse_tool_calls=bool(switches["parse_tool_calls"]),
+        pinned=bool(switches["pinned"]),
     )
 
 

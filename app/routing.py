@@ -36,9 +36,12 @@ class Verdict:
     min_ram_gb: float
     decision: str  # "selected" | "fallback" | "skipped"
     reason: str
+    ram_gb: float = 0.0  # the figure fit was judged on
+    ram_source: str = "registry"  # "registry" (min_ram_gb) or "measured"
 
     def as_dict(self) -> dict[str, object]:
-        return {"model": self.model, "min_ram_gb": self.min_ram_gb, "decision": self.decision, "reason": self.reason}
+        return {"model": self.model, "min_ram_gb": self.min_ram_gb, "decision": self.decision, "reason": self.reason,
+                "ram_gb": round(self.ram_gb, 4), "ram_source": self.ram_source}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,24 @@ def _gb(value: float) -> str:
     return f"{round(value, 2):g} GiB"
 
 
+def ram_need(entry: ModelEntry, measured: Mapping[str, float] | None) -> tuple[float, str]:
+    """The RAM a model is taken to need and where the figure comes from: the registry's ``min_ram_gb``, or what
+    it was measured to use once that is larger."""
+    got = (measured or {}).get(entry.name)
+    if got is not None and got > entry.min_ram_gb:
+        return got, "measured"
+    return entry.min_ram_gb, "registry"
+
+
+def _verdict(entry: ModelEntry, decision: str, reason: str, measured: Mapping[str, float] | None) -> Verdict:
+    ram, source = ram_need(entry, measured)
+    return Verdict(entry.name, entry.min_ram_gb, decision, reason, ram, source)
+
+
+def _figure(ram: float, source: str) -> str:
+    return _gb(ram) if source == "registry" else f"measured {_gb(ram)}"
+
+
 def choose(
     registry: Registry,
     *,
@@ -89,17 +110,18 @@ def choose(
     available: Set[str] | None = None,
     cooling: Mapping[str, str] | None = None,
     need: Set[str] = frozenset({"chat"}),
+    measured: Mapping[str, float] | None = None,
 ) -> Route:
     """Pick the model for a request.
 
     ``available`` is the set of registry names the upstream has (None while unknown: nothing is
     filtered); ``cooling`` the names the circuit breaker is skipping for now, each with its reason;
-    ``need`` the capabilities the request needs.
+    ``need`` the capabilities the request needs; ``measured`` what models were measured to use (GiB by name).
     Raises GatewayError: 400 unknown task or a capability nobody has, 404 unknown model, 503 nothing viable.
     """
     requested = (model or "").strip()
     if requested.lower() not in AUTO_MODELS:
-        return _pinned(registry, requested, task, budget_gb, available, need)
+        return _pinned(registry, requested, task, budget_gb, available, need, measured)
 
     by_capability = next((c for c in need if c != "chat" and c in ("embeddings", "transcription")), None)
     if by_capability and not (task or "").strip():
@@ -117,21 +139,22 @@ def choose(
     for entry in entries:
         missing = [c for c in need if c not in entry.capabilities]
         if missing:
-            verdicts.append(Verdict(entry.name, entry.min_ram_gb, "skipped", f"no {', '.join(missing)}"))
+            verdicts.append(_verdict(entry, "skipped", f"no {', '.join(missing)}", measured))
             continue
-        if entry.min_ram_gb > budget_gb:
-            reason = f"needs {_gb(entry.min_ram_gb)} > {_gb(budget_gb)} budget"
+        ram, source = ram_need(entry, measured)
+        if ram > budget_gb:
+            reason = f"needs {_figure(ram, source)} > {_gb(budget_gb)} budget"
         elif available is not None and entry.name not in available:
             reason = "not available on the upstream"
         elif cooling and entry.name in cooling:
             reason = cooling[entry.name]
         else:
             decision = "selected" if not viable else "fallback"
-            reason = f"fits ({_gb(entry.min_ram_gb)} ≤ {_gb(budget_gb)})"
+            reason = f"fits ({_figure(ram, source)} ≤ {_gb(budget_gb)})"
             viable.append(entry)
-            verdicts.append(Verdict(entry.name, entry.min_ram_gb, decision, reason))
+            verdicts.append(_verdict(entry, decision, reason, measured))
             continue
-        verdicts.append(Verdict(entry.name, entry.min_ram_gb, "skipped", reason))
+        verdicts.append(_verdict(entry, "skipped", reason, measured))
 
     if not viable:
         lacking = [v for v in verdicts if v.reason.startswith("no ")]
@@ -140,14 +163,14 @@ def choose(
             raise GatewayError(400, f"No model for task '{chosen_task}' can do {features} "
                                     f"({'; '.join(f'{v.model}: {v.reason}' for v in lacking)}).",
                                code="unsupported_value")
-        raise _nothing_viable(entries, chosen_task, budget_gb, verdicts)
+        raise _nothing_viable(entries, chosen_task, budget_gb, verdicts, measured)
     explanation = f"first viable of {len(entries)} for task {chosen_task}"
     return Route(chosen_task, viable[0], tuple(viable[1:]), "auto", explanation, tuple(verdicts))
 
 
 def _pinned(
     registry: Registry, requested: str, task: str | None, budget_gb: float, available: Set[str] | None,
-    need: Set[str],
+    need: Set[str], measured: Mapping[str, float] | None,
 ) -> Route:
     entry = registry.lookup(requested)
     if entry is None:
@@ -167,10 +190,11 @@ def _pinned(
         )
     header_task = (task or "").strip()
     chosen_task = header_task if header_task in entry.tasks else entry.task
-    if entry.min_ram_gb > budget_gb:
+    ram, source = ram_need(entry, measured)
+    if ram > budget_gb:
         raise GatewayError(
             503,
-            f"Model '{entry.name}' needs {_gb(entry.min_ram_gb)} of RAM; this host's budget is {_gb(budget_gb)}.",
+            f"Model '{entry.name}' needs {_figure(ram, source)} of RAM; this host's budget is {_gb(budget_gb)}.",
             code="insufficient_ram",
             param="model",
         )
@@ -182,17 +206,18 @@ def _pinned(
             code="model_unavailable",
             param="model",
         )
-    verdict = Verdict(entry.name, entry.min_ram_gb, "selected", f"pinned by request ('{requested}')")
+    verdict = _verdict(entry, "selected", f"pinned by request ('{requested}'); {_figure(ram, source)}", measured)
     return Route(chosen_task, entry, (), "pinned", f"model '{requested}' requested", (verdict,))
 
 
 def _nothing_viable(entries: tuple[ModelEntry, ...], task: str, budget_gb: float,
-                    verdicts: list[Verdict]) -> GatewayError:
-    smallest = min(entries, key=lambda e: e.min_ram_gb)
-    if smallest.min_ram_gb > budget_gb:
+                    verdicts: list[Verdict], measured: Mapping[str, float] | None) -> GatewayError:
+    smallest = min(entries, key=lambda e: ram_need(e, measured)[0])
+    ram, source = ram_need(smallest, measured)
+    if ram > budget_gb:
         message = (
             f"No model for task '{task}' fits this host: the smallest, '{smallest.name}', needs "
-            f"{_gb(smallest.min_ram_gb)}; this host's budget is {_gb(budget_gb)}."
+            f"{_figure(ram, source)}; this host's budget is {_gb(budget_gb)}."
         )
     else:
         skipped = "; ".join(f"{v.model}: {v.reason}" for v in verdicts)

@@ -109,7 +109,12 @@ class Settings(BaseSettings):
     )
     load_timeout: float = Field(300.0, gt=0, description="Seconds a model load may take.")
     idle_unload_after: float = Field(
-        0.0, ge=0, description="Unload a model idle for this many seconds (0 = never)."
+        0.0, ge=0, description="Unload a model idle for this many seconds (0 = never; registry `pinned` models stay)."
+    )
+    preload: CsvList = Field(
+        default_factory=list, description="Models to load before `/readyz` turns ready: registry names, or "
+        "`all-fitting` (every available model, in registry order, while they fit the RAM budget together). A "
+        "failed preload is logged and reported in `/readyz`, not fatal.",
     )
 
     # --- timeouts ------------------------------------------------------------------------------------
@@ -179,7 +184,7 @@ class Settings(BaseSettings):
         None, description="prometheus-client multiprocess directory (set automatically when workers > 1)."
     )
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "preload", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):

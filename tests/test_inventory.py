@@ -4,6 +4,7 @@ the fake upstream in Foundry Local mode (the real runtime has one tiny model; th
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from app.settings import load_settings
 from app.upstream.client import Upstream
 from app.upstream.inventory import Inventory
 from tests.fakes.upstream import UpstreamProcess
-from tests.helpers import GatewayProcess, write_registry
+from tests.helpers import GatewayProcess, wait_for, write_registry
 
 MODELS = ["alpha-generic-cpu:1", "beta-generic-cpu:1", "gamma-generic-cpu:2", "gamma-generic-cpu:1"]
 REGISTRY = [
@@ -141,3 +142,43 @@ def test_a_model_that_becomes_busy_during_an_unload_is_not_unloaded() -> None:
         loaded = up.stats()["loaded"]
         assert "b-generic-cpu:1" in loaded and "d-generic-cpu:1" in loaded, loaded  # b kept; c went instead
         assert "a-generic-cpu:1" not in loaded and "c-generic-cpu:1" not in loaded, loaded
+
+
+def test_eviction_by_measured_sizes_spares_pinned_models(foundry_like: UpstreamProcess, tmp_path: Path) -> None:
+    """By the registry all three fit together (1 GiB each); measured, each uses 4 GiB of a 9 GiB budget. The
+    least recently used is alpha, but it is pinned: beta makes room for gamma."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    gib = 1024**3
+    (cache / "gateway-footprints.json").write_text(json.dumps({"models": {
+        m: {"bytes": 4 * gib} for m in ("alpha-generic-cpu:1", "beta-generic-cpu:1", "gamma-generic-cpu:2")}}))
+    registry = write_registry(tmp_path / "models.json", [
+        {"name": "alpha", "task": "chat", "min_ram_gb": 1, "pinned": True},
+        {"name": "beta", "task": "chat", "min_ram_gb": 1},
+        {"name": "gamma", "task": "code", "min_ram_gb": 1},
+    ])
+    env = {**ENV, "GATEWAY_FOUNDRY_CACHE_DIR": str(cache), "GATEWAY_IDLE_UNLOAD_AFTER": "3"}
+    with GatewayProcess(upstream=foundry_like.url, registry=registry, env=env, log_path=tmp_path / "gw.log") as gw:
+        gw.wait_ready()
+        route = httpx.get(f"{gw.base_url}/route", params={"model": "gamma"}).json()["candidates"][0]
+        assert route["ram_gb"] == 4 and route["ram_source"] == "measured" and "measured 4 GiB" in route["reason"]
+        rows = {r["id"]: r for r in httpx.get(f"{gw.base_url}/models").json()["data"]}
+        assert rows["alpha"]["measured_ram_gb"] == 4 and rows["alpha"]["pinned"] is True
+        for model in ("alpha", "beta", "gamma"):
+            assert ask(gw, model, max_tokens=4).status_code == 200
+        assert foundry_like.stats()["loaded"] == ["alpha-generic-cpu:1", "gamma-generic-cpu:2"]
+        # the idle unload takes gamma, never the pinned alpha
+        assert wait_for(lambda: foundry_like.stats()["loaded"] == ["alpha-generic-cpu:1"], timeout=15)
+
+
+def test_a_measured_size_over_the_budget_is_a_clear_503(foundry_like: UpstreamProcess, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    measured = {"models": {"beta-generic-cpu:1": {"bytes": 12 * 1024**3}}}
+    (cache / "gateway-footprints.json").write_text(json.dumps(measured))
+    env = {**ENV, "GATEWAY_FOUNDRY_CACHE_DIR": str(cache)}
+    registry = write_registry(tmp_path / "models.json", REGISTRY)
+    with GatewayProcess(upstream=foundry_like.url, registry=registry, env=env, log_path=tmp_path / "gw.log") as gw:
+        gw.wait_ready()
+        r = ask(gw, "beta", max_tokens=4)
+        assert r.status_code == 503 and "measured 12 GiB" in r.json()["error"]["message"]

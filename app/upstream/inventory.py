@@ -3,7 +3,8 @@
 Apps say ``tiny-chat``; Foundry Local wants ``tiny-chat-generic-cpu:1`` for inference and the alias
 ``tiny-chat`` for load/unload. The inventory maps registry names to upstream ids from the upstream's
 own model list, loads models on demand (one load per model however many requests wait for it) and
-unloads idle or least-recently-used ones to stay within the host's RAM budget.
+unloads idle or least-recently-used ones — never ``pinned`` ones — to stay within the host's RAM budget,
+counting each model at max(its ``min_ram_gb``, what it was measured to use: ``app.footprint``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 import httpx
 
 from app.errors import GatewayError
+from app.footprint import GIB, Footprints, LoadMeter
 from app.metrics import Metrics
 from app.registry import ModelEntry, Registry, alias_of
 from app.upstream.client import Upstream
@@ -42,12 +44,16 @@ class Inventory:
         budget_gb: Callable[[], float],
         load_timeout: float,
         idle_unload_after: float = 0.0,
+        footprints: Footprints | None = None,
+        meter: LoadMeter | None = None,
     ) -> None:
         self.upstream = upstream
         self.metrics = metrics
         self.budget_gb = budget_gb
         self.load_timeout = load_timeout
         self.idle_unload_after = idle_unload_after
+        self.footprints = footprints or Footprints(None)
+        self.meter = meter
         self.registry: Registry | None = None
         self.ids: list[str] = []
         self.loaded: set[str] = set()
@@ -76,6 +82,14 @@ class Inventory:
 
     def alias(self, entry: ModelEntry) -> str:
         return alias_of(self.upstream_id(entry))
+
+    def measured_gb(self, entry: ModelEntry) -> float | None:
+        """What loading this model grew the runtime by, when measured (here or before a restart)."""
+        return self.footprints.gb(self.upstream_id(entry))
+
+    def ram_gb(self, entry: ModelEntry) -> float:
+        """The RAM this model is taken to need: max(the registry's ``min_ram_gb``, measured)."""
+        return max(entry.min_ram_gb, self.measured_gb(entry) or 0.0)
 
     def is_loaded(self, entry: ModelEntry) -> bool:
         return not self.upstream.manages_models or self.upstream_id(entry) in self.loaded
@@ -106,6 +120,9 @@ class Inventory:
         if self.registry is not None:
             for entry in self.registry:
                 self.metrics.model_loaded.labels(entry.name).set(1 if self.is_loaded(entry) else 0)
+                measured = self.footprints.bytes.get(self.upstream_id(entry))
+                if measured is not None:
+                    self.metrics.model_measured_ram.labels(entry.name).set(measured)
 
     # --- refresh ---------------------------------------------------------------------------------
 
@@ -194,7 +211,14 @@ class Inventory:
             if unloading is not None:  # being unloaded to make room: load it again once that is done
                 await asyncio.shield(unloading)
             await self._make_room_for(entry)
-            status = await self.upstream.load(self.alias(entry), self.load_timeout)
+            token = self.meter.begin() if self.meter is not None else None
+            try:
+                status = await self.upstream.load(self.alias(entry), self.load_timeout)
+            finally:
+                grown = self.meter.end(token) if self.meter is not None and token is not None else None
+            if grown and status != "already_loaded":
+                self.footprints.record(self.upstream_id(entry), grown)
+                log.info("%s uses %.3f GiB (measured)", entry.name, grown / GIB)
             self.loaded.add(self.upstream_id(entry))
             result = "ok"
             log.info("loaded %s (%s) in %.2fs: %s", entry.name, self.upstream_id(entry),
@@ -231,11 +255,13 @@ class Inventory:
         """
         while self.registry is not None:
             loaded = [e for e in self.registry if e.name != entry.name and self.is_loaded(e)]
-            if sum(e.min_ram_gb for e in loaded) + entry.min_ram_gb <= self.budget_gb():
+            if sum(self.ram_gb(e) for e in loaded) + self.ram_gb(entry) <= self.budget_gb():
                 return
-            idle = [e for e in loaded if not self._in_use.get(e.name) and e.name not in self._unloading]
+            idle = [e for e in loaded
+                    if not e.pinned and not self._in_use.get(e.name) and e.name not in self._unloading]
             if not idle:
-                log.warning("loading %s goes over the RAM budget: every other loaded model is in use", entry.name)
+                log.warning("loading %s goes over the RAM budget: every other loaded model is in use or pinned",
+                            entry.name)
                 return
             victim = min(idle, key=lambda e: self._last_used.get(e.name, 0.0))
             if not await self._unload(victim, reason=f"to make room for {entry.name}"):
@@ -253,6 +279,7 @@ class Inventory:
         done.add_done_callback(_retrieve)
         self._unloading[entry.name] = done
         self.mark_unloaded(entry)
+        token = self.meter.begin() if self.meter is not None else None  # no load measured across it
         try:
             for attempt, pause in enumerate((0.05, 0.1, 0.2, 0.4, 0.8, None)):
                 try:
@@ -271,6 +298,8 @@ class Inventory:
             self._export()
             return False
         finally:
+            if self.meter is not None and token is not None:
+                self.meter.end(token)
             self._unloading.pop(entry.name, None)
             done.set_result(None)
 
@@ -280,7 +309,8 @@ class Inventory:
             return
         for entry in self.registry:
             # checked right before each unload: the previous one's await may have let a request in
-            if not self.is_loaded(entry) or self._in_use.get(entry.name) or entry.name in self._loading:
+            if (not self.is_loaded(entry) or entry.pinned or self._in_use.get(entry.name)
+                    or entry.name in self._loading):
                 continue
             now = time.monotonic()
             last = self._last_used.setdefault(entry.name, now)
