@@ -5,8 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8080
 MODEL := models/tiny-chat/genai_config.json
+BUILDER := .venv-model/.installed
 
-.PHONY: help install model prometheus run test lint typecheck unit bench bench-real bench-surface bench-transport clean
+.PHONY: help install model builder prometheus run test lint typecheck unit bench bench-real bench-surface bench-transport clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
@@ -24,10 +25,16 @@ $(MODEL):
 
 model: $(MODEL)  ## build the tiny test model if it is not there (it is committed)
 
+$(BUILDER): scripts/requirements-model.txt
+	scripts/build-tiny-model.sh --venv-only
+	touch $@
+
+builder: $(BUILDER)  ## the model builder's venv (.venv-model: torch, onnxruntime-genai) for `compile`, ~1 min
+
 prometheus:  ## install Debian's prometheus (promtool) if missing
 	scripts/ensure-prometheus.sh
 
-run: install model  ## run the gateway on 127.0.0.1:$(PORT) in front of a managed Foundry Local with tiny-chat
+run: install model  ## run the gateway on 127.0.0.1:$(PORT) in front of a managed Foundry Local with the tiny models
 	$(VENV)/bin/foundry-gateway serve --port $(PORT)
 
 lint: install  ## ruff, mypy and hadolint
@@ -35,7 +42,7 @@ lint: install  ## ruff, mypy and hadolint
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
 
-test: install model prometheus lint  ## everything CI runs: lint, unit, integration (real Foundry Local, real Prometheus)
+test: install model builder prometheus lint  ## everything CI runs: lint, unit, integration (real Foundry Local, real Prometheus, the model builder)
 	$(PY) -m pytest
 
 bench: install  ## gateway overhead vs direct against a fast fake upstream

@@ -251,6 +251,10 @@ def cmd_registry_add(args: argparse.Namespace) -> int:
     if args.alias:
         item["aliases"] = args.alias
     existing = [entry.to_dict() for entry in registry] if registry else []
+    return _append_entry(path, existing, item)
+
+
+def _append_entry(path: Path, existing: list[dict[str, Any]], item: dict[str, Any]) -> int:
     try:
         # validate the whole new registry: duplicates and field errors are reported like `validate`
         new = build_registry([*existing, item], label=path.name, base_dir=path.parent)
@@ -261,8 +265,70 @@ def cmd_registry_add(args: argparse.Namespace) -> int:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_bytes(dump_registry(new, base_dir=path.parent))
     tmp.replace(path)  # atomic: a running gateway never reads half a file
-    out.print(f"[green]added[/] {args.name} to {path} ({len(new)} models)")
+    out.print(f"[green]added[/] {item['name']} to {path} ({len(new)} model{'s' if len(new) != 1 else ''})")
     return 0
+
+
+# --- compile ----------------------------------------------------------------------------------------------
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    import time
+
+    import psutil
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from app import compile as builder
+
+    args.task = args.task or ["chat"]
+    registry_path = Path(args.file or load_settings().registry_path)
+    registry = load_registry(registry_path) if registry_path.exists() else None
+    if registry is not None and registry.lookup(args.name) is not None:
+        err.print(f"[red]error[/] '{args.name}' is already in {registry_path}; pick another --name.")
+        return 1
+    hf_dir = Path(args.hf_folder)
+    folder = Path(args.out) if args.out else registry_path.parent / "models" / args.name
+    if folder.exists() and not args.force:
+        err.print(f"[red]error[/] {folder} exists; pass --force to replace it, or --out DIR.")
+        return 1
+    try:
+        python = builder.builder_python(args.python)
+        with err.status("Checking the checkpoint and the model builder…"):
+            supported = builder.supported_architectures(python)
+            planned = builder.plan(hf_dir, args.precision, supported)
+            builder.check_room(planned, folder, psutil.virtual_memory().available)
+        err.print(f"[green]✓[/] {planned.architecture}, ~{planned.parameters / 1e6:.1f} M parameters → "
+                  f"{args.precision} for {args.execution_provider}: about {_size(planned.output_bytes)} out, "
+                  f"{_size(planned.disk_bytes)} of disk and {_size(planned.ram_bytes)} of RAM while building",
+                  highlight=False)
+        started = time.perf_counter()
+        extra = {"include_hidden_states": "true"} if "embeddings" in args.task else None
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                      transient=True) as progress:
+            step = progress.add_task("model builder starting…")
+            builder.build_folder(hf_dir, folder.resolve(), precision=args.precision, provider=args.execution_provider,
+                                 python=python, extra_options=extra,
+                                 on_line=lambda line: progress.update(step, description=line[:100]))
+        context = builder.set_context_length(folder, planned.context_length)
+    except builder.CompileError as exc:
+        err.print(f"[red]error[/] {exc}", highlight=False)
+        return 1
+    size = builder.folder_size(folder)
+    err.print(f"[green]✓[/] built {folder} ({_size(size)}) in {time.perf_counter() - started:.0f}s", highlight=False)
+    variant = "cpu" if args.execution_provider == "cpu" else "gpu"
+    item: dict[str, Any] = {
+        "name": args.name, "task": args.task if len(args.task) > 1 else args.task[0],
+        "min_ram_gb": max(0.1, round(size * 1.3 / 1024**3, 2)), "upstream_id": f"{args.name}-generic-{variant}:1",
+        "path": str(folder.resolve()), "notes": f"compiled from {hf_dir.name} ({planned.architecture}, "
+                                                f"{args.precision}, {args.execution_provider})",
+    }
+    if context:
+        item["context_length"] = context
+    return _append_entry(registry_path, [e.to_dict() for e in registry] if registry else [], item)
+
+
+def _size(value: float) -> str:
+    return f"{value / 1024**3:.2f} GiB" if value >= 1024**3 / 10 else f"{value / 1024**2:.1f} MiB"
 
 
 # --- pull -------------------------------------------------------------------------------------------------
@@ -438,6 +504,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", help="local ONNX Runtime GenAI model folder")
     p.add_argument("--file", help="registry file (default: GATEWAY_REGISTRY_PATH or models.json)")
     p.set_defaults(func=cmd_registry_add)
+
+    p = command("compile", "Compile a local Hugging Face checkpoint into a Foundry Local model and register it.",
+                cmd_compile)
+    p.add_argument("hf_folder", metavar="HF_FOLDER", help="a Hugging Face checkpoint folder (config.json, weights, "
+                                                         "tokenizer)")
+    p.add_argument("--name", required=True, help="the registry name apps will use")
+    p.add_argument("--precision", choices=["int4", "fp16", "fp32"], default="int4", help="weights (default int4)")
+    p.add_argument("--execution-provider", choices=["cpu", "cuda", "dml", "webgpu", "NvTensorRtRtx"], default="cpu",
+                   help="where it runs (default cpu)")
+    p.add_argument("--task", action="append", help="task it serves (repeatable; default chat; embeddings also "
+                                                    "exposes hidden states)")
+    p.add_argument("--out", help="output folder (default: models/NAME beside the registry)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--python", help="a Python with the model builder (default: $FOUNDRY_GATEWAY_BUILDER_PYTHON, "
+                                    ".venv-model, or this one)")
+    p.add_argument("--file", help="registry file (default: GATEWAY_REGISTRY_PATH or models.json)")
 
     p = command("pull", "Download a catalog model through Foundry Local (needs internet).", cmd_pull)
     p.add_argument("name", help="catalog alias, e.g. phi-4-mini")

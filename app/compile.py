@@ -1,0 +1,183 @@
+"""``foundry-gateway compile``: a local Hugging Face checkpoint → a Foundry Local model folder → the registry.
+
+Foundry Local serves ONNX Runtime GenAI folders; onnxruntime-genai's model builder makes them from a Hugging
+Face checkpoint. The builder needs torch and transformers, which the gateway itself never needs, so it runs as
+a subprocess of a Python that has them: ``--python``, else ``$FOUNDRY_GATEWAY_BUILDER_PYTHON``, else the repo's
+build venv ``.venv-model`` (``make model``), else this interpreter (with the ``compile`` extra installed).
+
+Before anything heavy starts, the checkpoint is checked: its architecture against the installed builder's own
+list, and the disk and RAM it will take against what this host has. Then the builder runs (its output shown
+as it goes), the folder is trimmed to what the runtime reads and given the context length from the config,
+and the registry gets an entry (``path``, upstream id, context length, a RAM estimate).
+
+This module imports only the standard library at import time: ``scripts/make_tiny_model.py`` runs
+:func:`build_folder` from the build venv, which has no gateway dependencies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PRECISIONS = ("int4", "fp16", "fp32")
+PROVIDERS = ("cpu", "cuda", "dml", "webgpu", "NvTensorRtRtx")
+KEEP = {"genai_config.json", "model.onnx", "model.onnx.data", "tokenizer.json", "tokenizer_config.json",
+        "special_tokens_map.json", "chat_template.jinja"}
+_BYTES_PER_PARAMETER = {"int4": 0.6, "fp16": 2.0, "fp32": 4.0}  # int4: weights plus scales, embeddings in fp
+_ARCHITECTURE = re.compile(r'config\.architectures\[0\] == "(\w+)"')
+
+
+class CompileError(Exception):
+    """A compile that cannot go ahead, said in a sentence."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a compile will make and need, known before it starts."""
+
+    architecture: str
+    parameters: int
+    context_length: int | None
+    output_bytes: int
+    disk_bytes: int  # output, plus the builder's intermediate copy
+    ram_bytes: int  # the checkpoint in fp32 while the builder converts it
+    ram_gb_estimate: float  # for the registry: what serving it will roughly take
+
+
+def builder_python(explicit: str | None = None) -> str:
+    """The Python that runs the model builder (see the module docstring for the order)."""
+    for candidate in (explicit, os.environ.get("FOUNDRY_GATEWAY_BUILDER_PYTHON"),
+                      str(ROOT / ".venv-model" / "bin" / "python")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return sys.executable
+
+
+def supported_architectures(python: str) -> list[str]:
+    """The architectures the installed builder converts, read from its own source."""
+    probe = "import onnxruntime_genai.models.builder as b; print(b.__file__)"
+    found = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=120)
+    if found.returncode != 0:
+        raise CompileError(
+            f"{python} cannot run onnxruntime-genai's model builder ({_last_line(found.stderr)}). Install the "
+            "builder: `make model` (a build venv, .venv-model) or `pip install 'foundry-gateway[compile]'`, or "
+            "pass --python PATH.")
+    source = Path(found.stdout.strip()).read_text(encoding="utf-8", errors="replace")
+    return sorted(set(_ARCHITECTURE.findall(source)))
+
+
+def read_config(hf_dir: Path) -> dict[str, object]:
+    path = hf_dir / "config.json"
+    if not path.is_file():
+        raise CompileError(f"{hf_dir} is not a Hugging Face checkpoint folder: it has no config.json.")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CompileError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise CompileError(f"{path} is not a JSON object.")
+    return config
+
+
+def plan(hf_dir: Path, precision: str, supported: list[str]) -> Plan:
+    """Check the checkpoint and estimate what the compile needs."""
+    config = read_config(hf_dir)
+    architectures = config.get("architectures")
+    architecture = architectures[0] if isinstance(architectures, list) and architectures else None
+    if architecture not in supported:
+        raise CompileError(f"{hf_dir}: architecture {architecture or '(none in config.json)'} is not one the "
+                           f"installed model builder converts. Supported: {', '.join(supported)}.")
+    weights = sum(p.stat().st_size for p in hf_dir.iterdir()
+                  if p.suffix in (".safetensors", ".bin", ".pt") and p.is_file())
+    if not weights:
+        raise CompileError(f"{hf_dir} has no weights (*.safetensors or *.bin).")
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32")
+    parameters = int(weights / (2 if "16" in dtype else 4))
+    output = int(parameters * _BYTES_PER_PARAMETER[precision])
+    context = config.get("max_position_embeddings")
+    return Plan(
+        architecture=str(architecture), parameters=parameters,
+        context_length=int(context) if isinstance(context, int) else None,
+        output_bytes=output, disk_bytes=2 * output + weights, ram_bytes=parameters * 4 + output,
+        ram_gb_estimate=round(max(0.1, output * 1.3 / 1024**3), 2),
+    )
+
+
+def check_room(planned: Plan, out: Path, available_ram: int) -> None:
+    """Refuse to start a compile this host cannot finish (disk for the output, RAM for the conversion)."""
+    existing = out if out.exists() else next((p for p in out.parents if p.exists()), Path("/"))
+    free = shutil.disk_usage(existing).free
+    if planned.disk_bytes > free:
+        raise CompileError(f"Not enough disk at {existing}: the compile needs about {_gb(planned.disk_bytes)}, "
+                           f"{_gb(free)} is free.")
+    if planned.ram_bytes > available_ram:
+        raise CompileError(f"Not enough RAM: converting needs about {_gb(planned.ram_bytes)}, "
+                           f"{_gb(available_ram)} is available.")
+
+
+def build_folder(hf_dir: Path, out: Path, *, precision: str, provider: str = "cpu", python: str = sys.executable,
+                 extra_options: dict[str, str] | None = None,
+                 on_line: Callable[[str], None] = lambda line: None) -> None:
+    """Run the model builder and leave in ``out`` just the files Foundry Local reads."""
+    build = out.parent / f".{out.name}-build"
+    cache = out.parent / f".{out.name}-cache"
+    shutil.rmtree(build, ignore_errors=True)
+    cmd = [python, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(build),
+           "-p", precision, "-e", provider, "-c", str(cache)]
+    if extra_options:
+        cmd += ["--extra_options", *(f"{k}={v}" for k, v in extra_options.items())]
+    tail: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            if line:
+                tail = [*tail[-19:], line]
+                on_line(line)
+    if proc.returncode != 0:
+        shutil.rmtree(build, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
+        raise CompileError("The model builder failed:\n" + "\n".join(tail[-8:]))
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for item in sorted(build.iterdir()):
+        if item.name in KEEP:
+            shutil.copy2(item, out / item.name)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        if not (out / name).exists() and (hf_dir / name).exists():
+            shutil.copy2(hf_dir / name, out / name)
+    shutil.rmtree(build, ignore_errors=True)
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+def set_context_length(out: Path, context_length: int | None) -> int | None:
+    """Write the checkpoint's context length into ``genai_config.json`` (what Foundry Local reports and caps)."""
+    path = out / "genai_config.json"
+    genai = json.loads(path.read_text())
+    length = context_length or genai.get("model", {}).get("context_length")
+    if length:
+        genai["model"]["context_length"] = length
+        genai.setdefault("search", {})["max_length"] = length
+        path.write_text(json.dumps(genai, indent=4, sort_keys=True) + "\n")
+    return int(length) if length else None
+
+
+def folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+
+
+def _gb(value: float) -> str:
+    return f"{value / 1024**3:.2f} GiB" if value >= 1024**3 / 10 else f"{value / 1024**2:.0f} MiB"
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
