@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from app.errors import GatewayError
 from app.gateway import Gateway
 from app.limiter import Limiter
-from app.routing import ENDPOINT_NEEDS
+from app.routing import ENDPOINT_NEEDS, latency_budget
 
 router = APIRouter()
 
@@ -63,6 +63,7 @@ def model_rows(gw: Gateway, task: str | None = None, *, show_paths: bool = True)
             "ram_gb": round(need, 4),
             "fits": fits,
             "pinned": entry.pinned,
+            "measured": entry.measured.raw if entry.measured else None,
             "capabilities": list(entry.capabilities),
             "fit": (f"fits ({need:.3g} ≤ {budget:.1f} GiB budget)" if fits
                     else f"needs {need:.3g} GiB > {budget:.1f} GiB budget"),
@@ -102,6 +103,7 @@ async def route_dry_run(
         "chat", description="the endpoint the request would go to"),
     tools: bool = Query(False, description="the request carries `tools`"),
     json_schema: bool = Query(False, description="the request asks for `response_format` json_schema"),
+    latency_budget_ms: float | None = Query(None, gt=0, lt=1e9, description="as the X-Latency-Budget-Ms header"),
 ) -> dict[str, Any]:
     gw = _gw(request)
     header_task = task if task is not None else request.headers.get(gw.settings.task_header)
@@ -110,7 +112,9 @@ async def route_dry_run(
         need.add("tools")
     if json_schema:
         need.add("json_schema")
-    route = gw.route(model, header_task, frozenset(need))
+    if latency_budget_ms is None and request.headers.get("x-latency-budget-ms"):
+        latency_budget_ms = latency_budget(request.headers["x-latency-budget-ms"])
+    route = gw.route(model, header_task, frozenset(need), latency_budget_ms)
     out = route.as_dict()
     out["upstream_id"] = gw.inventory.upstream_id(route.model)
     out["host"] = {"ram_gb": round(gw.memory.total_gb, 2), "budget_gb": round(gw.memory.budget_gb, 2),

@@ -26,6 +26,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from app import __version__, bench_records
+
 SCORES = ("fluency", "relevance", "correctness")
 COLUMNS = (
     "model", "task", "prompt_id", "repetition", "status", "latency_s", "ttft_s", "completion_tokens",
@@ -81,6 +83,15 @@ def pick_models(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not chosen:
         raise BenchError("no registry model fits this host and is available on the upstream")
     return chosen
+
+
+def _measured_ram(args: argparse.Namespace) -> dict[str, float]:
+    """What the gateway measured each model to use (asked after the run: the run loaded them)."""
+    try:
+        rows = httpx.get(f"{args.gateway.rstrip('/')}/v1/models", timeout=10, headers=_auth(args)).json()["data"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return {}
+    return {r["id"]: r["measured_ram_gb"] for r in rows if r.get("measured_ram_gb") is not None}
 
 
 def _auth(args: argparse.Namespace) -> dict[str, str]:
@@ -160,7 +171,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             progress.advance(task)
     meta = {"started": started.isoformat(timespec="seconds"), "target": "direct" if args.direct else "gateway",
             "url": url, "repeat": args.repeat, "max_tokens": args.max_tokens, "temperature": args.temperature,
-            "prompts": str(args.prompts), "host": platform.node(), "python": platform.python_version()}
+            "prompts": str(args.prompts), "host": platform.node(), "python": platform.python_version(),
+            "prompt_set": bench_records.prompt_set(Path(args.prompts)), "host_summary": bench_records.host_summary(),
+            "gateway_version": __version__, "ram_gb": {} if args.direct else _measured_ram(args)}
     return {"meta": meta, "results": results, "summary": summarize(results)}
 
 
@@ -211,7 +224,8 @@ def write_results(doc: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
 
 
 def write_plot(doc: dict[str, Any], path: Path) -> Path:
-    """Latency and TTFT per model: a PNG with matplotlib, else self-contained HTML with inline SVG."""
+    """The models side by side — latency, TTFT, tokens/s and mean rating: a PNG with matplotlib, else
+    self-contained HTML with inline SVG."""
     summary = doc["summary"]
     try:
         import matplotlib
@@ -220,17 +234,24 @@ def write_plot(doc: dict[str, Any], path: Path) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         return _write_svg_html(summary, path.with_suffix(".html"))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     names = [s["model"] for s in summary]
+    rated = [bench_records.ratings([r for r in doc["results"] if r["model"] == name]) for name in names]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4))
+    x = list(range(len(names)))
     for ax, key, title in ((axes[0], "latency", "latency (s)"), (axes[1], "ttft", "time to first token (s)")):
-        p50 = [s[f"{key}_p50_s"] or 0 for s in summary]
-        p95 = [s[f"{key}_p95_s"] or 0 for s in summary]
-        x = range(len(names))
-        ax.bar([i - 0.2 for i in x], p50, width=0.4, label="p50")
-        ax.bar([i + 0.2 for i in x], p95, width=0.4, label="p95")
-        ax.set_xticks(list(x), names, rotation=20, ha="right")
+        ax.bar([i - 0.2 for i in x], [s[f"{key}_p50_s"] or 0 for s in summary], width=0.4, label="p50")
+        ax.bar([i + 0.2 for i in x], [s[f"{key}_p95_s"] or 0 for s in summary], width=0.4, label="p95")
         ax.set_title(title)
         ax.legend()
+    axes[2].bar(x, [s["tokens_per_s_mean"] or 0 for s in summary], color="#54a24b")
+    axes[2].set_title("tokens/s (mean)")
+    axes[3].bar(x, [r["mean"] if r else 0 for r in rated], color="#e45756")
+    axes[3].set_ylim(0, 5.6)
+    axes[3].set_title("mean rating 1-5 (n)")
+    for i, r in enumerate(rated):
+        axes[3].text(i, (r["mean"] if r else 0) + 0.1, f"n={r['n']}" if r else "not rated", ha="center", fontsize=8)
+    for ax in axes:
+        ax.set_xticks(x, names, rotation=20, ha="right")
     fig.suptitle(f"foundry-gateway bench {doc['meta']['started']}")
     fig.tight_layout()
     png = path.with_suffix(".png")
@@ -315,7 +336,10 @@ def _save_rating(doc: dict[str, Any], path: Path, console: Console, quiet: bool 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.rate:
-        return rate(Path(args.rate), sys.stdin, err)
+        code = rate(Path(args.rate), sys.stdin, err)
+        if code or args.update_registry is None:
+            return code
+        return update_registry(json.loads(Path(args.rate).read_text(encoding="utf-8")), args.update_registry)
     try:
         doc = run_bench(args)
     except BenchError as exc:
@@ -328,6 +352,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         print_summary(doc["summary"], Console())
     err.print(f"wrote {csv_path} and {json_path}" + (f", plot {plot}" if plot else ""))
+    return update_registry(doc, args.update_registry) if args.update_registry is not None else 0
+
+
+def update_registry(doc: dict[str, Any], file: str) -> int:
+    """Write each benchmarked model's ``measured`` record into the registry file (``registry annotate``)."""
+    from app.registry import RegistryError
+    from app.registry_file import RegistryChanged, annotate
+    from app.settings import load_settings
+
+    path = Path(file or load_settings().registry_path)
+    found = bench_records.records(doc)
+    try:
+        written = annotate(path, found)
+    except (RegistryChanged, RegistryError, OSError, ValueError) as exc:
+        err.print(f"[red]error[/] {exc}", highlight=False)
+        return 1
+    missing = sorted(set(found) - set(written))
+    err.print(f"[green]measured[/] written to {path} for {', '.join(written) or 'no model'}"
+              + (f"; not in that file: {', '.join(missing)}" if missing else ""), highlight=False)
     return 0
 
 
@@ -351,4 +394,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--plot", action="store_true", help="also write a latency/TTFT chart (PNG, or HTML)")
     p.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
     p.add_argument("--rate", metavar="FILE", help="score an earlier run's results (1-5) in the terminal")
+    p.add_argument("--update-registry", nargs="?", const="", metavar="FILE",
+                   help="write each model's measured record (timings, ratings, reference score, RAM, host) into "
+                        "the registry (default GATEWAY_REGISTRY_PATH or models.json); with --rate, after rating")
     p.set_defaults(func=cmd_bench)

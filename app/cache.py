@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,10 +31,10 @@ class CachedModel:
     alias: str
     version: int | None
     kind: str  # "local folder" (a registration) or "download"
-    path: str
+    path: str  # a download: the model's own folder under the cache (what `rm` deletes)
     size_bytes: int
     registered_as: str | None  # the registry entry that uses it
-    loaded: bool | None  # None: no running gateway to ask
+    loaded: bool | None  # None: unknown (the gateway could not be asked)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,13 +71,15 @@ def list_cache(cache_dir: Path, registry: Registry, loaded: set[str] | None) -> 
         rows.append(CachedModel(model.id, model.alias, getattr(model.info, "version", None), "local folder",
                                 str(path), size_on_disk(path), _registered(registry, model.id, path),
                                 None if loaded is None else model.id in loaded))
+    downloads: dict[Path, tuple[str, int | None]] = {}
     for config in sorted(cache_dir.rglob(GENAI_CONFIG)):
-        folder = config.parent
-        if folder.resolve() in seen:
+        if config.parent.resolve() in seen:
             continue
-        model_id, version = _download_id(folder, cache_dir)
-        rows.append(CachedModel(model_id, alias_of(model_id), version, "download", str(folder), size_on_disk(folder),
-                                _registered(registry, model_id, folder),
+        root, model_id, version = _download(config.parent, cache_dir)
+        downloads.setdefault(root, (model_id, version))  # variants of one download are one row
+    for root, (model_id, version) in downloads.items():
+        rows.append(CachedModel(model_id, alias_of(model_id), version, "download", str(root), size_on_disk(root),
+                                _registered(registry, model_id, root),
                                 None if loaded is None else model_id in loaded))
     return rows
 
@@ -86,8 +89,12 @@ def remove(cache_dir: Path, row: CachedModel) -> str:
     if row.kind == "local folder":
         local_catalog(cache_dir).unregister_model(row.id)
         return f"unregistered {row.id} (its folder {row.path} is kept)"
-    shutil.rmtree(row.path)
-    return f"deleted {row.path} ({row.size_bytes / 1024**2:.1f} MiB)"
+    folder = Path(row.path).resolve()
+    if folder == cache_dir.resolve() or cache_dir.resolve() not in folder.parents:
+        raise ValueError(f"{folder} is not a model folder inside the cache {cache_dir}: not deleting it "
+                         "(remove it by hand if you mean to)")
+    shutil.rmtree(folder)
+    return f"deleted {folder} ({row.size_bytes / 1024**2:.1f} MiB)"
 
 
 def find(rows: list[CachedModel], name: str, registry: Registry) -> CachedModel | None:
@@ -110,9 +117,16 @@ def _registered(registry: Registry, model_id: str, path: Path) -> str | None:
     return None
 
 
-def _download_id(folder: Path, cache_dir: Path) -> tuple[str, int | None]:
-    """A download's id from its folder (``…/Phi-4-mini-generic-cpu/1/…`` or ``…-generic-cpu-1``), best effort."""
+_VERSIONED = re.compile(r"^(?P<name>.+)-(?P<version>\d+)$")
+
+
+def _download(folder: Path, cache_dir: Path) -> tuple[Path, str, int | None]:
+    """A download's own folder, id and version. Foundry Local keeps ``<publisher>/<id>-<version>/<variant>/``
+    (e.g. ``…/Phi-4-mini-instruct-generic-cpu-4/cpu-int4-rtn-block-32-acc-level-4``): the versioned folder is
+    the model; a folder without one is its own model."""
     parts = folder.relative_to(cache_dir).parts
-    version = next((int(p.removeprefix("v")) for p in reversed(parts) if p.removeprefix("v").isdigit()), None)
-    name = next((p for p in reversed(parts) if not p.removeprefix("v").isdigit()), folder.name)
-    return (f"{name}:{version}" if version is not None else name), version
+    for depth in range(len(parts) - 1, -1, -1):
+        found = _VERSIONED.match(parts[depth])
+        if found:
+            return cache_dir.joinpath(*parts[:depth + 1]), f"{found['name']}:{found['version']}", int(found["version"])
+    return folder, folder.name, None

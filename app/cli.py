@@ -164,6 +164,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     table.add_column("model", no_wrap=True)
     for name in ("task", "can", "min RAM", "measured", "fits", "available", "loaded"):
         table.add_column(name)
+    benched = any(row.get("measured") for row in rows)
+    if benched:  # what the team's bench wrote into the registry
+        for name in ("p50/p95 ms", "tok/s", "rating"):
+            table.add_column(name, justify="right")
     if args.wide:
         table.add_column("upstream id", overflow="fold")
         table.add_column("notes", overflow="fold")
@@ -175,6 +179,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             "[green]yes[/]" if row["fits"] else "[red]no[/]",
             _yes_no(row["available"]), _yes_no(row["loaded"] if row["available"] else None),
         ]
+        if benched:
+            cells += _measured_cells(row.get("measured") or {})
         table.add_row(*cells, *([row["upstream_id"], row["notes"]] if args.wide else []))
     out.print(table)
     if rows and all(row["available"] is None for row in rows):
@@ -182,15 +188,26 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _measured_cells(measured: dict[str, Any]) -> list[str]:
+    latency = measured.get("latency_ms") or {}
+    rating = measured.get("rating") or {}
+    return [
+        f"{latency.get('p50', '–')}/{latency.get('p95', '–')}" if latency else "–",
+        f"{measured['tokens_per_s']:.0f}" if isinstance(measured.get("tokens_per_s"), int | float) else "–",
+        f"{rating['mean']:.1f} (n={rating.get('n', 0)})" if isinstance(rating.get("mean"), int | float) else "–",
+    ]
+
+
 def cmd_select(args: argparse.Namespace) -> int:
     if args.gateway:
         query = "&".join(f"{k}={v}" for k, v in (("task", args.task), ("model", args.model),
-                                                   ("endpoint", args.endpoint), ("tools", args.tools and "true")) if v)
+                                                   ("endpoint", args.endpoint), ("tools", args.tools and "true"),
+                                                   ("latency_budget_ms", args.latency_budget_ms)) if v)
         decision = _remote(args.gateway, f"/v1/route?{query}")
     else:
         gw = _offline_gateway(args)
         need = {ENDPOINT_NEEDS[args.endpoint], *(["tools"] if args.tools else [])}
-        route = gw.route(args.model, args.task, frozenset(need))
+        route = gw.route(args.model, args.task, frozenset(need), args.latency_budget_ms)
         decision = route.as_dict()
         decision["upstream_id"] = gw.inventory.upstream_id(route.model)
         decision["host"] = {"ram_gb": round(gw.memory.total_gb, 2), "budget_gb": round(gw.memory.budget_gb, 2),
@@ -269,6 +286,18 @@ def _append_entry(path: Path, existing: list[dict[str, Any]], item: dict[str, An
     return 0
 
 
+def cmd_registry_annotate(args: argparse.Namespace) -> int:
+    try:
+        doc = orjson.loads(Path(args.results).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        err.print(f"[red]error[/] cannot read {args.results}: {exc}")
+        return 1
+    if not isinstance(doc, dict) or "summary" not in doc:
+        err.print(f"[red]error[/] {args.results} is not a `foundry-gateway bench` results file")
+        return 1
+    return benchmark.update_registry(doc, args.file or "")
+
+
 # --- compile ----------------------------------------------------------------------------------------------
 
 
@@ -288,10 +317,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         return 1
     hf_dir = Path(args.hf_folder)
     folder = Path(args.out) if args.out else registry_path.parent / "models" / args.name
-    if folder.exists() and not args.force:
-        err.print(f"[red]error[/] {folder} exists; pass --force to replace it, or --out DIR.")
-        return 1
     try:
+        builder.check_target(args.name, hf_dir, folder, registry_path, force=args.force)
         python = builder.builder_python(args.python)
         with err.status("Checking the checkpoint and the model builder…"):
             supported = builder.supported_architectures(python)
@@ -345,13 +372,21 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def _cache_context(args: argparse.Namespace) -> tuple[Settings, Any, set[str] | None, str]:
     """Settings, registry, what the runtime has loaded (None: no gateway answered) and the gateway asked."""
+    import httpx
+
     settings = _settings(args)
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     url = args.gateway or f"http://{host}:{settings.port}"
+    key = settings.admin_api_key or next(iter(settings.all_api_keys), None)
+    loaded: set[str] | None
     try:
-        rows = _remote(url, "/v1/models")["data"]
-        loaded: set[str] | None = {str(r["upstream_id"]) for r in rows if r.get("loaded")}
-    except Exception:  # no gateway running there: nothing can have the cache's models loaded through it
+        answer = httpx.get(f"{url.rstrip('/')}/v1/models", timeout=10,
+                           headers={"Authorization": f"Bearer {key}"} if key else {})
+        answer.raise_for_status()
+        loaded = {str(r["upstream_id"]) for r in answer.json()["data"] if r.get("loaded")}
+    except httpx.ConnectError:  # no gateway running there, so no runtime of ours has anything loaded
+        loaded = set() if args.gateway is None else None
+    except (httpx.HTTPError, ValueError, KeyError):  # it answered, but not with its models: unknown
         loaded = None
     return settings, load_registry(settings.registry_path), loaded, url
 
@@ -379,7 +414,9 @@ def cmd_cache_ls(args: argparse.Namespace) -> int:
                       f"{row.size_bytes / 1024**2:.1f} MiB", row.registered_as or "[dim]–[/]", _yes_no(row.loaded))
     out.print(table)
     if loaded is None:
-        out.print(f"[dim]loaded: unknown (no gateway answered at {url}; pass --gateway URL)[/]")
+        out.print(f"[dim]loaded: unknown (the gateway at {url} could not be asked; pass --gateway URL)[/]")
+    elif not loaded and not any(row.loaded for row in rows):
+        out.print(f"[dim]loaded: no gateway answered at {url}, so nothing is loaded through it[/]")
     return 0
 
 
@@ -392,11 +429,17 @@ def cmd_cache_rm(args: argparse.Namespace) -> int:
     if row is None:
         err.print(f"[red]error[/] '{args.name}' is not in the cache ({cache_dir}); see `foundry-gateway cache ls`.")
         return 1
-    if row.loaded and not args.force:
-        err.print(f"[red]error[/] {row.id} is loaded in the running runtime; unload it first, or pass --force "
-                  "(the runtime keeps it in memory until it unloads).")
+    if row.loaded is not False and not args.force:
+        why = "is loaded in the running runtime" if row.loaded else \
+            "may be loaded: the gateway could not be asked (pass --gateway URL, or set its API key)"
+        err.print(f"[red]error[/] {row.id} {why}; unload it first, or pass --force (the runtime keeps it in "
+                  "memory until it unloads).")
         return 1
-    out.print(remove(cache_dir, row), highlight=False)
+    try:
+        out.print(remove(cache_dir, row), highlight=False)
+    except ValueError as exc:
+        err.print(f"[red]error[/] {exc}", highlight=False)
+        return 1
     if row.registered_as and row.kind == "local folder":
         out.print(f"[dim]models.json still lists '{row.registered_as}' with this folder: the managed runtime "
                   "registers it again at its next start (remove the entry to forget it for good).[/]")
@@ -480,6 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", choices=list(ENDPOINT_NEEDS), default="chat",
                    help="the endpoint the request goes to (default: chat)")
     p.add_argument("--tools", action="store_true", help="the request carries tools")
+    p.add_argument("--latency-budget-ms", type=float, help="as X-Latency-Budget-Ms: skip models whose measured p95 "
+                                                           "is over it")
     source_options(p)
 
     reg = sub.add_parser("registry", help="Validate or edit the model registry.", description="Registry tools.")
@@ -504,6 +549,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", help="local ONNX Runtime GenAI model folder")
     p.add_argument("--file", help="registry file (default: GATEWAY_REGISTRY_PATH or models.json)")
     p.set_defaults(func=cmd_registry_add)
+    p = reg_sub.add_parser(
+        "annotate", help="Write bench results (timings, ratings, reference score) into the registry's entries.",
+        description="Write each benchmarked model's `measured` record from a `foundry-gateway bench` results file "
+                    "into the registry. Only those entries change; everything else in the file stays as it was.")
+    p.add_argument("results", metavar="RESULTS.json", help="a results file written by `foundry-gateway bench`")
+    p.add_argument("--file", help="registry file (default: GATEWAY_REGISTRY_PATH or models.json)")
+    p.set_defaults(func=cmd_registry_annotate)
 
     p = command("compile", "Compile a local Hugging Face checkpoint into a Foundry Local model and register it.",
                 cmd_compile)

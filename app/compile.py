@@ -16,6 +16,7 @@ This module imports only the standard library at import time: ``scripts/make_tin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -54,6 +55,8 @@ class Plan:
 
 def builder_python(explicit: str | None = None) -> str:
     """The Python that runs the model builder (see the module docstring for the order)."""
+    if explicit and not Path(explicit).exists():
+        raise CompileError(f"--python {explicit}: no such file.")
     for candidate in (explicit, os.environ.get("FOUNDRY_GATEWAY_BUILDER_PYTHON"),
                       str(ROOT / ".venv-model" / "bin" / "python")):
         if candidate and Path(candidate).exists():
@@ -61,10 +64,31 @@ def builder_python(explicit: str | None = None) -> str:
     return sys.executable
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_target(name: str, hf_dir: Path, out: Path, registry: Path, *, force: bool) -> None:
+    """Refuse what would lose someone's data: an odd name, an output folder that holds the checkpoint or the
+    registry, or an existing folder that is not a model (``--force`` replaces only a model folder)."""
+    if not _NAME.fullmatch(name):
+        raise CompileError(f"--name {name!r}: use letters, digits, '.', '-' and '_' (it names a folder and a model).")
+    target, source = out.resolve(), hf_dir.resolve()
+    if target == source or target in source.parents or target in registry.resolve().parents:
+        raise CompileError(f"{out} holds the checkpoint or the registry: choose another --out.")
+    if target.exists():
+        if not force:
+            raise CompileError(f"{out} exists; pass --force to replace it, or --out DIR.")
+        if any(target.iterdir()) and not (target / "genai_config.json").is_file():
+            raise CompileError(f"{out} is not a model folder (no genai_config.json): not replacing it.")
+
+
 def supported_architectures(python: str) -> list[str]:
     """The architectures the installed builder converts, read from its own source."""
     probe = "import onnxruntime_genai.models.builder as b; print(b.__file__)"
-    found = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=120)
+    try:
+        found = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CompileError(f"{python} could not be asked for the model builder: {exc}") from None
     if found.returncode != 0:
         raise CompileError(
             f"{python} cannot run onnxruntime-genai's model builder ({_last_line(found.stderr)}). Install the "
@@ -95,8 +119,7 @@ def plan(hf_dir: Path, precision: str, supported: list[str]) -> Plan:
     if architecture not in supported:
         raise CompileError(f"{hf_dir}: architecture {architecture or '(none in config.json)'} is not one the "
                            f"installed model builder converts. Supported: {', '.join(supported)}.")
-    weights = sum(p.stat().st_size for p in hf_dir.iterdir()
-                  if p.suffix in (".safetensors", ".bin", ".pt") and p.is_file())
+    weights = _weight_bytes(hf_dir)
     if not weights:
         raise CompileError(f"{hf_dir} has no weights (*.safetensors or *.bin).")
     dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32")
@@ -109,6 +132,19 @@ def plan(hf_dir: Path, precision: str, supported: list[str]) -> Plan:
         output_bytes=output, disk_bytes=2 * output + weights, ram_bytes=parameters * 4 + output,
         ram_gb_estimate=round(max(0.1, output * 1.3 / 1024**3), 2),
     )
+
+
+def _weight_bytes(hf_dir: Path) -> int:
+    """The checkpoint's weights, counted once: the shard index's total, else the safetensors, else the .bin
+    files (a folder may carry both formats; optimizer states are not weights)."""
+    for index in (hf_dir / "model.safetensors.index.json", hf_dir / "pytorch_model.bin.index.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            return int(json.loads(index.read_text())["metadata"]["total_size"])
+    for suffix in (".safetensors", ".bin"):
+        files = [p for p in hf_dir.iterdir() if p.is_file() and p.suffix == suffix and "optimizer" not in p.name]
+        if files:
+            return sum(p.stat().st_size for p in files)
+    return 0
 
 
 def check_room(planned: Plan, out: Path, available_ram: int) -> None:
@@ -135,7 +171,8 @@ def build_folder(hf_dir: Path, out: Path, *, precision: str, provider: str = "cp
     if extra_options:
         cmd += ["--extra_options", *(f"{k}={v}" for k, v in extra_options.items())]
     tail: list[str] = []
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                          errors="replace") as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             line = line.rstrip()
@@ -146,23 +183,51 @@ def build_folder(hf_dir: Path, out: Path, *, precision: str, provider: str = "cp
         shutil.rmtree(build, ignore_errors=True)
         shutil.rmtree(cache, ignore_errors=True)
         raise CompileError("The model builder failed:\n" + "\n".join(tail[-8:]))
+    if not (build / "genai_config.json").is_file():
+        raise CompileError(f"The model builder wrote no genai_config.json in {build}.")
+    wanted = KEEP | _referenced(build / "genai_config.json")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     for item in sorted(build.iterdir()):
-        if item.name in KEEP:
+        if item.is_file() and (item.name in wanted or item.name.endswith((".onnx", ".onnx.data"))):
             shutil.copy2(item, out / item.name)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
         if not (out / name).exists() and (hf_dir / name).exists():
             shutil.copy2(hf_dir / name, out / name)
     shutil.rmtree(build, ignore_errors=True)
     shutil.rmtree(cache, ignore_errors=True)
+    if not (out / "tokenizer.json").is_file():
+        raise CompileError(f"{hf_dir} has no tokenizer.json (a fast tokenizer): Foundry Local needs one.")
+
+
+def _referenced(genai_config: Path) -> set[str]:
+    """Every file name ``genai_config.json`` points at (encoders, decoders, vision or speech parts)."""
+    names: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "filename" and isinstance(value, str):
+                    names.add(Path(value).name)
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(json.loads(genai_config.read_text()))
+    return names
 
 
 def set_context_length(out: Path, context_length: int | None) -> int | None:
     """Write the checkpoint's context length into ``genai_config.json`` (what Foundry Local reports and caps)."""
     path = out / "genai_config.json"
-    genai = json.loads(path.read_text())
-    length = context_length or genai.get("model", {}).get("context_length")
+    try:
+        genai = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CompileError(f"{path} cannot be read: {exc}") from None
+    if not isinstance(genai.get("model"), dict):
+        raise CompileError(f"{path} has no 'model' section.")
+    length = context_length or genai["model"].get("context_length")
     if length:
         genai["model"]["context_length"] = length
         genai.setdefault("search", {})["max_length"] = length

@@ -86,17 +86,19 @@ class Gateway:
 
     # --- routing and admission --------------------------------------------------------------------
 
-    def route(self, model: str | None, task: str | None, need: frozenset[str] = CHAT) -> Route:
+    def route(self, model: str | None, task: str | None, need: frozenset[str] = CHAT,
+              latency_budget_ms: float | None = None) -> Route:
         """The routing policy's answer, memoised: it only changes with the registry, the upstream's
-        inventory or the breaker, and all three are part of the key (or clear the cache)."""
+        inventory, the breaker or measured sizes, and all are part of the key (or clear the cache)."""
         available, cooling = self.inventory.available, self.breaker.skipped()
-        key = (model, task, need, available, self.breaker.version, self.inventory.footprints.version)
+        key = (model, task, need, latency_budget_ms, available, self.breaker.version,
+               self.inventory.footprints.version)
         route = self._routes.get(key)
         if route is None:
             route = choose(
                 self.registry, model=model, task=task, default_task=self.settings.default_task,
                 budget_gb=self.memory.budget_gb, available=available, cooling=cooling, need=need,
-                measured=self.measured_gb(),
+                measured=self.measured_gb(), rank_by=self.settings.rank_by, latency_budget_ms=latency_budget_ms,
             )
             if len(self._routes) >= 1024:  # clients choose the strings in the key: stay bounded
                 self._routes.clear()
@@ -143,8 +145,10 @@ class Gateway:
         return private_bytes(pid) if pid else None
 
     def _fit_together(self, names: Set[str]) -> bool:
-        """Whether these registry models fit the RAM budget at once (unknown names count nothing)."""
-        total = 0.0
+        """Whether these registry models fit the RAM budget at once, beside the loaded pinned ones (which never
+        make room); unknown names count nothing."""
+        total = sum(self.inventory.ram_gb(e) for e in self.registry
+                    if e.pinned and e.name not in names and self.inventory.is_loaded(e))
         for name in names:
             entry = self.registry.lookup(name)
             total += self.inventory.ram_gb(entry) if entry is not None else 0.0
@@ -290,8 +294,9 @@ class Gateway:
     async def _preload(self) -> None:
         """Load ``GATEWAY_PRELOAD`` before turning ready; a model that fails is reported, not fatal."""
         try:
-            if not self.inventory.up:
-                await self.upstream_recovered(asyncio.get_running_loop().time() + self.settings.foundry_start_timeout)
+            deadline = time.monotonic() + self.settings.foundry_start_timeout
+            while not self.inventory.up and time.monotonic() < deadline:  # an upstream still starting: wait for it
+                await asyncio.sleep(0.5)
                 await self.inventory.refresh()
             for item in self.preload_list():
                 if isinstance(item, str):
@@ -299,11 +304,17 @@ class Gateway:
                     log.error("GATEWAY_PRELOAD: '%s' is not in the registry", item)
                     continue
                 try:
+                    self.inventory.touch(item)  # the models preloaded earlier are not the least recently used
                     await self.inventory.ensure_loaded(item)
                     self.preload[item.name] = "loaded"
                 except GatewayError as err:
                     self.preload[item.name] = err.message
                     log.error("GATEWAY_PRELOAD: %s", err.message)
+            for name, outcome in self.preload.items():
+                entry = self.registry.lookup(name)
+                if outcome == "loaded" and entry is not None and not self.inventory.is_loaded(entry):
+                    self.preload[name] = "loaded, then unloaded to make room for the models after it"
+                    log.error("GATEWAY_PRELOAD: %s did not stay loaded: the list does not fit together", name)
             log.info("preloaded: %s", ", ".join(f"{k} ({v})" for k, v in self.preload.items()) or "nothing")
         finally:
             self.preloading = False

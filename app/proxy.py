@@ -44,6 +44,7 @@ from app.limiter import PRIORITIES, Limiter
 from app.registry import ModelEntry
 from app.relay import relay_json, relay_stream
 from app.residency import Residency
+from app.routing import latency_budget
 from app.streaming import EventSplitter, event_data, event_json, split_events
 from app.tokens import counter
 from app.upstream.inventory import Inventory
@@ -157,8 +158,10 @@ class Proxy:
         ex.body = body if endpoint.name != "transcriptions" else {k: v for k, v in body.items() if k != "file"}
         ex.stream = endpoint.streams and body.get("stream") is True
         model = body.get("model")
+        budget_header = headers.get(b"x-latency-budget-ms")
+        budget = latency_budget(budget_header.decode("latin-1")) if budget_header is not None else None
         route = gw.route(model if isinstance(model, str) else None, _text(headers.get(self.task_header)),
-                         endpoints.needs(endpoint, body))
+                         endpoints.needs(endpoint, body), budget)
         ex.route, ex.task, ex.entry = route, route.task, route.model
         self.metrics.routing.labels(self.metrics.task_label(route.task), route.model.name, route.reason).inc()
         reply.set_route(route.model, route.task, route.header)

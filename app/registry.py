@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from app.measured import Measured, parse_measured
+
 DEFAULT_PRIORITY = 100
 _VERSION_SUFFIX = re.compile(r":\d+$")
 _VARIANT_SUFFIX = re.compile(r"-(generic|cuda|qnn|vitis|openvino|webgpu|trtrtx)-(cpu|gpu|npu)$", re.IGNORECASE)
@@ -39,6 +41,8 @@ FIELDS: dict[str, str] = {
     "parse_tool_calls": "Turn `<tool_call>{…}</tool_call>` text the model emits into OpenAI `tool_calls` "
     "(Foundry Local streams them as text, its issue #874). Default false.",
     "pinned": "Never unloaded by the gateway (LRU eviction to make room, the idle unload). Default false.",
+    "measured": "What the team's benchmark found (latency, TTFT, tokens/s, RAM, ratings): written by "
+    "`bench --update-registry` or `registry annotate`; used by GATEWAY_RANK_BY and X-Latency-Budget-Ms.",
 }
 
 CAPABILITIES = ("chat", "tools", "embeddings", "transcription", "vision", "json_schema")
@@ -80,6 +84,7 @@ class ModelEntry:
     capabilities: tuple[str, ...] = ("chat",)
     parse_tool_calls: bool = False
     pinned: bool = False
+    measured: Measured | None = None
 
     @property
     def task(self) -> str:
@@ -119,6 +124,8 @@ class ModelEntry:
         for key in ("parse_tool_calls", "pinned"):
             if getattr(self, key):
                 out[key] = True
+        if self.measured is not None:
+            out["measured"] = self.measured.raw
         return out
 
 
@@ -278,6 +285,10 @@ def _validate_entry(
         "capabilities", list, f"must be a list of: {', '.join(CAPABILITIES)}",
         lambda v: bool(v) and all(c in CAPABILITIES for c in v),
     )
+    measured_problems: list[str] = []
+    measured = parse_measured(item.get("measured"), measured_problems)
+    for problem in measured_problems:
+        bad("measured", problem)
     switches = {key: item.get(key, False) for key in ("parse_tool_calls", "pinned")}
     for key, value in switches.items():
         if not isinstance(value, bool):
@@ -306,6 +317,7 @@ def _validate_entry(
         capabilities=tuple(dict.fromkeys(capabilities)) if capabilities else default_capabilities(tasks),
         parse_tool_calls=bool(switches["parse_tool_calls"]),
         pinned=bool(switches["pinned"]),
+        measured=measured,
     )
 
 

@@ -111,12 +111,17 @@ def choose(
     cooling: Mapping[str, str] | None = None,
     need: Set[str] = frozenset({"chat"}),
     measured: Mapping[str, float] | None = None,
+    rank_by: str = "order",
+    latency_budget_ms: float | None = None,
 ) -> Route:
     """Pick the model for a request.
 
     ``available`` is the set of registry names the upstream has (None while unknown: nothing is
     filtered); ``cooling`` the names the circuit breaker is skipping for now, each with its reason;
-    ``need`` the capabilities the request needs; ``measured`` what models were measured to use (GiB by name).
+    ``need`` the capabilities the request needs; ``measured`` what models were measured to use (GiB by name);
+    ``rank_by`` how viable models are ordered (``order``: the registry's; ``rating``: the team's mean rating for
+    the task; ``latency``: measured p50), unmeasured ones after measured ones; ``latency_budget_ms`` skips
+    models whose measured p95 is over it (pinned requests are not subject to it).
     Raises GatewayError: 400 unknown task or a capability nobody has, 404 unknown model, 503 nothing viable.
     """
     requested = (model or "").strip()
@@ -135,24 +140,24 @@ def choose(
         chosen_task = resolve_task(registry, task, default_task)
         entries = registry.for_task(chosen_task)
     verdicts: list[Verdict] = []
-    viable: list[ModelEntry] = []
+    viable: list[tuple[ModelEntry, str]] = []
     for entry in entries:
         missing = [c for c in need if c not in entry.capabilities]
         if missing:
             verdicts.append(_verdict(entry, "skipped", f"no {', '.join(missing)}", measured))
             continue
         ram, source = ram_need(entry, measured)
+        p95 = entry.measured.latency_p95_ms if entry.measured else None
         if ram > budget_gb:
             reason = f"needs {_figure(ram, source)} > {_gb(budget_gb)} budget"
         elif available is not None and entry.name not in available:
             reason = "not available on the upstream"
         elif cooling and entry.name in cooling:
             reason = cooling[entry.name]
+        elif latency_budget_ms is not None and p95 is not None and p95 > latency_budget_ms:
+            reason = f"p95 {p95:,.0f} ms > budget {latency_budget_ms:,.0f}"
         else:
-            decision = "selected" if not viable else "fallback"
-            reason = f"fits ({_figure(ram, source)} ≤ {_gb(budget_gb)})"
-            viable.append(entry)
-            verdicts.append(_verdict(entry, decision, reason, measured))
+            viable.append((entry, f"fits ({_figure(ram, source)} ≤ {_gb(budget_gb)})"))
             continue
         verdicts.append(_verdict(entry, "skipped", reason, measured))
 
@@ -164,8 +169,61 @@ def choose(
                                     f"({'; '.join(f'{v.model}: {v.reason}' for v in lacking)}).",
                                code="unsupported_value")
         raise _nothing_viable(entries, chosen_task, budget_gb, verdicts, measured)
-    explanation = f"first viable of {len(entries)} for task {chosen_task}"
-    return Route(chosen_task, viable[0], tuple(viable[1:]), "auto", explanation, tuple(verdicts))
+    ranked = rank(viable, rank_by, chosen_task)
+    for position, (entry, reason) in enumerate(ranked):
+        verdicts.append(_verdict(entry, "selected" if position == 0 else "fallback",
+                                 f"{reason}; {merit(entry, rank_by, chosen_task)}" if rank_by != "order" else reason,
+                                 measured))
+    order = {e.name: i for i, e in enumerate(entries)}
+    verdicts.sort(key=lambda v: order[v.model])  # listed as the registry has them, whatever the ranking
+    winner = ranked[0][0]
+    if rank_by == "order":
+        explanation = f"first viable of {len(entries)} for task {chosen_task}"
+    else:
+        explanation = f"{merit(winner, rank_by, chosen_task)}; best of {len(ranked)} viable by {rank_by}"
+    return Route(chosen_task, winner, tuple(e for e, _ in ranked[1:]), "auto", explanation, tuple(verdicts))
+
+
+RANK_BY = ("order", "rating", "latency")
+
+
+def latency_budget(value: str) -> float:
+    """An ``X-Latency-Budget-Ms`` header's value: milliseconds > 0 (else a 400)."""
+    try:
+        budget = float(value.strip())
+    except ValueError:
+        budget = -1.0
+    if not 0 < budget < 1e9:
+        raise GatewayError(400, "X-Latency-Budget-Ms must be a number of milliseconds > 0.", code="invalid_value",
+                           param="X-Latency-Budget-Ms")
+    return budget
+
+
+def rank(viable: list[tuple[ModelEntry, str]], rank_by: str, task: str) -> list[tuple[ModelEntry, str]]:
+    """Viable models in the order they are tried: by the registry (stable), or best measured first with the
+    unmeasured after them in registry order."""
+    if rank_by == "rating":
+        def key(item: tuple[ModelEntry, str]) -> tuple[int, float]:
+            rating = item[0].measured.rating_for(task) if item[0].measured else None
+            return (0, -rating[0]) if rating else (1, 0.0)
+        return sorted(viable, key=key)
+    if rank_by == "latency":
+        def by_latency(item: tuple[ModelEntry, str]) -> tuple[int, float]:
+            p50 = item[0].measured.latency_p50_ms if item[0].measured else None
+            return (0, p50) if p50 is not None else (1, 0.0)
+        return sorted(viable, key=by_latency)
+    return viable
+
+
+def merit(entry: ModelEntry, rank_by: str, task: str) -> str:
+    """What the ranking saw in a model, in words ("rating 4.3 (n=30) for code")."""
+    if rank_by == "rating":
+        rating = entry.measured.rating_for(task) if entry.measured else None
+        return f"rating {rating[0]:.1f} (n={rating[1]}) for {task}" if rating else "not rated"
+    if rank_by == "latency":
+        p50 = entry.measured.latency_p50_ms if entry.measured else None
+        return f"latency p50 {p50:,.0f} ms" if p50 is not None else "latency not measured"
+    return ""
 
 
 def _pinned(

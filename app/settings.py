@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     )
     task_header: str = Field("X-Task", description="Request header that names the task.")
     default_task: str = Field("chat", description="Task used when a request names neither task nor model.")
+    rank_by: Literal["order", "rating", "latency"] = Field(
+        "order", description="How `auto` ranks the models that fit: `order` (the registry's), `rating` (the "
+        "team's mean rating for the task, from `measured`), `latency` (measured p50); unmeasured models come after "
+        "measured ones.",
+    )
     host_ram_gb: float | None = Field(
         None, ge=0, description="Override the host's RAM in GiB (when the upstream runs elsewhere)."
     )

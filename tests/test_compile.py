@@ -114,3 +114,36 @@ def test_unsupported_checkpoint_is_refused_before_building(tmp_path: Path) -> No
                registry=registry)
     assert done.returncode == 1 and "BertModel is not one" in done.stderr and "Qwen2ForCausalLM" in done.stderr
     assert not registry.exists() and not (tmp_path / "models" / "bert").exists()
+
+
+def test_nothing_of_the_users_is_replaced(tmp_path: Path) -> None:
+    from app.compile import check_target
+
+    hf = fake_checkpoint(tmp_path / "hf", "Qwen2ForCausalLM")
+    registry = tmp_path / "models.json"
+    for name in ("..", "a/b", "", "-x"):
+        with pytest.raises(CompileError, match="--name"):
+            check_target(name, hf, tmp_path / "out", registry, force=True)
+    for out in (hf, tmp_path, hf.parent):
+        with pytest.raises(CompileError, match="holds the checkpoint or the registry"):
+            check_target("ok", hf, out, registry, force=True)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    with pytest.raises(CompileError, match="exists; pass --force"):
+        check_target("ok", hf, notes, registry, force=False)
+    with pytest.raises(CompileError, match="not a model folder"):
+        check_target("ok", hf, notes, registry, force=True)
+    model = tmp_path / "old-model"
+    model.mkdir()
+    (model / "genai_config.json").write_text("{}")
+    check_target("ok", hf, model, registry, force=True)  # a model folder may be replaced
+
+
+def test_weights_are_counted_once(tmp_path: Path) -> None:
+    hf = fake_checkpoint(tmp_path / "hf", "Qwen2ForCausalLM", weights=4000)
+    (hf / "pytorch_model.bin").write_bytes(b"\0" * 4000)  # the same weights in the other format
+    (hf / "optimizer.pt").write_bytes(b"\0" * 9000)
+    assert plan(hf, "fp32", ["Qwen2ForCausalLM"]).parameters == 1000
+    (hf / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": 8000}}))
+    assert plan(hf, "fp32", ["Qwen2ForCausalLM"]).parameters == 2000

@@ -3,6 +3,7 @@ sizes persist across restarts; routing uses max(min_ram_gb, measured) and says w
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -22,32 +23,71 @@ class Reader:
 
 
 def test_a_lone_load_is_measured() -> None:
-    reader = Reader()
-    meter = LoadMeter(reader)
-    token = meter.begin()
-    reader.value += 50
-    assert meter.end(token) == 50
+    async def scenario() -> int | None:
+        reader = Reader()
+        meter = LoadMeter(reader)
+        token = await meter.begin()
+        reader.value += 50
+        return await meter.end(token, ok=True)
+
+    assert asyncio.run(scenario()) == 50
 
 
 def test_overlapping_changes_measure_nothing() -> None:
-    reader = Reader()
-    meter = LoadMeter(reader)
-    first = meter.begin()
-    second = meter.begin()  # another load (or an unload) while the first runs
-    reader.value += 80
-    assert meter.end(second) is None and meter.end(first) is None
-    third = meter.begin()  # alone again: measured
-    reader.value += 5
-    assert meter.end(third) == 5
+    async def scenario() -> list[int | None]:
+        reader = Reader()
+        meter = LoadMeter(reader)
+        first = await meter.begin()
+        second = await meter.begin()  # another load while the first runs
+        reader.value += 80
+        results = [await meter.end(second, ok=True), await meter.end(first, ok=True)]
+        third = await meter.begin()
+        meter.changed()  # an unload meanwhile
+        results.append(await meter.end(third, ok=True))
+        busy = await meter.begin(quiet=False)  # another model generating
+        results.append(await meter.end(busy, ok=True, quiet=False))
+        alone = await meter.begin()
+        reader.value += 5
+        results.append(await meter.end(alone, ok=True))
+        return results
+
+    assert asyncio.run(scenario()) == [None, None, None, None, 5]
+
+
+def test_a_failed_load_taints_the_next_measurement() -> None:
+    async def scenario() -> list[int | None]:
+        reader = Reader()
+        meter = LoadMeter(reader)
+        failed = await meter.begin()
+        results = [await meter.end(failed, ok=False)]
+        after = await meter.begin()  # the failed load may still be finishing in the runtime
+        reader.value += 70
+        results.append(await meter.end(after, ok=True))
+        clean = await meter.begin()
+        reader.value += 3
+        results.append(await meter.end(clean, ok=True))
+        return results
+
+    assert asyncio.run(scenario()) == [None, None, 3]
 
 
 def test_shrinking_counts_as_zero_and_unknown_as_nothing() -> None:
-    reader = Reader()
-    meter = LoadMeter(reader)
-    token = meter.begin()
-    reader.value -= 30
-    assert meter.end(token) == 0
-    assert LoadMeter(lambda: None).end(LoadMeter(lambda: None).begin()) is None
+    async def scenario() -> list[int | None]:
+        reader = Reader()
+        meter = LoadMeter(reader)
+        token = await meter.begin()
+        reader.value -= 30
+        unknown = LoadMeter(lambda: None)
+        return [await meter.end(token, ok=True), await unknown.end(await unknown.begin(), ok=True)]
+
+    assert asyncio.run(scenario()) == [0, None]
+
+
+def test_the_figure_is_the_median_of_recent_samples(tmp_path: Path) -> None:
+    footprints = Footprints(tmp_path / "f.json")
+    for sample in (100, 900_000, 110, 105):  # one disturbed sample
+        footprints.record("m:1", sample)
+    assert footprints.bytes["m:1"] == 107 and Footprints(tmp_path / "f.json").samples["m:1"] == [100, 900_000, 110, 105]
 
 
 def test_footprints_persist_and_a_broken_file_is_ignored(tmp_path: Path) -> None:

@@ -108,15 +108,18 @@ def test_cache_rm_of_a_download_and_a_registration(tmp_path: Path) -> None:
     """No runtime running: a catalog download's folder is deleted; a local registration is forgotten, its
     folder kept."""
     cache = tmp_path / "cache"
-    download = cache / "Microsoft" / "phi-x-generic-cpu" / "1"
-    download.mkdir(parents=True)
-    (download / "genai_config.json").write_text("{}")
-    (download / "model.onnx").write_bytes(b"\0" * 4096)
+    download = cache / "Microsoft" / "phi-x-generic-cpu-1"  # Foundry Local's <id>-<version>/<variant>/ layout
+    for variant in ("cpu-int4-rtn-block-32", "cpu-fp32"):
+        (download / variant).mkdir(parents=True)
+        (download / variant / "genai_config.json").write_text("{}")
+        (download / variant / "model.onnx").write_bytes(b"\0" * 4096)
     with managed(tmp_path, cache, "once") as gw:  # registers tiny-chat and tiny-embed in this cache
         gw.wait_ready(90)
     rows = {r["id"]: r for r in json.loads(cli("cache", "ls", "--json", cache=cache).stdout)["models"]}
-    assert rows["phi-x-generic-cpu:1"]["kind"] == "download" and rows["phi-x-generic-cpu:1"]["size_bytes"] >= 4096
-    assert rows["tiny-embed-generic-cpu:1"]["loaded"] is None  # no gateway answered
+    phi = rows["phi-x-generic-cpu:1"]  # both variants: one download
+    assert phi["kind"] == "download" and phi["version"] == 1 and phi["size_bytes"] >= 8192
+    assert phi["path"] == str(download.resolve())
+    assert rows["tiny-embed-generic-cpu:1"]["loaded"] is False  # no gateway running: nothing loaded through one
     assert cli("cache", "rm", "phi-x-generic-cpu:1", cache=cache).returncode == 0
     assert not download.exists()
     removed = cli("cache", "rm", "tiny-embed", cache=cache)
@@ -124,6 +127,9 @@ def test_cache_rm_of_a_download_and_a_registration(tmp_path: Path) -> None:
     rows = {r["id"] for r in json.loads(cli("cache", "ls", "--json", cache=cache).stdout)["models"]}
     assert rows == {"tiny-chat-generic-cpu:1"} and (ROOT / "models" / "tiny-embed").is_dir()
     assert cli("cache", "rm", "nothing-like-it", cache=cache).returncode == 1
+    (cache / "genai_config.json").write_text("{}")  # a model dropped flat into the cache itself
+    flat = cli("cache", "rm", cache.name, "--force", cache=cache)
+    assert flat.returncode == 1 and "not a model folder inside the cache" in flat.stderr and cache.is_dir()
 
 
 def test_restart_knows_the_measured_sizes(preloaded: GatewayProcess, cache: Path, tmp_path: Path) -> None:

@@ -87,6 +87,14 @@ class Inventory:
         """What loading this model grew the runtime by, when measured (here or before a restart)."""
         return self.footprints.gb(self.upstream_id(entry))
 
+    def _quiet(self, loading: ModelEntry) -> bool:
+        """No other model is generating: the runtime's memory moves only with this load."""
+        return not any(count for name, count in self._in_use.items() if name != loading.name)
+
+    def touch(self, entry: ModelEntry) -> None:
+        """Used now (a preload): the least recently used is someone else."""
+        self._last_used[entry.name] = time.monotonic()
+
     def ram_gb(self, entry: ModelEntry) -> float:
         """The RAM this model is taken to need: max(the registry's ``min_ram_gb``, measured)."""
         return max(entry.min_ram_gb, self.measured_gb(entry) or 0.0)
@@ -211,11 +219,15 @@ class Inventory:
             if unloading is not None:  # being unloaded to make room: load it again once that is done
                 await asyncio.shield(unloading)
             await self._make_room_for(entry)
-            token = self.meter.begin() if self.meter is not None else None
+            token = await self.meter.begin(self._quiet(entry)) if self.meter is not None else None
+            loaded = False
             try:
                 status = await self.upstream.load(self.alias(entry), self.load_timeout)
+                loaded = True
             finally:
-                grown = self.meter.end(token) if self.meter is not None and token is not None else None
+                grown = None
+                if self.meter is not None and token is not None:
+                    grown = await self.meter.end(token, ok=loaded, quiet=self._quiet(entry))
             if grown and status != "already_loaded":
                 self.footprints.record(self.upstream_id(entry), grown)
                 log.info("%s uses %.3f GiB (measured)", entry.name, grown / GIB)
@@ -224,7 +236,7 @@ class Inventory:
             log.info("loaded %s (%s) in %.2fs: %s", entry.name, self.upstream_id(entry),
                      time.perf_counter() - started, status)
             done.set_result(None)
-            if not self._load_waiters.get(entry.name) and not self._in_use.get(entry.name):
+            if not entry.pinned and not self._load_waiters.get(entry.name) and not self._in_use.get(entry.name):
                 # every request that wanted it left while it loaded: give the RAM back at once
                 await self._unload(entry, reason="loaded for requests that all left")
         except httpx.ConnectError as exc:
@@ -279,7 +291,8 @@ class Inventory:
         done.add_done_callback(_retrieve)
         self._unloading[entry.name] = done
         self.mark_unloaded(entry)
-        token = self.meter.begin() if self.meter is not None else None  # no load measured across it
+        if self.meter is not None:
+            self.meter.changed()  # no load is measured across an unload
         try:
             for attempt, pause in enumerate((0.05, 0.1, 0.2, 0.4, 0.8, None)):
                 try:
@@ -298,8 +311,6 @@ class Inventory:
             self._export()
             return False
         finally:
-            if self.meter is not None and token is not None:
-                self.meter.end(token)
             self._unloading.pop(entry.name, None)
             done.set_result(None)
 

@@ -1,0 +1,118 @@
+"""Writing into ``models.json`` the way a person would: only the entries that change, in place.
+
+The registry is a file people edit and review in diffs, with their own line breaks, key order and fields the
+gateway does not know (``x-owner``, ``_comment``). So a ``measured`` record is written by splicing text: each
+entry's span and each of its members' spans are found with the standard JSON decoder, the one value is
+inserted or replaced, and every other byte of the file stays as it was. The result must still load as a valid
+registry, and the file must not have changed on disk since it was read (someone else's edit is never
+clobbered); then it is replaced atomically, so a running gateway's watcher never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+_DECODER = json.JSONDecoder()
+_SPACE = " \t\r\n"
+
+
+class RegistryChanged(Exception):
+    """The file changed on disk while it was being annotated: nothing was written."""
+
+
+def _skip(text: str, index: int) -> int:
+    while index < len(text) and text[index] in _SPACE:
+        index += 1
+    return index
+
+
+def _expect(text: str, index: int, char: str) -> int:
+    index = _skip(text, index)
+    if index >= len(text) or text[index] != char:
+        raise ValueError(f"expected '{char}' at offset {index}")
+    return index + 1
+
+
+def entry_spans(text: str) -> list[tuple[int, int, Any]]:
+    """(start, end, value) of each element of the top-level JSON array."""
+    spans: list[tuple[int, int, Any]] = []
+    index = _expect(text, 0, "[")
+    index = _skip(text, index)
+    if index < len(text) and text[index] == "]":
+        return spans
+    while True:
+        start = _skip(text, index)
+        value, end = _DECODER.raw_decode(text, start)
+        spans.append((start, end, value))
+        index = _skip(text, end)
+        if index < len(text) and text[index] == ",":
+            index += 1
+            continue
+        _expect(text, index, "]")
+        return spans
+
+
+def member_spans(text: str, start: int) -> tuple[dict[str, tuple[int, int]], int]:
+    """The value spans of an object's members by key, and the offset of its closing brace."""
+    members: dict[str, tuple[int, int]] = {}
+    index = _expect(text, start, "{")
+    index = _skip(text, index)
+    if text[index] == "}":
+        return members, index
+    while True:
+        key, index = _DECODER.raw_decode(text, _skip(text, index))
+        index = _expect(text, index, ":")
+        value_start = _skip(text, index)
+        _, value_end = _DECODER.raw_decode(text, value_start)
+        members[str(key)] = (value_start, value_end)
+        index = _skip(text, value_end)
+        if text[index] == ",":
+            index += 1
+            continue
+        if text[index] != "}":
+            raise ValueError(f"expected ',' or '}}' at offset {index}")
+        return members, index
+
+
+def set_member(text: str, start: int, key: str, value: Any) -> str:
+    """``text`` with the object at ``start`` given ``key: value`` (replaced in place, or added last)."""
+    members, close = member_spans(text, start)
+    rendered = json.dumps(value, ensure_ascii=False)
+    if key in members:
+        value_start, value_end = members[key]
+        return text[:value_start] + rendered + text[value_end:]
+    addition = f"{json.dumps(key)}: {rendered}"
+    if members:
+        last_end = max(end for _, end in members.values())
+        return text[:last_end] + ", " + addition + text[last_end:]
+    return text[:close] + addition + text[close:]
+
+
+def annotate(path: Path, records: Mapping[str, Any], key: str = "measured") -> list[str]:
+    """Write ``records`` (by registry name) as each entry's ``key``; returns the names written. Raises
+    RegistryChanged if the file changed meanwhile, RegistryError if the result would not load."""
+    from app.registry import build_registry
+
+    original = path.read_bytes()
+    text = original.decode("utf-8")
+    written: list[str] = []
+    for start, _, item in reversed(entry_spans(text)):
+        name = item.get("name") if isinstance(item, dict) else None
+        if isinstance(name, str) and name in records:
+            text = set_member(text, start, key, records[name])
+            written.append(name)
+    build_registry(json.loads(text), label=path.name, base_dir=path.parent)  # still a registry that loads
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    try:
+        if path.read_bytes() != original:
+            raise RegistryChanged(f"{path} changed on disk while it was being annotated; nothing was written "
+                                  "(run the command again).")
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return list(reversed(written))

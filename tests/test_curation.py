@@ -1,0 +1,154 @@
+"""Bench results flowing back into models.json (app.registry_file, app.bench_records) and routing by them
+(rank_by, X-Latency-Budget-Ms in app.routing): pure tests; the real-runtime loop is in test_foundry_curation.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.bench_records import ratings, records, reference_score
+from app.errors import GatewayError
+from app.registry import RegistryError, build_registry
+from app.registry_file import RegistryChanged, annotate
+from app.routing import choose, latency_budget
+
+ORIGINAL = """[
+  {"name": "alpha", "task": "chat", "min_ram_gb": 1, "x-owner": "team-a",
+   "notes": "first"},
+  {"_comment": "kept as written", "name": "beta",   "task": ["chat", "code"], "min_ram_gb": 2},
+  {"min_ram_gb": 3, "task": "code", "name": "gamma", "measured": {"latency_ms": {"p50": 9}, "x-extra": 1}}
+]
+"""
+
+
+def test_annotate_touches_only_the_named_entries(tmp_path: Path) -> None:
+    path = tmp_path / "models.json"
+    path.write_text(ORIGINAL)
+    assert annotate(path, {"alpha": {"rating": {"mean": 4.5, "n": 2}}, "gamma": {"latency_ms": {"p50": 7}}}) == \
+        ["alpha", "gamma"]
+    text = path.read_text()
+    lines, before = text.splitlines(), ORIGINAL.splitlines()
+    assert lines[0] == before[0] and lines[3] == before[3] and lines[5:] == before[5:]  # beta, byte for byte
+    assert lines[2] == '   "notes": "first", "measured": {"rating": {"mean": 4.5, "n": 2}}},'  # added last
+    entries = json.loads(text)
+    assert list(entries[0]) == ["name", "task", "min_ram_gb", "x-owner", "notes", "measured"]  # order kept
+    assert list(entries[2]) == ["min_ram_gb", "task", "name", "measured"]  # replaced in place
+    assert entries[2]["measured"] == {"latency_ms": {"p50": 7}}
+    build_registry(entries)
+
+
+def test_a_file_changed_meanwhile_is_not_clobbered(tmp_path: Path) -> None:
+    class Racing(type(Path())):  # type: ignore[misc]
+        reads = 0
+
+        def read_bytes(self) -> bytes:
+            data = super().read_bytes()
+            Racing.reads += 1
+            if Racing.reads == 1:  # someone saves their edit right after we read the file
+                Path(self).write_text(ORIGINAL.replace('"first"', '"edited by a person"'))
+            return data
+
+    path = tmp_path / "models.json"
+    path.write_text(ORIGINAL)
+    with pytest.raises(RegistryChanged):
+        annotate(Racing(path), {"alpha": {"rating": {"mean": 1, "n": 1}}})
+    assert '"edited by a person"' in path.read_text() and "measured" not in path.read_text().split("gamma")[0]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_result_that_would_not_load_is_not_written(tmp_path: Path) -> None:
+    path = tmp_path / "models.json"
+    path.write_text(ORIGINAL)
+    with pytest.raises(RegistryError, match=r"measured latency_ms\.p95 must be a number"):
+        annotate(path, {"beta": {"latency_ms": {"p95": "slow"}}})
+    assert path.read_text() == ORIGINAL
+
+
+# --- records from bench results --------------------------------------------------------------------------------
+
+
+def row(model: str, task: str, scores: tuple[Any, Any, Any], output: str = "x", reference: str = "") -> dict[str, Any]:
+    return {"model": model, "task": task, "status": "ok", "output": output, "reference": reference,
+            "fluency": scores[0], "relevance": scores[1], "correctness": scores[2]}
+
+
+def test_ratings_per_criterion_and_task() -> None:
+    rated = ratings([row("m", "chat", (5, 4, 3)), row("m", "code", (1, "", 1)), row("m", "chat", ("", "", ""))])
+    assert rated == {"mean": 2.8, "n": 5, "fluency": {"mean": 3.0, "n": 2}, "relevance": {"mean": 4.0, "n": 1},
+                     "correctness": {"mean": 2.0, "n": 2},
+                     "by_task": {"chat": {"mean": 4.0, "n": 3}, "code": {"mean": 1.0, "n": 2}}}
+    assert ratings([row("m", "chat", ("", "", ""))]) is None
+
+
+def test_reference_score_is_rouge_l_and_contains() -> None:
+    scored = reference_score([row("m", "chat", ("", "", ""), "The capital is Paris.", "Paris"),
+                              row("m", "chat", ("", "", ""), "Lyon", "Paris")])
+    assert scored is not None and scored["n"] == 2 and scored["contains"] == 0.5
+    assert scored["mean"] == pytest.approx((2 * 0.25 / 1.25 + 0) / 2, abs=1e-3)  # ROUGE-L F1 of 1/4 and 0
+
+
+def test_records_carry_timings_prompt_set_and_host() -> None:
+    doc = {"meta": {"started": "2026-11-25T19:00:00+00:00", "prompt_set": {"sha256": "abc", "prompts": 2},
+                    "host_summary": {"cores": 2}, "ram_gb": {"m": 0.02}},
+           "summary": [{"model": "m", "requests": 2, "errors": 0, "latency_p50_s": 0.0412, "latency_p95_s": 0.05,
+                        "ttft_p50_s": 0.004, "ttft_p95_s": None, "tokens_per_s_mean": 1200.0}],
+           "results": [row("m", "chat", (4, 4, 4))]}
+    record = records(doc)["m"]
+    assert record["latency_ms"] == {"p50": 41.2, "p95": 50.0} and record["ttft_ms"] == {"p50": 4.0}
+    assert record["ram_gb"] == 0.02 and record["prompt_set"]["sha256"] == "abc" and record["host"] == {"cores": 2}
+    assert record["rating"]["mean"] == 4.0 and record["date"].startswith("2026-11-25")
+
+
+# --- routing by what was measured ------------------------------------------------------------------------------
+
+
+def measured_registry() -> Any:
+    return build_registry([
+        {"name": "first", "task": "chat", "min_ram_gb": 1},  # never benchmarked
+        {"name": "slow-good", "task": "chat", "min_ram_gb": 1, "measured": {
+            "latency_ms": {"p50": 900, "p95": 1200}, "rating": {"mean": 4.3, "n": 30}}},
+        {"name": "fast-ok", "task": "chat", "min_ram_gb": 1, "measured": {
+            "latency_ms": {"p50": 90, "p95": 150}, "rating": {"mean": 3.1, "n": 30,
+                                                              "by_task": {"chat": {"mean": 4.8, "n": 10}}}}},
+    ])
+
+
+def route(rank_by: str, budget: float | None = None, model: str | None = None) -> Any:
+    return choose(measured_registry(), model=model, task="chat", default_task="chat", budget_gb=8, rank_by=rank_by,
+                  latency_budget_ms=budget)
+
+
+def test_order_ignores_measurements() -> None:
+    assert route("order").model.name == "first"
+
+
+def test_rating_prefers_the_task_rating_then_unrated_last() -> None:
+    chosen = route("rating")
+    assert [chosen.model.name, *(e.name for e in chosen.fallbacks)] == ["fast-ok", "slow-good", "first"]
+    assert chosen.explanation.startswith("rating 4.8 (n=10) for chat")
+    reasons = {v.model: v.reason for v in chosen.verdicts}
+    assert reasons["slow-good"].endswith("rating 4.3 (n=30) for chat") and reasons["first"].endswith("not rated")
+    assert [v.model for v in chosen.verdicts] == ["first", "slow-good", "fast-ok"]  # listed in registry order
+
+
+def test_latency_ranks_by_measured_p50() -> None:
+    chosen = route("latency")
+    assert chosen.model.name == "fast-ok" and chosen.explanation.startswith("latency p50 90 ms")
+
+
+def test_latency_budget_skips_slow_models_and_says_why() -> None:
+    chosen = route("rating", budget=800)
+    assert [chosen.model.name, *(e.name for e in chosen.fallbacks)] == ["fast-ok", "first"]  # unmeasured: kept
+    skipped = next(v for v in chosen.verdicts if v.model == "slow-good")
+    assert skipped.decision == "skipped" and skipped.reason == "p95 1,200 ms > budget 800"
+    assert route("order", budget=800, model="slow-good").model.name == "slow-good"  # pinned: the caller's choice
+
+
+def test_latency_budget_header_values() -> None:
+    assert latency_budget(" 800 ") == 800
+    for bad in ("0", "-5", "fast", "nan", "1e12"):
+        with pytest.raises(GatewayError):
+            latency_budget(bad)
