@@ -56,31 +56,38 @@ def entry_spans(text: str) -> list[tuple[int, int, Any]]:
         return spans
 
 
-def member_spans(text: str, start: int) -> tuple[dict[str, tuple[int, int]], int]:
-    """The value spans of an object's members by key, and the offset of its closing brace."""
+def member_spans(text: str, start: int) -> tuple[dict[str, tuple[int, int]], int, str]:
+    """The value spans of an object's members by key, the offset of its closing brace, and the text that
+    separates its last two members (``", "`` or ``",\n    "``: how this file lays members out)."""
     members: dict[str, tuple[int, int]] = {}
+    separator = ", "
     index = _expect(text, start, "{")
     index = _skip(text, index)
     if text[index] == "}":
-        return members, index
+        return members, index, separator
+    previous_end = -1
     while True:
-        key, index = _DECODER.raw_decode(text, _skip(text, index))
+        key_start = _skip(text, index)
+        if previous_end >= 0:
+            separator = text[previous_end:key_start]
+        key, index = _DECODER.raw_decode(text, key_start)
         index = _expect(text, index, ":")
         value_start = _skip(text, index)
         _, value_end = _DECODER.raw_decode(text, value_start)
         members[str(key)] = (value_start, value_end)
+        previous_end = value_end
         index = _skip(text, value_end)
         if text[index] == ",":
             index += 1
             continue
         if text[index] != "}":
             raise ValueError(f"expected ',' or '}}' at offset {index}")
-        return members, index
+        return members, index, separator
 
 
 def set_member(text: str, start: int, key: str, value: Any) -> str:
     """``text`` with the object at ``start`` given ``key: value`` (replaced in place, or added last)."""
-    members, close = member_spans(text, start)
+    members, close, separator = member_spans(text, start)
     rendered = json.dumps(value, ensure_ascii=False)
     if key in members:
         value_start, value_end = members[key]
@@ -88,7 +95,7 @@ def set_member(text: str, start: int, key: str, value: Any) -> str:
     addition = f"{json.dumps(key)}: {rendered}"
     if members:
         last_end = max(end for _, end in members.values())
-        return text[:last_end] + ", " + addition + text[last_end:]
+        return text[:last_end] + separator + addition + text[last_end:]
     return text[:close] + addition + text[close:]
 
 

@@ -31,8 +31,9 @@ def test_annotate_touches_only_the_named_entries(tmp_path: Path) -> None:
         ["alpha", "gamma"]
     text = path.read_text()
     lines, before = text.splitlines(), ORIGINAL.splitlines()
-    assert lines[0] == before[0] and lines[3] == before[3] and lines[5:] == before[5:]  # beta, byte for byte
-    assert lines[2] == '   "notes": "first", "measured": {"rating": {"mean": 4.5, "n": 2}}},'  # added last
+    assert lines[:3] == [*before[:2], '   "notes": "first",']
+    assert lines[3] == '   "measured": {"rating": {"mean": 4.5, "n": 2}}},'  # added last, laid out like the rest
+    assert lines[4] == before[3] and lines[6:] == before[5:]  # beta, byte for byte
     entries = json.loads(text)
     assert list(entries[0]) == ["name", "task", "min_ram_gb", "x-owner", "notes", "measured"]  # order kept
     assert list(entries[2]) == ["min_ram_gb", "task", "name", "measured"]  # replaced in place
