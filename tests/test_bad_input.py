@@ -56,6 +56,8 @@ ROWS: list[tuple[str, str, str, Any, dict[str, str], int, str | None]] = [
         "type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, {}, 400, "unsupported_value"),
     ("audio not sent as multipart", "POST", "/v1/audio/transcriptions", {"model": "auto"}, {}, 400,
      "invalid_request"),
+    ("latency budget not a number", "POST", CHAT, {"messages": OK}, {"X-Latency-Budget-Ms": "fast"}, 400,
+     "invalid_value"),
     ("unknown task", "POST", CHAT, {"messages": OK}, {"X-Task": "poetry"}, 400, "unknown_task"),
     ("unknown model", "POST", CHAT, {"model": "gpt-9", "messages": OK}, {}, 404, "model_not_found"),
     ("nothing fits the task", "POST", CHAT, {"messages": OK}, {"X-Task": "vision"}, 503, "no_viable_model"),

@@ -153,3 +153,28 @@ def test_latency_budget_header_values() -> None:
     for bad in ("0", "-5", "fast", "nan", "1e12"):
         with pytest.raises(GatewayError):
             latency_budget(bad)
+
+
+def test_registry_annotate_command(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    registry = tmp_path / "models.json"
+    registry.write_text(ORIGINAL)
+    results = tmp_path / "bench.json"
+    results.write_text(json.dumps({"meta": {"started": "2026-11-25T19:00:00+00:00"}, "results": [],
+                                   "summary": [{"model": "beta", "requests": 1, "errors": 0, "latency_p50_s": 0.1,
+                                                "latency_p95_s": 0.2}, {"model": "nobody", "requests": 1}]}))
+    env = {**os.environ, "GATEWAY_ENV_FILE": "/nonexistent"}
+    done = subprocess.run([sys.executable, "-m", "app.cli", "registry", "annotate", str(results), "--file",
+                           str(registry)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "written to" in done.stderr and "beta" in done.stderr and "not in that file: nobody" in done.stderr
+    beta = json.loads(registry.read_text())[1]
+    assert beta["_comment"] == "kept as written" and beta["measured"]["latency_ms"] == {"p50": 100.0, "p95": 200.0}
+    bad = subprocess.run([sys.executable, "-m", "app.cli", "registry", "annotate", str(registry), "--file",
+                          str(registry)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "not a `foundry-gateway bench` results file" in bad.stderr
