@@ -53,7 +53,7 @@ def _mean(values: list[float]) -> dict[str, Any] | None:
 def ratings(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Mean 1-5 rating per criterion, overall and per task, each with its count (None when nothing is rated)."""
     def scores(subset: list[dict[str, Any]], keys: tuple[str, ...]) -> list[float]:
-        return [float(r[k]) for r in subset for k in keys if isinstance(r.get(k), int | float) and r.get(k)]
+        return [score for r in subset for k in keys if (score := _score(r.get(k))) is not None]
 
     overall = _mean(scores(rows, SCORES))
     if overall is None:
@@ -72,10 +72,21 @@ def ratings(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return out
 
 
+def _score(value: Any) -> float | None:
+    """A 1-5 rating as `bench --rate` writes it (an int) or a CSV round-trip does ("4"); anything else: none."""
+    if isinstance(value, bool):
+        return None
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        return None
+    return score if 1 <= score <= 5 else None
+
+
 def reference_score(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """ROUGE-L F1 and contains-match against each prompt's reference (None when no prompt has one)."""
     pairs = [(str(r.get("output") or ""), str(r["reference"])) for r in rows
-             if r.get("status") == "ok" and r.get("reference")]
+             if r.get("status") == "ok" and str(r.get("reference") or "").strip()]
     if not pairs:
         return None
     contains = [reference.strip().lower() in output.lower() for output, reference in pairs]
@@ -91,10 +102,13 @@ def reference_score(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def records(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """One ``measured`` record per benchmarked model."""
-    meta = doc.get("meta", {})
+    found = doc.get("meta")
+    meta: dict[str, Any] = found if isinstance(found, dict) else {}
     out: dict[str, dict[str, Any]] = {}
-    for summary in doc.get("summary", []):
-        model = summary["model"]
+    for summary in doc.get("summary") or []:
+        model = summary.get("model") if isinstance(summary, dict) else None
+        if not isinstance(model, str):
+            continue
         rows = [r for r in doc.get("results", []) if r.get("model") == model]
         record: dict[str, Any] = {
             "date": meta.get("started"), "gateway_version": meta.get("gateway_version", __version__),

@@ -23,7 +23,7 @@ from rich.table import Table
 from app import __version__, benchmark
 from app.errors import GatewayError
 from app.registry import FIELDS, RegistryError, build_registry, dump_registry, load_registry
-from app.routing import ENDPOINT_NEEDS
+from app.routing import ENDPOINT_NEEDS, latency_budget
 from app.settings import Settings, load_settings
 
 out = Console()
@@ -189,8 +189,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _measured_cells(measured: dict[str, Any]) -> list[str]:
-    latency = measured.get("latency_ms") or {}
-    rating = measured.get("rating") or {}
+    latency: dict[str, Any] = measured["latency_ms"] if isinstance(measured.get("latency_ms"), dict) else {}
+    rating: dict[str, Any] = measured["rating"] if isinstance(measured.get("rating"), dict) else {}
     return [
         f"{latency.get('p50', '–')}/{latency.get('p95', '–')}" if latency else "–",
         f"{measured['tokens_per_s']:.0f}" if isinstance(measured.get("tokens_per_s"), int | float) else "–",
@@ -202,7 +202,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     if args.gateway:
         query = "&".join(f"{k}={v}" for k, v in (("task", args.task), ("model", args.model),
                                                    ("endpoint", args.endpoint), ("tools", args.tools and "true"),
-                                                   ("latency_budget_ms", args.latency_budget_ms)) if v)
+                                                   ("latency_budget_ms", args.latency_budget_ms))
+                         if v is not None and v is not False)
         decision = _remote(args.gateway, f"/v1/route?{query}")
     else:
         gw = _offline_gateway(args)
@@ -523,8 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", choices=list(ENDPOINT_NEEDS), default="chat",
                    help="the endpoint the request goes to (default: chat)")
     p.add_argument("--tools", action="store_true", help="the request carries tools")
-    p.add_argument("--latency-budget-ms", type=float, help="as X-Latency-Budget-Ms: skip models whose measured p95 "
-                                                           "is over it")
+    p.add_argument("--latency-budget-ms", type=latency_budget,
+                   help="as X-Latency-Budget-Ms: skip models whose measured p95 is over it")
     source_options(p)
 
     reg = sub.add_parser("registry", help="Validate or edit the model registry.", description="Registry tools.")

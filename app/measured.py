@@ -35,11 +35,12 @@ class Measured:
     raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def rating_for(self, task: str) -> tuple[float, int] | None:
-        """The task's own mean rating where the prompt set had that task, else the overall one."""
+        """The mean rating for this task. A record rated per task has none for a task it was not rated on
+        (a model rated only on code is not rated for chat); one without a per-task split has its overall."""
         for name, mean, count in self.rating_by_task:
             if name == task:
                 return mean, count
-        return self.rating
+        return None if self.rating_by_task else self.rating
 
 
 def parse_measured(value: Any, problems: list[str]) -> Measured | None:
@@ -49,6 +50,10 @@ def parse_measured(value: Any, problems: list[str]) -> Measured | None:
     if not isinstance(value, dict):
         problems.append("must be an object (written by `foundry-gateway bench --update-registry`)")
         return None
+
+    for part in ("latency_ms", "ttft_ms", "rating", "reference_score", "prompt_set", "host"):
+        if part in value and not isinstance(value[part], dict):
+            problems.append(f"{part} must be an object")
 
     def number(*path: str) -> float | None:
         node: Any = value

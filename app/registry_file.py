@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,9 +40,16 @@ def _expect(text: str, index: int, char: str) -> int:
 
 
 def entry_spans(text: str) -> list[tuple[int, int, Any]]:
-    """(start, end, value) of each element of the top-level JSON array."""
+    """(start, end, value) of each registry entry: the top-level array's elements, or those of its ``models``
+    array when the file is ``{"models": [...]}``."""
+    start = _skip(text, 0)
+    if text[start:start + 1] == "{":
+        members, _, _ = member_spans(text, start)
+        if "models" not in members:
+            raise ValueError("the registry object has no 'models' list")
+        start = members["models"][0]
     spans: list[tuple[int, int, Any]] = []
-    index = _expect(text, 0, "[")
+    index = _expect(text, start, "[")
     index = _skip(text, index)
     if index < len(text) and text[index] == "]":
         return spans
@@ -88,7 +97,7 @@ def member_spans(text: str, start: int) -> tuple[dict[str, tuple[int, int]], int
 def set_member(text: str, start: int, key: str, value: Any) -> str:
     """``text`` with the object at ``start`` given ``key: value`` (replaced in place, or added last)."""
     members, close, separator = member_spans(text, start)
-    rendered = json.dumps(value, ensure_ascii=False)
+    rendered = json.dumps(value, ensure_ascii=False, allow_nan=False)  # what orjson, the gateway's parser, reads
     if key in members:
         value_start, value_end = members[key]
         return text[:value_start] + rendered + text[value_end:]
@@ -100,9 +109,11 @@ def set_member(text: str, start: int, key: str, value: Any) -> str:
 
 
 def annotate(path: Path, records: Mapping[str, Any], key: str = "measured") -> list[str]:
-    """Write ``records`` (by registry name) as each entry's ``key``; returns the names written. Raises
-    RegistryChanged if the file changed meanwhile, RegistryError if the result would not load."""
-    from app.registry import build_registry
+    """Write ``records`` (by registry name) into each entry's ``key``; returns the names written. An existing
+    record is merged at its top level: what this run measured replaces what was there, the rest (a rating not
+    given this time, parts added by hand) stays. Raises RegistryChanged if the file changed meanwhile,
+    RegistryError if the result would not load."""
+    from app.registry import parse_registry
 
     original = path.read_bytes()
     text = original.decode("utf-8")
@@ -110,16 +121,28 @@ def annotate(path: Path, records: Mapping[str, Any], key: str = "measured") -> l
     for start, _, item in reversed(entry_spans(text)):
         name = item.get("name") if isinstance(item, dict) else None
         if isinstance(name, str) and name in records:
-            text = set_member(text, start, key, records[name])
+            old = item.get(key)
+            new = {**old, **records[name]} if isinstance(old, dict) and isinstance(records[name], dict) \
+                else records[name]
+            text = set_member(text, start, key, new)
             written.append(name)
-    build_registry(json.loads(text), label=path.name, base_dir=path.parent)  # still a registry that loads
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
+    parse_registry(text.encode("utf-8"), label=path.name, base_dir=path.parent)  # loads as the gateway loads it
+    _replace(path, text, original)
+    return list(reversed(written))
+
+
+def _replace(path: Path, text: str, original: bytes) -> None:
+    """Write ``text`` over the real file (through a symbolic link), keeping its mode, unless it changed."""
+    target = path.resolve()
+    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    temporary = Path(name)
     try:
-        if path.read_bytes() != original:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(temporary, stat.S_IMODE(target.stat().st_mode))
+        if target.read_bytes() != original:
             raise RegistryChanged(f"{path} changed on disk while it was being annotated; nothing was written "
                                   "(run the command again).")
-        temporary.replace(path)
+        temporary.replace(target)
     finally:
         temporary.unlink(missing_ok=True)
-    return list(reversed(written))

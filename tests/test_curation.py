@@ -37,7 +37,7 @@ def test_annotate_touches_only_the_named_entries(tmp_path: Path) -> None:
     entries = json.loads(text)
     assert list(entries[0]) == ["name", "task", "min_ram_gb", "x-owner", "notes", "measured"]  # order kept
     assert list(entries[2]) == ["min_ram_gb", "task", "name", "measured"]  # replaced in place
-    assert entries[2]["measured"] == {"latency_ms": {"p50": 7}}
+    assert entries[2]["measured"] == {"latency_ms": {"p50": 7}, "x-extra": 1}  # merged: the hand-added part stays
     build_registry(entries)
 
 
@@ -68,6 +68,25 @@ def test_a_result_that_would_not_load_is_not_written(tmp_path: Path) -> None:
     assert path.read_text() == ORIGINAL
 
 
+def test_wrapped_layout_symlink_and_mode_are_kept(tmp_path: Path) -> None:
+    real = tmp_path / "real.json"
+    real.write_text('{"models": [{"name": "a", "task": "chat", "min_ram_gb": 1}], "x-team": "ops"}')
+    real.chmod(0o640)
+    link = tmp_path / "models.json"
+    link.symlink_to(real)
+    assert annotate(link, {"a": {"tokens_per_s": 9}}) == ["a"]
+    assert link.is_symlink() and json.loads(real.read_text())["models"][0]["measured"] == {"tokens_per_s": 9}
+    assert (real.stat().st_mode & 0o777) == 0o640 and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_values_the_gateway_could_not_read_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "models.json"
+    path.write_text(ORIGINAL)
+    with pytest.raises(ValueError):
+        annotate(path, {"alpha": {"ram_gb": float("nan")}})
+    assert path.read_text() == ORIGINAL
+
+
 # --- records from bench results --------------------------------------------------------------------------------
 
 
@@ -89,6 +108,11 @@ def test_reference_score_is_rouge_l_and_contains() -> None:
                               row("m", "chat", ("", "", ""), "Lyon", "Paris")])
     assert scored is not None and scored["n"] == 2 and scored["contains"] == 0.5
     assert scored["mean"] == pytest.approx((2 * 0.25 / 1.25 + 0) / 2, abs=1e-3)  # ROUGE-L F1 of 1/4 and 0
+
+
+def test_ratings_read_as_csv_writes_them_and_ignore_nonsense() -> None:
+    rated = ratings([row("m", "chat", ("4", True, 9)), row("m", "chat", (-1, "x", 2))])
+    assert rated is not None and rated["mean"] == 3.0 and rated["n"] == 2
 
 
 def test_records_carry_timings_prompt_set_and_host() -> None:
@@ -133,6 +157,18 @@ def test_rating_prefers_the_task_rating_then_unrated_last() -> None:
     reasons = {v.model: v.reason for v in chosen.verdicts}
     assert reasons["slow-good"].endswith("rating 4.3 (n=30) for chat") and reasons["first"].endswith("not rated")
     assert [v.model for v in chosen.verdicts] == ["first", "slow-good", "fast-ok"]  # listed in registry order
+
+
+def test_a_model_rated_on_another_task_is_not_rated_for_this_one() -> None:
+    registry = build_registry([
+        {"name": "chat-rated", "task": ["chat", "code"], "min_ram_gb": 1,
+         "measured": {"rating": {"mean": 3.0, "n": 60, "by_task": {"chat": {"mean": 3.0, "n": 60}}}}},
+        {"name": "code-rated", "task": ["chat", "code"], "min_ram_gb": 1,
+         "measured": {"rating": {"mean": 5.0, "n": 3, "by_task": {"code": {"mean": 5.0, "n": 3}}}}},
+    ])
+    chosen = choose(registry, model=None, task="chat", default_task="chat", budget_gb=8, rank_by="rating")
+    assert chosen.model.name == "chat-rated"
+    assert next(v for v in chosen.verdicts if v.model == "code-rated").reason.endswith("not rated")
 
 
 def test_latency_ranks_by_measured_p50() -> None:
