@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from app.errors import GatewayError
 from app.gateway import Gateway
 from app.limiter import Limiter
+from app.placement import place
 from app.routing import ENDPOINT_NEEDS, latency_budget
 
 router = APIRouter()
@@ -72,6 +73,8 @@ def model_rows(gw: Gateway, task: str | None = None, *, show_paths: bool = True)
             "loaded": inv.is_loaded(entry) if available else False,
             "cooling_down": entry.name in cooling,
             "concurrency_limit": gw.limiter(entry).limit,
+            "in_flight": gw.limiter(entry).in_flight,
+            "queued": gw.limiter(entry).queued,
             "concurrency": "adaptive" if gw.controller(entry) is not None else "fixed",
             "local_path": (str(entry.path) if entry.path else None) if show_paths else None,
             "notes": entry.notes,
@@ -79,10 +82,37 @@ def model_rows(gw: Gateway, task: str | None = None, *, show_paths: bool = True)
     return rows
 
 
+def fleet_rows(gw: Gateway, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Front mode: each model's state on every node, and available/loaded where any healthy node says so."""
+    assert gw.fleet is not None
+    for row in rows:
+        per_node = {}
+        for node in gw.fleet.nodes.values():
+            state = node.models.get(row["id"])
+            per_node[node.name] = {"healthy": node.healthy, "available": state.available if state else None,
+                                   "loaded": bool(state and state.loaded), "fits": bool(state and state.fits),
+                                   "in_flight": (state.in_flight if state else 0), "queued": state.queued if state
+                                   else 0, "limit": state.limit if state else 0}
+        healthy = [v for v in per_node.values() if v["healthy"]]
+        row["nodes"] = per_node
+        row["available"] = any(v["available"] is not False for v in healthy) if healthy else False
+        row["loaded"] = any(v["loaded"] for v in healthy)
+    return rows
+
+
+@router.get("/v1/node", summary="This node's status for a front: models, loaded, limits, queues, budget")
+async def node_status(request: Request) -> dict[str, Any]:
+    gw = _gw(request)
+    return {"ready": gw.ready, "budget_gb": round(gw.memory.budget_gb, 3), "front": gw.fleet is not None,
+            "in_flight": gw.admission.in_flight, "queued": gw.admission.queued,
+            "models": model_rows(gw, show_paths=False)}
+
+
 @router.get("/v1/models", summary="Registry models with task, RAM fit and upstream state")
 async def list_models(request: Request, task: str | None = Query(None, max_length=200)) -> dict[str, Any]:
     gw = _gw(request)
-    return {"object": "list", "data": model_rows(gw, task, show_paths=_admin_asked(gw, request))}
+    rows = model_rows(gw, task, show_paths=_admin_asked(gw, request))
+    return {"object": "list", "data": fleet_rows(gw, rows) if gw.fleet is not None else rows}
 
 
 @router.get("/v1/models/{model_id:path}", summary="One registry model")
@@ -112,10 +142,14 @@ async def route_dry_run(
         need.add("tools")
     if json_schema:
         need.add("json_schema")
-    if latency_budget_ms is None and request.headers.get("x-latency-budget-ms"):
+    if latency_budget_ms is None and "x-latency-budget-ms" in request.headers:  # as the proxy reads it
         latency_budget_ms = latency_budget(request.headers["x-latency-budget-ms"])
     route = gw.route(model, header_task, frozenset(need), latency_budget_ms)
     out = route.as_dict()
+    if gw.fleet is not None:  # front mode: where the chosen model would run, and why each node was (not) taken
+        placement = place(route.model.name, gw.fleet.views())
+        out["node"] = placement.order[0] if placement.order else None
+        out["nodes"] = [{"node": n, "decision": d, "reason": r} for n, d, r in placement.verdicts]
     out["upstream_id"] = gw.inventory.upstream_id(route.model)
     out["host"] = {"ram_gb": round(gw.memory.total_gb, 2), "budget_gb": round(gw.memory.budget_gb, 2),
                    "source": gw.memory.source}

@@ -70,13 +70,15 @@ class Responder:
         self.started = False
         self.extra: list[tuple[bytes, bytes]] = [(b"x-request-id", ex.request_id.encode())]
 
-    def set_route(self, entry: ModelEntry, task: str, header: str) -> None:
+    def set_route(self, entry: ModelEntry, task: str, header: str, node: str | None = None) -> None:
         self.extra = [
             (b"x-request-id", self.ex.request_id.encode()),
             (b"x-gateway-model", entry.name.encode()),
             (b"x-gateway-task", task.encode()),
             (b"x-gateway-route", header.encode("ascii", "replace")),
         ]
+        if node is not None:  # front mode: the node that answers
+            self.extra.append((b"x-gateway-node", node.encode("ascii", "replace")))
 
     async def start(self, status: int, content_type: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
         headers = [(b"content-type", content_type), *self.extra]

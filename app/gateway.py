@@ -26,6 +26,7 @@ from typing import Any
 from app.breaker import Breaker
 from app.concurrency import AdaptiveLimit
 from app.errors import GatewayError
+from app.fleet import Fleet
 from app.footprint import FILE_NAME as FOOTPRINTS
 from app.footprint import Footprints, LoadMeter, private_bytes
 from app.hardware import GIB, HostMemory, host_memory
@@ -62,6 +63,8 @@ class Gateway:
         )
         self.preload: dict[str, str] = {}  # GATEWAY_PRELOAD: model → "loaded" or why not
         self.preloading = False
+        self.fleet = Fleet(settings, on_change=lambda node, up: self.metrics.node_up.labels(node).set(int(up))) \
+            if settings.nodes else None  # front mode: nodes, not a runtime, behind this gateway
         self.breaker = Breaker(
             settings.breaker_failures, settings.breaker_cooldown,
             on_change=lambda model, is_open: self.metrics.breaker_open.labels(model).set(int(is_open)),
@@ -90,7 +93,8 @@ class Gateway:
               latency_budget_ms: float | None = None) -> Route:
         """The routing policy's answer, memoised: it only changes with the registry, the upstream's
         inventory, the breaker or measured sizes, and all are part of the key (or clear the cache)."""
-        available, cooling = self.inventory.available, self.breaker.skipped()
+        available = self.inventory.available if self.fleet is None else self._fleet_available()
+        cooling = self.breaker.skipped()
         key = (model, task, need, latency_budget_ms, available, self.breaker.version,
                self.inventory.footprints.version)
         route = self._routes.get(key)
@@ -129,6 +133,12 @@ class Gateway:
     def controller(self, entry: ModelEntry) -> AdaptiveLimit | None:
         """The model's adaptive limit, or None when its limit is fixed."""
         return self._controllers.get(entry.name)
+
+    def _fleet_available(self) -> frozenset[str]:
+        """Front mode: the registry models some healthy node has."""
+        assert self.fleet is not None
+        return frozenset(name for node in self.fleet.nodes.values() if node.healthy
+                         for name, state in node.models.items() if state.available is not False)
 
     def measured_gb(self) -> dict[str, float]:
         """What registry models were measured to use, GiB by name."""
@@ -237,6 +247,12 @@ class Gateway:
     async def start(self) -> None:
         for warning in exposure_warnings(self.settings):
             log.warning("%s", warning)
+        if self.fleet is not None:  # a front: its nodes run the runtimes
+            await self.fleet.poll_all()
+            self._spawn(self.fleet.run())
+            healthy = [n.name for n in self.fleet.nodes.values() if n.healthy]
+            log.info("front of %d nodes (%s healthy)", len(self.fleet.nodes), ", ".join(healthy) or "none")
+            return
         if self.settings.upstream_mode == "managed":
             await self._start_managed()
         await self.inventory.refresh()
@@ -259,6 +275,8 @@ class Gateway:
                 await task
         self._tasks.clear()
         await self.upstream.aclose()
+        if self.fleet is not None:
+            await self.fleet.aclose()
         if self.managed is not None:
             await self.managed.stop()
 
@@ -274,6 +292,8 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
+        if self.fleet is not None:
+            return any(n.healthy for n in self.fleet.nodes.values()) and len(self.registry) > 0 and not self.draining
         serving = self.managed is None or self.managed.serving
         return (serving and self.inventory.up and len(self.registry) > 0 and not self.draining
                 and not self.preloading)

@@ -125,6 +125,14 @@ class Metrics:
             "gateway_model_loaded", "1 when this registry model is loaded in the upstream.",
             ("model",), registry=r, multiprocess_mode="max",
         )
+        self.node_up = Gauge(
+            "gateway_node_up", "Front mode: 1 while a node is admitted, 0 while ejected.", ("node",), registry=r,
+            multiprocess_mode="max",
+        )
+        self.node_requests = Counter(
+            "gateway_node_requests", "Front mode: attempts forwarded to each node, by outcome (ok|failed).",
+            ("node", "outcome"), registry=r,
+        )
         self.model_measured_ram = Gauge(
             "gateway_model_measured_ram_bytes", "RAM the runtime grew by when this model loaded (measured; "
             "fit and eviction use max(min_ram_gb, this)).", ("model",), registry=r, multiprocess_mode="max",

@@ -29,7 +29,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 import orjson
@@ -41,13 +41,18 @@ from app.errors import GatewayError, Retry, upstream_error_from_body
 from app.exchange import Exchange, Responder, clock, record
 from app.gateway import Gateway
 from app.limiter import PRIORITIES, Limiter
+from app.placement import place
 from app.registry import ModelEntry
 from app.relay import relay_json, relay_stream
 from app.residency import Residency
-from app.routing import latency_budget
+from app.routing import Route, latency_budget
 from app.streaming import EventSplitter, event_data, event_json, split_events
 from app.tokens import counter
+from app.upstream.client import Upstream
 from app.upstream.inventory import Inventory
+
+if TYPE_CHECKING:
+    from app.fleet import Fleet
 
 Scope = MutableMapping[str, Any]
 Message = dict[str, Any]
@@ -166,9 +171,12 @@ class Proxy:
         self.metrics.routing.labels(self.metrics.task_label(route.task), route.model.name, route.reason).inc()
         reply.set_route(route.model, route.task, route.header)
 
-        candidates = (route.model, *route.fallbacks)
+        attempts = self._attempts(route)
+        if attempts[0][1] is not None:
+            reply.set_route(route.model, route.task, f"{route.header}; node {attempts[0][1]}: {attempts[0][2]}",
+                            node=attempts[0][1])
         failure: Retry | None = None
-        for position, entry in enumerate(candidates):
+        for position, (entry, node, placed) in enumerate(attempts):
             permit = gw.breaker.admit(entry.name)
             if permit is None:  # opened, or its probe is out, since the route was chosen
                 why = gw.breaker.skipped().get(entry.name, "cooling down")
@@ -178,17 +186,22 @@ class Proxy:
             ex.entry = entry
             try:
                 if position:
-                    previous = candidates[position - 1].name
-                    reply.set_route(entry, route.task, f"fallback; {ex.cause or 'cooling'} on {previous}")
+                    previous, now = _where(*attempts[position - 1][:2]), _where(entry, node)
+                    reply.set_route(entry, route.task, f"fallback; {ex.cause or 'cooling'} on {previous}"
+                                    + (f"; node {node}: {placed}" if node else ""), node=node)
                     if reply.started:  # keep-alive comments already sent the headers: say it in the stream
-                        await reply.body(f": fallback; {ex.cause or 'cooling'} on {previous}, now {entry.name}\n\n"
-                                         .encode())
-                await self._attempt(ex, reply, entry, body)
+                        await reply.body(f": fallback; {ex.cause or 'cooling'} on {previous}, now {now}\n\n".encode())
+                await self._attempt(ex, reply, entry, body, node)
             except Retry as retry:
                 failure = retry
                 ex.cause = retry.cause
-                gw.breaker.failure(permit, f"{retry.cause}: {retry.error.message}", transport=retry.transport)
-                if position + 1 < len(candidates):
+                if node is None:
+                    gw.breaker.failure(permit, f"{retry.cause}: {retry.error.message}", transport=retry.transport)
+                else:  # a node's fault, not the model's
+                    gw.breaker.cancel(permit)
+                    if gw.fleet is not None and retry.transport:
+                        gw.fleet.eject(node, f"{retry.cause}: {retry.error.message}")
+                if position + 1 < len(attempts):
                     ex.fallbacks += 1
                     self.metrics.fallbacks.labels(self.metrics.task_label(route.task), entry.name, retry.cause).inc()
                     log.warning("request %s: %s failed (%s), falling back", ex.request_id, entry.name,
@@ -205,6 +218,27 @@ class Proxy:
         assert failure is not None
         raise failure.error
 
+    def _attempts(self, route: Route) -> list[tuple[ModelEntry, str | None, str]]:
+        """(model, node, why that node) in the order to try: the route's models; in front mode each on the
+        nodes the placement policy ranks for it."""
+        fleet = self.gw.fleet
+        models = (route.model, *route.fallbacks)
+        if fleet is None:
+            return [(entry, None, "") for entry in models]
+        views = fleet.views()
+        attempts: list[tuple[ModelEntry, str | None, str]] = []
+        refusals = []
+        for entry in models:
+            placement = place(entry.name, views)
+            reasons = {name: reason for name, _, reason in placement.verdicts}
+            attempts += [(entry, name, reasons[name]) for name in placement.order]
+            refusals += [f"{entry.name} on {name}: {reason}" for name, decision, reason in placement.verdicts
+                         if decision == "skipped"]
+        if not attempts:
+            raise GatewayError(503, f"No node can serve this request now ({'; '.join(refusals) or 'no nodes'}).",
+                               code="no_viable_node")
+        return attempts
+
     def _verdict(self, permit: Permit, ex: Exchange, *, healthy: bool, error: str) -> None:
         breaker = self.gw.breaker
         if not ex.sent:
@@ -216,10 +250,12 @@ class Proxy:
 
     # --- one attempt on one model ---------------------------------------------------------------------
 
-    async def _attempt(self, ex: Exchange, reply: Responder, entry: ModelEntry, body: dict[str, Any]) -> None:
+    async def _attempt(self, ex: Exchange, reply: Responder, entry: ModelEntry, body: dict[str, Any],
+                       node: str | None = None) -> None:
         gw = self.gw
         endpoint = BY_NAME[ex.route_name]
-        translate = compat.chat_to_completion if ex.route_name == "completions" and not gw.upstream.has_completions \
+        upstream = gw.upstream if node is None or gw.fleet is None else gw.fleet.nodes[node].upstream
+        translate = compat.chat_to_completion if ex.route_name == "completions" and not upstream.has_completions \
             else None
         held = _Held()
         ex.sent = False  # of this attempt: the breaker's verdict is about this model only
@@ -231,7 +267,7 @@ class Proxy:
             keepalive = _KeepAlive(reply, self.settings.keepalive_interval) if ex.stream else None
             try:
                 async with asyncio.timeout_at(ex.deadline) as timer:
-                    response, chunks, first = await self._open(ex, entry, body, held, timer)
+                    response, chunks, first = await self._open(ex, entry, body, held, timer, upstream, node)
             except TimeoutError:
                 if asyncio.get_running_loop().time() >= ex.deadline:
                     raise GatewayError(504, f"The request took longer than the total timeout "
@@ -255,6 +291,8 @@ class Proxy:
                 await relay_json(ex, reply, response, chunks, idle_timeout=self.settings.idle_timeout,
                                  finish=finish, usage_of=lambda data: endpoints.usage_of(endpoint, data),
                                  as_text=endpoint.name == "transcriptions" and body.get("response_format") == "text")
+            if node is not None:
+                self.metrics.node_requests.labels(node, "failed" if ex.broken else "ok").inc()
             if held.model_limiter is not None and ex.status < 400 and not (ex.broken or ex.aborted):
                 tokens = (ex.usage or {}).get("completion_tokens")
                 gw.completed(entry, held.model_limiter, clock() - ex.sent_at,
@@ -263,38 +301,57 @@ class Proxy:
             await held.give_back()
 
     async def _open(
-        self, ex: Exchange, entry: ModelEntry, body: dict[str, Any], held: _Held, timer: asyncio.Timeout
+        self, ex: Exchange, entry: ModelEntry, body: dict[str, Any], held: _Held, timer: asyncio.Timeout,
+        upstream: Upstream, node: str | None,
     ) -> tuple[httpx.Response, AsyncIterator[bytes], bytes]:
         """Admit, load, send; return the response (already ``held``), its byte iterator and, for streams, the
         bytes up to the first complete event (Foundry Local may answer 200 with a lone error event).
 
         ``timer`` runs to the request's deadline, and to the first-byte deadline while the upstream has
-        the request: one timer for both, its expiry told apart by the caller."""
+        the request: one timer for both, its expiry told apart by the caller.
+
+        In front mode (``node``) the node does the model's admission, loading and limits; the front only
+        bounds its own in-flight total and counts what it sent where."""
         gw = self.gw
-        endpoint = BY_NAME[ex.route_name]
-        loop = asyncio.get_running_loop()
+        if node is not None and gw.fleet is not None:
+            ex.queue_wait += await gw.admission.acquire(ex.priority)
+            held.limiters.append(gw.admission)
+            gw.fleet.started(node, entry.name)
+            held.front = (gw.fleet, node, entry.name)
+            return await self._send(ex, entry, body, held, timer, upstream, node)
         model_limiter = gw.limiter(entry)
         for limiter in (gw.admission, model_limiter):
             ex.queue_wait += await limiter.acquire(ex.priority)
             held.limiters.append(limiter)
         held.model_limiter, held.admitted_limit = model_limiter, model_limiter.limit
-        if gw.upstream.manages_models:  # models that cannot co-reside take turns, grouped (no swap thrash)
+        if upstream.manages_models:  # models that cannot co-reside take turns, grouped (no swap thrash)
             ex.queue_wait += await gw.residency.enter(entry.name)
             held.resident = (gw.residency, entry.name)
         gw.inventory.acquire(entry)  # in use from now on: never unloaded under this request
         held.in_use = (gw.inventory, entry)
-        to_chat = ex.route_name == "completions" and not gw.upstream.has_completions
+        return await self._send(ex, entry, body, held, timer, upstream, None)
+
+    async def _send(
+        self, ex: Exchange, entry: ModelEntry, body: dict[str, Any], held: _Held, timer: asyncio.Timeout,
+        upstream: Upstream, node: str | None,
+    ) -> tuple[httpx.Response, AsyncIterator[bytes], bytes]:
+        """Load if needed (not in front mode), send, and read to the stream's first decisive event."""
+        gw = self.gw
+        endpoint = BY_NAME[ex.route_name]
+        loop = asyncio.get_running_loop()
+        to_chat = ex.route_name == "completions" and not upstream.has_completions
         upstream_route = "chat" if to_chat else endpoint.name
         default_max = None
-        if gw.upstream.kind == "foundry":
+        if upstream.kind == "foundry":
             default_max = entry.max_tokens_default(self.settings.default_max_tokens)
         reloaded = recovered = False
         while True:
             timer.reschedule(ex.deadline)
-            if not recovered and not gw.upstream_serving:  # a managed runtime is restarting: wait for it
+            if node is None and not recovered and not gw.upstream_serving:  # a managed runtime restarts: wait
                 recovered = await gw.upstream_recovered(ex.deadline)
             try:
-                ex.load_wait += await gw.inventory.ensure_loaded(entry)
+                if node is None:
+                    ex.load_wait += await gw.inventory.ensure_loaded(entry)
             except GatewayError as err:
                 if err.code == "upstream_unavailable":
                     if not recovered and await gw.upstream_recovered(ex.deadline):
@@ -302,10 +359,10 @@ class Proxy:
                         continue
                     raise Retry(err, "connect", transport=True) from None
                 raise Retry(err, "load_failed") from None
-            ex.upstream_id = gw.inventory.upstream_id(entry)
+            ex.upstream_id = gw.inventory.upstream_id(entry) if node is None else entry.name  # the node resolves it
             content_type = None
             if endpoint.name == "transcriptions":
-                upload = await held.upload(gw, body) if gw.upstream.reads_our_files else None
+                upload = await held.upload(gw, body) if upstream.reads_our_files else None
                 payload, content_type = endpoints.transcription_body(body, ex.upstream_id, upload)
             else:
                 payload = endpoints.prepare(endpoint, body, upstream_id=ex.upstream_id, stream=ex.stream,
@@ -313,7 +370,7 @@ class Proxy:
             started = ex.sent_at = clock()
             timer.reschedule(min(ex.deadline, loop.time() + self.settings.first_byte_timeout))
             try:
-                response = await gw.upstream.open(upstream_route, payload, content_type)
+                response = await upstream.open(upstream_route, payload, content_type)
                 ex.sent = True
                 held.responses.append(response)  # owned from its first byte
                 chunks = aiter(cast(httpx.AsyncByteStream, response.stream))  # raw bytes, no decoding layer
@@ -326,7 +383,8 @@ class Proxy:
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # Nothing was sent. A managed runtime that just died comes back in about a second:
                 # wait for it rather than fail (once per request).
-                if isinstance(exc, httpx.ConnectError) and not recovered and await gw.upstream_recovered(ex.deadline):
+                if isinstance(exc, httpx.ConnectError) and node is None and not recovered \
+                        and await gw.upstream_recovered(ex.deadline):
                     recovered = True
                     continue
                 raise Retry(GatewayError(
@@ -346,7 +404,7 @@ class Proxy:
             else:
                 status = response.status_code
             message = raw.decode("utf-8", "replace")
-            if status == 400 and "not loaded" in message.lower() and not reloaded and gw.upstream.manages_models:
+            if status == 400 and "not loaded" in message.lower() and not reloaded and upstream.manages_models:
                 reloaded = True
                 await response.aclose()
                 gw.inventory.mark_unloaded(entry)  # unloaded behind our back: load and try once more
@@ -401,7 +459,7 @@ class _Held:
     """What one attempt holds — limiter slots and upstream responses — given back on every way out:
     the responses first (the upstream stops generating), then the slots, whatever happens meanwhile."""
 
-    __slots__ = ("admitted_limit", "files", "in_use", "limiters", "model_limiter", "resident", "responses")
+    __slots__ = ("admitted_limit", "files", "front", "in_use", "limiters", "model_limiter", "resident", "responses")
 
     def __init__(self) -> None:
         self.limiters: list[Limiter] = []
@@ -411,6 +469,7 @@ class _Held:
         self.resident: tuple[Residency, str] | None = None  # its model's place on the runtime
         self.in_use: tuple[Inventory, ModelEntry] | None = None  # its model marked in use
         self.files: list[Path] = []  # uploads written for the runtime to read
+        self.front: tuple[Fleet, str, str] | None = None  # front mode: (fleet, node, model) counted in flight
 
     async def upload(self, gw: Gateway, body: dict[str, Any]) -> str:
         """Write an uploaded audio file where a local runtime can read it (off the event loop); deleted with
@@ -440,6 +499,9 @@ class _Held:
         finally:
             for path in self.files:
                 path.unlink(missing_ok=True)
+            if self.front is not None:
+                fleet, node, model = self.front
+                fleet.ended(node, model)
             if self.in_use is not None:
                 inventory, entry = self.in_use
                 inventory.release(entry)
@@ -492,6 +554,10 @@ def _priority(value: bytes | None) -> str:
         raise GatewayError(400, f"X-Priority must be one of {', '.join(PRIORITIES)}, not '{priority[:40]}'.",
                            code="invalid_value", param="X-Priority")
     return priority
+
+
+def _where(entry: ModelEntry, node: str | None) -> str:
+    return f"{entry.name} on node {node}" if node else entry.name
 
 
 def _text(value: bytes | None) -> str | None:

@@ -40,6 +40,17 @@ class Settings(BaseSettings):
         "enforces 1/N of every limit and metrics are aggregated (docs/reliability.md).",
     )
 
+    # --- fleet -------------------------------------------------------------------------------------
+    nodes: CsvList = Field(
+        default_factory=list, description="Front mode: comma-separated base URLs of node gateways (each a gateway "
+        "beside its own Foundry Local). A name with several addresses (a Kubernetes headless Service) is several "
+        "nodes. Empty: this gateway is a node (or stands alone).",
+    )
+    node_poll_interval: float = Field(1.0, gt=0, description="Front mode: seconds between status polls of each node.")
+    node_resolve_interval: float = Field(
+        10.0, gt=0, description="Front mode: seconds between re-resolving the node names (nodes joining, leaving).",
+    )
+
     # --- upstream ----------------------------------------------------------------------------------
     upstream_mode: Literal["managed", "external"] = Field(
         "managed",
@@ -189,7 +200,7 @@ class Settings(BaseSettings):
         None, description="prometheus-client multiprocess directory (set automatically when workers > 1)."
     )
 
-    @field_validator("api_keys", "cors_origins", "preload", mode="before")
+    @field_validator("api_keys", "cors_origins", "preload", "nodes", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):

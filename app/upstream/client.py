@@ -30,8 +30,8 @@ log = logging.getLogger("foundry_gateway.upstream")
 class Upstream:
     """Pooled keep-alive connections to the upstream plus its route layout."""
 
-    def __init__(self, settings: Settings, base_url: str | None = None) -> None:
-        self.kind = settings.upstream_kind
+    def __init__(self, settings: Settings, base_url: str | None = None, kind: str | None = None) -> None:
+        self.kind = kind or settings.upstream_kind
         self.prefix = settings.foundry_catalog_prefix.rstrip("/") if self.kind == "foundry" else ""
         self.has_completions = self.kind != "foundry"
         self.manages_models = self.kind == "foundry"
