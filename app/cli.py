@@ -164,6 +164,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     table.add_column("model", no_wrap=True)
     for name in ("task", "can", "min RAM", "measured", "fits", "available", "loaded"):
         table.add_column(name)
+    fleet = any(row.get("nodes") for row in rows)  # asked a front: each model's state on each node
+    if fleet:
+        table.add_column("nodes")
     benched = any(row.get("measured") for row in rows)
     if benched:  # what the team's bench wrote into the registry
         for name in ("p50/p95 ms", "tok/s", "rating"):
@@ -179,6 +182,10 @@ def cmd_models(args: argparse.Namespace) -> int:
             "[green]yes[/]" if row["fits"] else "[red]no[/]",
             _yes_no(row["available"]), _yes_no(row["loaded"] if row["available"] else None),
         ]
+        if fleet:
+            cells.append("\n".join(f"{name}{' (loaded)' if state['loaded'] else ''}"
+                                   + ("" if state["healthy"] else " [red]down[/]")
+                                   for name, state in (row.get("nodes") or {}).items()))
         if benched:
             cells += _measured_cells(row.get("measured") or {})
         table.add_row(*cells, *([row["upstream_id"], row["notes"]] if args.wide else []))
@@ -228,6 +235,13 @@ def cmd_select(args: argparse.Namespace) -> int:
         colour = colours.get(c["decision"], "white")
         table.add_row(c["model"], f"{c['min_ram_gb']:g} GiB", f"[{colour}]{c['decision']}[/]", c["reason"])
     out.print(table)
+    if decision.get("nodes"):  # a front: where the model would run
+        nodes = Table(title=f"{decision['model']} on the nodes", title_justify="left")
+        for name in ("node", "decision", "why"):
+            nodes.add_column(name)
+        for n in decision["nodes"]:
+            nodes.add_row(n["node"], f"[{colours.get(n['decision'], 'white')}]{n['decision']}[/]", n["reason"])
+        out.print(nodes)
     return 0
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from app.placement import ModelState, NodeView, place
 from app.settings import load_settings
 from tests.conftest import FAKE_ENV
 from tests.fakes.upstream import UpstreamProcess
-from tests.helpers import GatewayProcess, wait_for, write_registry
+from tests.helpers import ROOT, GatewayProcess, wait_for, write_registry
 
 # --- placement (pure) ----------------------------------------------------------------------------------------
 
@@ -135,6 +137,13 @@ def test_front_forwards_streams_and_spreads_load(fleet: tuple[GatewayProcess, li
     assert route["node"] and len(route["nodes"]) == 2
     models = {m["id"]: m for m in httpx.get(f"{front.base_url}/models").json()["data"]}
     assert set(models["chat-a"]["nodes"]) == {n.url.removeprefix("http://") for n in nodes}
+    env = {**os.environ, "GATEWAY_ENV_FILE": "/nonexistent", "COLUMNS": "200"}
+    shown = subprocess.run([sys.executable, "-m", "app.cli", "select", "--task", "chat", "--gateway", front.url],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "chat-a on the nodes" in shown.stdout
+    listed = subprocess.run([sys.executable, "-m", "app.cli", "models", "--gateway", front.url], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and nodes[1].url.removeprefix("http://") in listed.stdout
 
 
 def test_a_dead_node_is_ejected_and_comes_back(fleet: tuple[GatewayProcess, list[GatewayProcess],
