@@ -7,7 +7,7 @@ PORT ?= 8080
 MODEL := models/tiny-chat/genai_config.json
 BUILDER := .venv-model/.installed
 
-.PHONY: help install model builder prometheus run test lint typecheck unit bench bench-real bench-surface bench-transport clean
+.PHONY: help install model builder prometheus run test lint typecheck unit bench bench-real bench-surface bench-fleet bench-transport clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ bench-real: install model  ## direct vs through the gateway on the real runtime:
 
 bench-surface: install model  ## embeddings and Responses, direct vs through the gateway on the real runtime (~3 min)
 	$(PY) scripts/bench_surface.py
+
+bench-fleet: install  ## a front over 1, 2 and 4 fake-upstream nodes: throughput vs N x one node, CPU per request (~1 min)
+	$(PY) scripts/bench_fleet.py
 
 bench-transport: install  ## CPU per request of each upstream transport alone (fast, httpx, aiohttp)
 	$(PY) scripts/bench_transport.py
