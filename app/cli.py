@@ -20,8 +20,9 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from app import __version__, benchmark
+from app import __version__, benchmark, keys_cli
 from app.errors import GatewayError
+from app.keys import KeysError
 from app.registry import FIELDS, RegistryError, build_registry, dump_registry, load_registry
 from app.routing import ENDPOINT_NEEDS, latency_budget
 from app.settings import Settings, load_settings
@@ -612,6 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     benchmark.add_parser(sub)
+    keys_cli.add_parser(sub)
     return parser
 
 
@@ -634,6 +636,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except GatewayError as exc:
         err.print(f"[red]error[/] {exc.message}", highlight=False)
+        return 1
+    except KeysError as exc:
+        for problem in exc.problems:
+            err.print(f"[red]error[/] {problem}", highlight=False)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -11,6 +11,7 @@ from typing import IO, Any
 import orjson
 
 from app.errors import GatewayError
+from app.keys import ApiKey
 from app.metrics import Metrics
 from app.metrics import status_class as status_class_of
 from app.registry import ModelEntry
@@ -24,9 +25,9 @@ class Exchange:
     """What one request did, for metrics and the access log."""
 
     __slots__ = (
-        "aborted", "body", "broken", "cause", "deadline", "entry", "error", "fallbacks", "finished", "load_wait",
-        "priority", "queue_wait", "request_id", "route", "route_name", "sent", "sent_at", "started", "status",
-        "stream", "task", "tpot", "ttft", "upstream_id", "upstream_wait", "usage",
+        "aborted", "body", "broken", "cause", "deadline", "entry", "error", "fallbacks", "finished", "key",
+        "load_wait", "metered", "priority", "queue_wait", "request_id", "route", "route_name", "sent", "sent_at",
+        "started", "status", "stream", "task", "tpot", "ttft", "upstream_id", "upstream_wait", "usage",
     )
 
     def __init__(self, route_name: str, request_id: str) -> None:
@@ -41,6 +42,8 @@ class Exchange:
         self.sent = False  # the request reached the upstream (as far as anyone can tell)
         self.broken = False  # the upstream failed after content reached the client
         self.priority = "interactive"
+        self.key: ApiKey | None = None  # the team key it came with (GATEWAY_KEYS_FILE)
+        self.metered = False  # admitted against the key's quotas: its usage is charged at the end
         self.sent_at = 0.0  # when the request went to the upstream (for the adaptive limit's service time)
         self.task: str | None = None
         self.entry: ModelEntry | None = None
@@ -62,13 +65,14 @@ class Responder:
     """Starts the ASGI response lazily, so a stream can begin with keep-alive comments and still
     turn a late failure into an error event."""
 
-    __slots__ = ("ex", "extra", "send", "started")
+    __slots__ = ("ex", "extra", "quota", "send", "started")
 
     def __init__(self, send: Any, ex: Exchange) -> None:
         self.send = send
         self.ex = ex
         self.started = False
         self.extra: list[tuple[bytes, bytes]] = [(b"x-request-id", ex.request_id.encode())]
+        self.quota: list[tuple[bytes, bytes]] = []  # the key's x-ratelimit-* headers
 
     def set_route(self, entry: ModelEntry, task: str, header: str, node: str | None = None) -> None:
         self.extra = [
@@ -81,7 +85,7 @@ class Responder:
             self.extra.append((b"x-gateway-node", node.encode("ascii", "replace")))
 
     async def start(self, status: int, content_type: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-        headers = [(b"content-type", content_type), *self.extra]
+        headers = [(b"content-type", content_type), *self.extra, *self.quota]
         if content_type.startswith(b"text/event-stream"):
             headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
         if extra:

@@ -23,6 +23,7 @@ from collections.abc import Coroutine, Set
 from pathlib import Path
 from typing import Any
 
+from app.access import Access
 from app.breaker import Breaker
 from app.concurrency import AdaptiveLimit
 from app.errors import GatewayError
@@ -30,6 +31,7 @@ from app.fleet import Fleet
 from app.footprint import FILE_NAME as FOOTPRINTS
 from app.footprint import Footprints, LoadMeter, private_bytes
 from app.hardware import GIB, HostMemory, host_memory
+from app.keys import ApiKey
 from app.limiter import Limiter
 from app.metrics import Metrics
 from app.registry import ModelEntry, Registry, RegistryError, load_registry
@@ -63,6 +65,7 @@ class Gateway:
         )
         self.preload: dict[str, str] = {}  # GATEWAY_PRELOAD: model → "loaded" or why not
         self.preloading = False
+        self.access = Access(settings, self.metrics)  # team keys and quotas (GATEWAY_KEYS_FILE)
         self.fleet = Fleet(settings, on_change=lambda node, up: self.metrics.node_up.labels(node).set(int(up))) \
             if settings.nodes else None  # front mode: nodes, not a runtime, behind this gateway
         self.breaker = Breaker(
@@ -90,12 +93,12 @@ class Gateway:
     # --- routing and admission --------------------------------------------------------------------
 
     def route(self, model: str | None, task: str | None, need: frozenset[str] = CHAT,
-              latency_budget_ms: float | None = None) -> Route:
+              latency_budget_ms: float | None = None, allowed: frozenset[str] | None = None) -> Route:
         """The routing policy's answer, memoised: it only changes with the registry, the upstream's
         inventory, the breaker or measured sizes, and all are part of the key (or clear the cache)."""
         available = self.inventory.available if self.fleet is None else self._fleet_available()
         cooling = self.breaker.skipped()
-        key = (model, task, need, latency_budget_ms, available, self.breaker.version,
+        key = (model, task, need, latency_budget_ms, allowed, available, self.breaker.version,
                self.inventory.footprints.version)
         route = self._routes.get(key)
         if route is None:
@@ -103,6 +106,7 @@ class Gateway:
                 self.registry, model=model, task=task, default_task=self.settings.default_task,
                 budget_gb=self.memory.budget_gb, available=available, cooling=cooling, need=need,
                 measured=self.measured_gb(), rank_by=self.settings.rank_by, latency_budget_ms=latency_budget_ms,
+                allowed=allowed,
             )
             if len(self._routes) >= 1024:  # clients choose the strings in the key: stay bounded
                 self._routes.clear()
@@ -190,20 +194,25 @@ class Gateway:
 
     def check_key(self, authorization: str | None, required: tuple[bytes, ...] | None = None) -> None:
         """Constant-time API key check (401 in OpenAI's format)."""
-        keys = self._api_keys if required is None else required
-        if not keys:
+        if required is None:
+            self.authenticate(authorization)
             return
-        token = b""
-        if authorization and authorization[:7].lower() == "bearer ":
-            token = authorization[7:].strip().encode()
-        ok = False
-        for key in keys:  # compare with every key: timing does not tell which one matched
-            ok |= hmac.compare_digest(token, key)
-        if not ok:
-            raise GatewayError(
-                401, "Invalid or missing API key. Send 'Authorization: Bearer <key>'.",
-                code="invalid_api_key", headers={"www-authenticate": "Bearer"},
-            )
+        if required and not _matches(_bearer(authorization), required):
+            raise _unauthorized()
+
+    def authenticate(self, authorization: str | None) -> ApiKey | None:
+        """The team key a request presents (``GATEWAY_KEYS_FILE``), None for a flat ``GATEWAY_API_KEYS`` or
+        admin key or when no keys are set; else 401."""
+        team = self.access.keyring
+        if not self._api_keys and not len(team):
+            return None
+        token = _bearer(authorization)
+        key = self.access.find(token.decode("latin-1")) if len(team) else None
+        if key is not None:
+            return key
+        if self._api_keys and _matches(token, self._api_keys):
+            return None
+        raise _unauthorized()
 
     # --- registry ----------------------------------------------------------------------------------
 
@@ -247,6 +256,8 @@ class Gateway:
     async def start(self) -> None:
         for warning in exposure_warnings(self.settings):
             log.warning("%s", warning)
+        if self.settings.registry_watch_interval > 0:  # the registry and the keys file
+            self._spawn(self._watch_registry())
         if self.fleet is not None:  # a front: its nodes run the runtimes
             await self.fleet.poll_all()
             self._spawn(self.fleet.run())
@@ -262,8 +273,6 @@ class Gateway:
             self.preloading = True
             self._spawn(self._preload())
         self._spawn(self._refresh_loop())
-        if self.settings.registry_watch_interval > 0:
-            self._spawn(self._watch_registry())
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_registry, "SIGHUP")
 
@@ -277,6 +286,7 @@ class Gateway:
         await self.upstream.aclose()
         if self.fleet is not None:
             await self.fleet.aclose()
+        await self.access.aclose()
         if self.managed is not None:
             await self.managed.stop()
 
@@ -358,6 +368,7 @@ class Gateway:
             await asyncio.sleep(self.settings.registry_watch_interval)
             if _mtime(path) != self._registry_mtime:
                 self.reload_registry("file changed")
+            self.access.reload_if_changed()
 
     # --- managed Foundry Local -----------------------------------------------------------------------
 
@@ -416,6 +427,24 @@ _FOUNDRY_TASKS = {"code": "coding", "embeddings": "embeddings", "transcription":
 def _foundry_task(entry: ModelEntry) -> str:
     """The ``task`` metadata Foundry Local wants when registering a local folder."""
     return _FOUNDRY_TASKS.get(entry.tasks[0], "chat-completion") if len(entry.tasks) == 1 else "chat-completion"
+
+
+def _bearer(authorization: str | None) -> bytes:
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip().encode()
+    return b""
+
+
+def _matches(token: bytes, keys: tuple[bytes, ...]) -> bool:
+    ok = False
+    for key in keys:  # compare with every key: timing does not tell which one matched
+        ok |= hmac.compare_digest(token, key)
+    return ok
+
+
+def _unauthorized() -> GatewayError:
+    return GatewayError(401, "Invalid or missing API key. Send 'Authorization: Bearer <key>'.",
+                        code="invalid_api_key", headers={"www-authenticate": "Bearer"})
 
 
 def _mtime(path: Path) -> float:

@@ -125,6 +125,23 @@ class Metrics:
             "gateway_model_loaded", "1 when this registry model is loaded in the upstream.",
             ("model",), registry=r, multiprocess_mode="max",
         )
+        self.key_requests = Counter(
+            "gateway_key_requests", "Requests per team key (names from GATEWAY_KEYS_FILE).", ("key",), registry=r,
+        )
+        self.key_tokens = Counter(
+            "gateway_key_tokens", "Tokens per team key, from the usage that came back; type=input|output.",
+            ("key", "type"), registry=r,
+        )
+        self.key_rejections = Counter(
+            "gateway_key_rejections", "Requests refused per team key, by reason (the quota it is over, "
+            "model_not_allowed, task_not_allowed).", ("key", "reason"), registry=r,
+        )
+        self.keys_reloads = Counter(
+            "gateway_keys_reloads", "Keys file (re)loads by result (ok|error).", ("result",), registry=r,
+        )
+        self.quota_store_errors = Counter(
+            "gateway_quota_store_errors", "Quota store (Redis) calls that failed.", registry=r,
+        )
         self.node_up = Gauge(
             "gateway_node_up", "Front mode: 1 while a node is admitted, 0 while ejected.", ("node",), registry=r,
             multiprocess_mode="max",
@@ -168,6 +185,11 @@ class Metrics:
         self._children: dict[tuple[str, str, str], RequestSeries] = {}
 
     # --- bounded labels --------------------------------------------------------------------------
+
+    def key_names(self, names: Iterable[str]) -> None:
+        """The key names in force: a bounded label set (they come from the keys file, never from requests)."""
+        for name in names:
+            self.key_requests.labels(name)
 
     def set_vocabulary(self, models: Iterable[str], tasks: Iterable[str]) -> None:
         """The label values allowed for ``model`` and ``task`` (the registry in force)."""

@@ -83,14 +83,14 @@ class Proxy:
         self.metrics.in_flight.inc()
         try:
             try:
-                self.gw.check_key(_text(headers.get(b"authorization")))
+                ex.key = self.gw.authenticate(_text(headers.get(b"authorization")))
                 if self.gw.draining:
                     raise GatewayError(503, "The gateway is shutting down.", code="shutting_down")
                 raw = await self._read_body(receive, headers, self._body_limit(route_name))
                 if raw is None:
                     ex.aborted = True
                     return
-                ex.priority = _priority(headers.get(b"x-priority"))
+                ex.priority = _priority(headers.get(b"x-priority"), ex.key.priority if ex.key else None)
                 watcher = asyncio.ensure_future(self._watch(receive, ex, asyncio.current_task()))
                 await self._serve(ex, reply, raw, headers)
             except GatewayError as err:
@@ -111,8 +111,18 @@ class Proxy:
         finally:
             if watcher is not None:
                 watcher.cancel()
+            if ex.key is not None:
+                await self._charge(ex)
             self.metrics.in_flight.dec()
             record(ex, self.metrics, self.out if self.settings.access_log else None, self.settings.log_prompts)
+
+    async def _charge(self, ex: Exchange) -> None:
+        """The tokens that really came back count against the key (streams included), and its slot is freed."""
+        usage = ex.usage or {}
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        with contextlib.suppress(Exception):  # a quota store failing now is logged and counted by Access
+            await self.gw.access.charge(ex.key, ex.request_id, prompt if isinstance(prompt, int) else 0,
+                                        completion if isinstance(completion, int) else 0, metered=ex.metered)
 
     # --- request ---------------------------------------------------------------------------------
 
@@ -165,9 +175,17 @@ class Proxy:
         model = body.get("model")
         budget_header = headers.get(b"x-latency-budget-ms")
         budget = latency_budget(budget_header.decode("latin-1")) if budget_header is not None else None
-        route = gw.route(model if isinstance(model, str) else None, _text(headers.get(self.task_header)),
-                         endpoints.needs(endpoint, body), budget)
+        requested = model if isinstance(model, str) else None
+        allowed = gw.access.allowed(ex.key, gw.registry)
+        if ex.key is not None:
+            gw.access.check_model(ex.key, requested, allowed, gw.registry)
+        route = gw.route(requested, _text(headers.get(self.task_header)), endpoints.needs(endpoint, body), budget,
+                         allowed)
+        gw.access.check_task(ex.key, route.task)
         ex.route, ex.task, ex.entry = route, route.task, route.model
+        if ex.key is not None:
+            reply.quota = await gw.access.admit(ex.key, ex.request_id)
+            ex.metered = ex.key.limited
         self.metrics.routing.labels(self.metrics.task_label(route.task), route.model.name, route.reason).inc()
         reply.set_route(route.model, route.task, route.header)
 
@@ -545,10 +563,10 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _priority(value: bytes | None) -> str:
-    """``X-Priority: interactive|batch`` (default interactive)."""
+def _priority(value: bytes | None, default: str | None = None) -> str:
+    """``X-Priority: interactive|batch`` (default: the key's, else interactive)."""
     if value is None:
-        return "interactive"
+        return default or "interactive"
     priority = value.decode("latin-1").strip().lower()
     if priority not in PRIORITIES:
         raise GatewayError(400, f"X-Priority must be one of {', '.join(PRIORITIES)}, not '{priority[:40]}'.",

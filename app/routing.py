@@ -113,6 +113,7 @@ def choose(
     measured: Mapping[str, float] | None = None,
     rank_by: str = "order",
     latency_budget_ms: float | None = None,
+    allowed: Set[str] | None = None,
 ) -> Route:
     """Pick the model for a request.
 
@@ -142,6 +143,9 @@ def choose(
     verdicts: list[Verdict] = []
     viable: list[tuple[ModelEntry, str]] = []
     for entry in entries:
+        if allowed is not None and entry.name not in allowed:
+            verdicts.append(_verdict(entry, "skipped", "not allowed for this key", measured))
+            continue
         missing = [c for c in need if c not in entry.capabilities]
         if missing:
             verdicts.append(_verdict(entry, "skipped", f"no {', '.join(missing)}", measured))
@@ -162,6 +166,8 @@ def choose(
         verdicts.append(_verdict(entry, "skipped", reason, measured))
 
     if not viable:
+        if verdicts and all(v.reason == "not allowed for this key" for v in verdicts):
+            raise GatewayError(403, f"This key may use no model for task '{chosen_task}'.", code="model_not_allowed")
         lacking = [v for v in verdicts if v.reason.startswith("no ")]
         if lacking and len(lacking) == len(verdicts):
             features = ", ".join(_FEATURE_WORDS.get(c, c) for c in sorted(need) if c != "chat") or "this endpoint"

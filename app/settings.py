@@ -181,6 +181,18 @@ class Settings(BaseSettings):
     # --- access control ----------------------------------------------------------------------------------
     api_keys: CsvList = Field(default_factory=list, description="Comma-separated API keys (empty = open).")
     api_keys_file: Path | None = Field(None, description="File with one API key per line.")
+    keys_file: Path | None = Field(
+        None, description="Team keys with model allow-lists and quotas (JSON or YAML; see README \"Keys for "
+        "teams\"); reloaded when it changes, a broken file keeps the last good keys.",
+    )
+    redis_url: str | None = Field(
+        None, description="Redis for per-key quota counters shared by every replica (`redis://host:6379/0`); "
+        "unset: counters per process.",
+    )
+    quota_fail_open: bool = Field(
+        True, description="Redis unreachable: let requests through (true, logged and counted) or refuse them "
+        "with 503 (false).",
+    )
     metrics_api_key: str | None = Field(None, description="Bearer key required for `/metrics` (unset = open).")
     admin_api_key: str | None = Field(None, description="Bearer key for `/admin/*` (unset = admin disabled).")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body (413 above).")

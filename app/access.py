@@ -1,0 +1,166 @@
+"""Who a request is and what it may spend: the team keys (``app.keys``) and their quotas (``app.quota``).
+
+``authenticate`` turns an ``Authorization`` header into the key's policy (or None for the flat
+``GATEWAY_API_KEYS``/admin keys, which have no limits); ``admit`` checks the key's quotas before a request is
+queued and returns the ``x-ratelimit-*`` headers OpenAI clients read; ``charge`` counts the tokens that really
+came back. Redis down: fail open (default; logged loudly, counted in ``gateway_quota_store_errors_total``) or
+closed (503), by ``GATEWAY_QUOTA_FAIL_OPEN``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import cast
+
+from app.errors import GatewayError
+from app.keys import ApiKey, KeyRing, KeysError, load_keys
+from app.metrics import Metrics
+from app.quota import Decision, MemoryStore, RedisStore, Store, StoreDown, guarded
+from app.registry import Registry
+from app.settings import Settings
+
+log = logging.getLogger("foundry_gateway.keys")
+
+
+class Access:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.path: Path | None = settings.keys_file
+        self.keyring = load_keys(self.path) if self.path is not None else KeyRing()  # broken at start: fatal
+        self._mtime = _mtime(self.path)
+        self.store: Store = RedisStore(settings.redis_url) if settings.redis_url else MemoryStore()
+        self._last_store_error = 0.0
+        self.metrics.key_names(k.name for k in self.keyring)
+
+    # --- the keys file --------------------------------------------------------------------------------------
+
+    def reload_if_changed(self) -> None:
+        if self.path is None or _mtime(self.path) == self._mtime:
+            return
+        self._mtime = _mtime(self.path)
+        try:
+            self.keyring = load_keys(self.path)
+        except (KeysError, OSError) as exc:
+            problems = exc.problems if isinstance(exc, KeysError) else [str(exc)]
+            log.error("keys file %s rejected, the last good keys stay in force: %s", self.path, "; ".join(problems))
+            self.metrics.keys_reloads.labels("error").inc()
+            return
+        self.metrics.keys_reloads.labels("ok").inc()
+        self.metrics.key_names(k.name for k in self.keyring)
+        log.info("keys file %s reloaded: %d keys", self.path, len(self.keyring))
+
+    def find(self, token: str) -> ApiKey | None:
+        return self.keyring.find(token) if token else None
+
+    # --- what a key may use ---------------------------------------------------------------------------------
+
+    def allowed(self, key: ApiKey | None, registry: Registry) -> frozenset[str] | None:
+        """Registry names the key may use (None: all)."""
+        if key is None or key.models is None:
+            return None
+        return frozenset(e.name for e in registry if any(n in key.models for n in e.names))
+
+    def check_model(self, key: ApiKey, requested: str | None, allowed: frozenset[str] | None,
+                    registry: Registry) -> None:
+        """A pinned model outside the key's allow-list: 403 naming the key and what it may use."""
+        entry = registry.lookup(requested) if requested else None
+        if entry is not None and allowed is not None and entry.name not in allowed:
+            self.metrics.key_rejections.labels(key.name, "model_not_allowed").inc()
+            raise GatewayError(403, f"Key '{key.name}' may not use model '{entry.name}'. It may use: "
+                                    f"{', '.join(sorted(allowed)) or 'no model in this registry'}.",
+                               code="model_not_allowed", param="model")
+
+    def check_task(self, key: ApiKey | None, task: str) -> None:
+        if key is not None and key.tasks is not None and task not in key.tasks:
+            self.metrics.key_rejections.labels(key.name, "task_not_allowed").inc()
+            raise GatewayError(403, f"Key '{key.name}' may not use task '{task}' (it may use: "
+                                    f"{', '.join(sorted(key.tasks))}).", code="task_not_allowed", param="task")
+
+    # --- quotas ---------------------------------------------------------------------------------------------
+
+    async def admit(self, key: ApiKey | None, request_id: str) -> list[tuple[bytes, bytes]]:
+        """Admit a request against its key's quotas: the x-ratelimit headers, or a 429 carrying them."""
+        if key is None or not key.limited:
+            if key is not None:
+                self.metrics.key_requests.labels(key.name).inc()
+            return []
+        decision = cast(Decision | None,
+                        await self._guarded(self.store.admit(key, request_id, self.settings.total_timeout)))
+        self.metrics.key_requests.labels(key.name).inc()
+        if decision is None:  # the store is down and we fail open
+            return []
+        headers = _headers(key, decision)
+        if not decision.admitted:
+            self.metrics.key_rejections.labels(key.name, decision.reason or "quota").inc()
+            wait = max(1, math.ceil((decision.usage.day_resets if decision.reason == "tokens_per_day" else
+                                     decision.usage.minute_resets) - time.time()))
+            if decision.reason == "max_concurrency":
+                wait = 1
+            reason = decision.reason or "quota"
+            raise GatewayError(429, f"Key '{key.name}' is over its {reason.replace('_', ' ')} quota "
+                                    f"({_limit(key, decision.reason)}); retry in {wait}s.",
+                               code="rate_limit_exceeded", type="rate_limit_error",
+                               headers={"retry-after": str(wait), **{k.decode(): v.decode() for k, v in headers}})
+        return [(k, v) for k, v in headers]
+
+    async def charge(self, key: ApiKey | None, request_id: str, prompt_tokens: int, completion_tokens: int, *,
+                     metered: bool) -> None:
+        """A request ended: its tokens in the key's metrics and, if it was admitted against quotas, its counters."""
+        if key is None:
+            return
+        for kind, count in (("input", prompt_tokens), ("output", completion_tokens)):
+            if count:
+                self.metrics.key_tokens.labels(key.name, kind).inc(count)
+        if metered:
+            await self._guarded(self.store.charge(key, request_id, prompt_tokens + completion_tokens))
+
+    async def _guarded(self, call: object) -> object:
+        try:
+            return await guarded(call, fail_open=self.settings.quota_fail_open, on_error=self._store_error)
+        except StoreDown as exc:
+            raise GatewayError(503, f"The quota store is unavailable and the gateway fails closed: {exc}",
+                               code="quota_store_unavailable") from None
+
+    def _store_error(self, exc: BaseException) -> None:
+        self.metrics.quota_store_errors.inc()
+        now = time.monotonic()
+        if now - self._last_store_error > 5:  # loud, but not a line per request
+            self._last_store_error = now
+            action = "letting requests through (GATEWAY_QUOTA_FAIL_OPEN=true)" if self.settings.quota_fail_open \
+                else "refusing requests (GATEWAY_QUOTA_FAIL_OPEN=false)"
+            log.error("QUOTA STORE UNAVAILABLE (%s: %s): %s", exc.__class__.__name__, exc, action)
+
+    async def aclose(self) -> None:
+        if isinstance(self.store, RedisStore):
+            await self.store.aclose()
+
+
+def _limit(key: ApiKey, reason: str | None) -> str:
+    return f"{getattr(key, reason)}" if reason else "?"
+
+
+def _headers(key: ApiKey, decision: Decision) -> list[tuple[bytes, bytes]]:
+    """OpenAI's rate-limit headers for what the key has left in the current windows."""
+    usage = decision.usage
+    out: list[tuple[bytes, bytes]] = []
+    minute_reset = f"{max(0.0, usage.minute_resets - time.time()):.0f}s".encode()
+    if key.requests_per_minute:
+        out += [(b"x-ratelimit-limit-requests", str(key.requests_per_minute).encode()),
+                (b"x-ratelimit-remaining-requests", str(max(0, key.requests_per_minute - usage.requests)).encode()),
+                (b"x-ratelimit-reset-requests", minute_reset)]
+    if key.tokens_per_minute:
+        out += [(b"x-ratelimit-limit-tokens", str(key.tokens_per_minute).encode()),
+                (b"x-ratelimit-remaining-tokens", str(max(0, key.tokens_per_minute - usage.tokens_minute)).encode()),
+                (b"x-ratelimit-reset-tokens", minute_reset)]
+    return out
+
+
+def _mtime(path: Path | None) -> float:
+    try:
+        return path.stat().st_mtime if path is not None else 0.0
+    except OSError:
+        return 0.0

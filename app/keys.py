@@ -1,0 +1,149 @@
+"""API keys for teams: who may use which models and tasks, and how much (``GATEWAY_KEYS_FILE``).
+
+The file is JSON or YAML, ``{"keys": [{"name", "key" or "key_sha256", "models", "tasks", "requests_per_minute",
+"tokens_per_minute", "tokens_per_day", "max_concurrency", "priority"}]}``. ``foundry-gateway keys add`` writes
+only the SHA-256 of a key it generated (and prints the key once); a plain ``key`` is accepted for hand-written
+files. A presented key is hashed and compared with every stored hash in constant time; a key is never logged
+(its name is). The file is reloaded when it changes; a broken one is rejected with its reasons and the last
+good one stays in force, like the registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LIMITS = ("requests_per_minute", "tokens_per_minute", "tokens_per_day", "max_concurrency")
+FIELDS = ("name", "key", "key_sha256", "models", "tasks", *LIMITS, "priority")
+
+
+class KeysError(ValueError):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    name: str
+    sha256: str
+    models: frozenset[str] | None = None  # registry names and aliases it may use (None: all)
+    tasks: frozenset[str] | None = None
+    requests_per_minute: int = 0  # 0: no limit
+    tokens_per_minute: int = 0
+    tokens_per_day: int = 0
+    max_concurrency: int = 0
+    priority: str | None = None  # its requests' default X-Priority
+
+    @property
+    def limited(self) -> bool:
+        return any(getattr(self, limit) for limit in LIMITS)
+
+    def describe(self) -> dict[str, Any]:
+        """What ``keys ls`` and logs may show: everything but the hash."""
+        return {"name": self.name, "models": sorted(self.models) if self.models is not None else None,
+                "tasks": sorted(self.tasks) if self.tasks is not None else None,
+                **{limit: getattr(self, limit) for limit in LIMITS}, "priority": self.priority}
+
+
+class KeyRing:
+    """The keys in force. ``find`` checks a presented key against every hash (constant time per hash)."""
+
+    def __init__(self, keys: Iterable[ApiKey] = ()) -> None:
+        self.keys = tuple(keys)
+
+    def __iter__(self) -> Iterator[ApiKey]:
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def find(self, presented: str) -> ApiKey | None:
+        wanted = digest(presented).encode()
+        found = None
+        for key in self.keys:  # no early exit: the time does not tell which key matched
+            if hmac.compare_digest(wanted, key.sha256.encode()):
+                found = key
+        return found
+
+
+def load_keys(path: Path) -> KeyRing:
+    raw = path.read_text(encoding="utf-8")
+    return parse_keys(raw, label=path.name, yaml=path.suffix.lower() in (".yaml", ".yml"))
+
+
+def parse_keys(raw: str, *, label: str = "keys", yaml: bool = False) -> KeyRing:
+    try:
+        if yaml:
+            import yaml as pyyaml
+
+            data = pyyaml.safe_load(raw)
+        else:
+            data = json.loads(raw)
+    except Exception as exc:  # a parser's own error, whichever parser
+        raise KeysError([f"{label}: not valid {'YAML' if yaml else 'JSON'}: {exc}"]) from None
+    items = data.get("keys") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise KeysError([f"{label}: must be an object with a 'keys' list"])
+    problems: list[str] = []
+    keys = [key for position, item in enumerate(items, start=1)
+            if (key := _parse_one(item, f"{label}: key {position}", problems)) is not None]
+    names = [k.name for k in keys]
+    problems += [f"{label}: key name '{n}' is used twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    hashes = [k.sha256 for k in keys]
+    if len(set(hashes)) != len(hashes):
+        problems.append(f"{label}: the same key appears under two names")
+    if problems:
+        raise KeysError(problems)
+    return KeyRing(keys)
+
+
+def _parse_one(item: Any, where: str, problems: list[str]) -> ApiKey | None:
+    if not isinstance(item, dict):
+        problems.append(f"{where}: must be an object")
+        return None
+    before = len(problems)
+    name = item.get("name")
+    where = f"{where} ('{name}')" if isinstance(name, str) else where
+    problems += [f"{where}: '{field}' is not a known field (known: {', '.join(FIELDS)})"
+                 for field in item if field not in FIELDS and not str(field).startswith(("_", "x-"))]
+    if not isinstance(name, str) or not name.strip():
+        problems.append(f"{where}: 'name' is required")
+    plain, hashed = item.get("key"), item.get("key_sha256")
+    if (plain is None) == (hashed is None):
+        problems.append(f"{where}: give exactly one of 'key' and 'key_sha256'")
+    elif plain is not None and (not isinstance(plain, str) or len(plain) < 8):
+        problems.append(f"{where}: 'key' must be a string of at least 8 characters")
+    elif hashed is not None and (not isinstance(hashed, str) or len(hashed) != 64
+                                 or any(c not in "0123456789abcdef" for c in hashed.lower())):
+        problems.append(f"{where}: 'key_sha256' must be 64 hexadecimal characters")
+    lists = {}
+    for field in ("models", "tasks"):
+        value = item.get(field)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) and v for v in value)):
+            problems.append(f"{where}: '{field}' must be a list of names")
+        lists[field] = frozenset(value) if isinstance(value, list) else None
+    limits = {}
+    for field in LIMITS:
+        value = item.get(field, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            problems.append(f"{where}: '{field}' must be an integer ≥ 0 (0: no limit)")
+            value = 0
+        limits[field] = value
+    priority = item.get("priority")
+    if priority not in (None, "interactive", "batch"):
+        problems.append(f"{where}: 'priority' must be 'interactive' or 'batch'")
+    if len(problems) > before:
+        return None
+    sha = digest(plain) if isinstance(plain, str) else str(hashed).lower()
+    return ApiKey(name=str(name).strip(), sha256=sha, models=lists["models"], tasks=lists["tasks"],
+                  priority=priority, **limits)

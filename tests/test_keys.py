@@ -1,0 +1,260 @@
+"""Keys for teams: the keys file, allow-lists, and quotas held by two gateway replicas together through a real
+redis-server the tests start (Debian's package, installed by `make redis`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.keys import ApiKey, KeysError, digest, parse_keys
+from app.quota import MemoryStore, RedisStore
+from tests.conftest import FAKE_ENV
+from tests.fakes.upstream import UpstreamProcess
+from tests.helpers import ROOT, GatewayProcess, free_port, require_program, wait_for, write_registry
+
+# --- the keys file ---------------------------------------------------------------------------------------
+
+
+def test_keys_file_errors_are_precise() -> None:
+    with pytest.raises(KeysError) as caught:
+        parse_keys(json.dumps({"keys": [
+            {"name": "a", "key": "secret-key-1", "key_sha256": "0" * 64},
+            {"name": "b", "key": "short", "requests_per_minute": -1, "priority": "urgent", "colour": "red"},
+            {"name": "a", "key_sha256": "x"},
+        ]}))
+    problems = "\n".join(caught.value.problems)
+    for expected in ("key 1 ('a'): give exactly one of 'key' and 'key_sha256'", "'key' must be a string of at least 8",
+                     "'requests_per_minute' must be an integer ≥ 0", "'priority' must be 'interactive' or 'batch'",
+                     "'colour' is not a known field", "'key_sha256' must be 64 hexadecimal characters"):
+        assert expected in problems
+
+
+def test_yaml_and_lookup_by_hash() -> None:
+    ring = parse_keys(f"keys:\n  - name: team\n    key_sha256: {digest('the-team-key')}\n    models: [m]\n", yaml=True)
+    found = ring.find("the-team-key")
+    assert found is not None and found.name == "team" and found.models == frozenset({"m"})
+    assert ring.find("the-team-kez") is None and ring.find("") is None
+
+
+# --- the counters (in process; the same semantics as Redis below) ---------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0  # the start of a minute
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_memory_store_windows_tokens_and_concurrency() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        store = MemoryStore(clock)
+        key = ApiKey("k", digest("x" * 8), requests_per_minute=2, tokens_per_minute=10, max_concurrency=1)
+        first = await store.admit(key, "r1", 60)
+        assert first.admitted and first.usage.requests == 1
+        busy = await store.admit(key, "r2", 60)
+        assert not busy.admitted and busy.reason == "max_concurrency"
+        await store.charge(key, "r1", 12)  # its tokens came back: over the token quota now
+        over = await store.admit(key, "r3", 60)
+        assert not over.admitted and over.reason == "tokens_per_minute"
+        clock.now += 60  # a new minute
+        fresh = await store.admit(key, "r4", 60)
+        assert fresh.admitted and fresh.usage.requests == 1 and fresh.usage.tokens_minute == 0
+
+    asyncio.run(scenario())
+
+
+# --- a real redis-server ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    program = require_program("redis-server")
+    port = free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([program, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(port=port)
+    try:
+        assert wait_for(lambda: _pings(client), timeout=10)
+        yield f"redis://127.0.0.1:{port}/0", proc
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def redis_url(redis_server: tuple[str, subprocess.Popen[bytes]]) -> str:
+    return redis_server[0]
+
+
+def _pings(client: Any) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def test_redis_store_is_atomic_across_clients(redis_url: str) -> None:
+    async def scenario() -> list[bool]:
+        stores = [RedisStore(redis_url), RedisStore(redis_url)]
+        key = ApiKey("atomic", digest("y" * 8), requests_per_minute=10)
+        decisions = await asyncio.gather(*(stores[i % 2].admit(key, f"r{i}", 60) for i in range(25)))
+        for store in stores:
+            await store.aclose()
+        return [d.admitted for d in decisions]
+
+    if 60 - time.time() % 60 < 3:
+        pytest.skip("too close to a minute boundary")  # pragma: no cover
+    assert sum(asyncio.run(scenario())) == 10  # 25 racing requests from two clients: exactly the limit
+
+
+# --- two gateway replicas, one Redis ---------------------------------------------------------------------
+
+REGISTRY = [{"name": "chat-a", "task": "chat", "min_ram_gb": 1}, {"name": "chat-b", "task": "chat", "min_ram_gb": 1}]
+KEYS = {"keys": [
+    {"name": "team-a", "key": "team-a-secret", "models": ["chat-a"], "requests_per_minute": 5},
+    {"name": "team-b", "key": "team-b-secret", "tokens_per_minute": 30},
+    {"name": "ops", "key": "ops-unlimited-key"},
+]}
+HI = [{"role": "user", "content": "hi"}]
+
+
+def ask(gw: GatewayProcess, key: str, **body: Any) -> httpx.Response:
+    return httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                      json={"messages": HI, "max_tokens": 8, **body}, timeout=30)
+
+
+@pytest.fixture()
+def replicas(redis_url: str, tmp_path: Path) -> Iterator[tuple[list[GatewayProcess], Path, UpstreamProcess]]:
+    import redis
+
+    redis.Redis.from_url(redis_url).flushall()
+    if 60 - time.time() % 60 < 8:  # keep the fixed one-minute windows out of the way of these short tests
+        time.sleep(60 - time.time() % 60 + 0.5)
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps(KEYS))
+    registry = write_registry(tmp_path / "models.json", REGISTRY)
+    with UpstreamProcess(models=["chat-a", "chat-b"]) as up:
+        up.configure(chunks=10)
+        base = {**FAKE_ENV, "GATEWAY_KEYS_FILE": str(keys), "GATEWAY_REDIS_URL": redis_url,
+                "GATEWAY_REGISTRY_WATCH_INTERVAL": "0.2"}
+        gws = [GatewayProcess(upstream=up.url, registry=registry, env=base, log_path=tmp_path / "a.log"),
+               GatewayProcess(upstream=up.url, registry=registry, env={**base, "GATEWAY_QUOTA_FAIL_OPEN": "false"},
+                              log_path=tmp_path / "b.log")]
+        try:
+            for gw in gws:
+                gw.start().wait_ready()
+            yield gws, keys, up
+        finally:
+            for gw in gws:
+                gw.stop()
+
+
+def test_unknown_key_401_and_allow_list_403(replicas: tuple[list[GatewayProcess], Path, UpstreamProcess]) -> None:
+    (a, _), _, _ = replicas
+    assert ask(a, "nope-nope-nope").status_code == 401
+    denied = ask(a, "team-a-secret", model="chat-b")
+    assert denied.status_code == 403
+    assert denied.json()["error"]["message"] == "Key 'team-a' may not use model 'chat-b'. It may use: chat-a."
+    auto = ask(a, "team-a-secret")
+    assert auto.status_code == 200 and auto.headers["x-gateway-model"] == "chat-a"  # auto: only what it may use
+    assert ask(a, "ops-unlimited-key", model="chat-b").status_code == 200
+
+
+def test_two_replicas_hold_a_key_to_its_quota_together(replicas: tuple[list[GatewayProcess], Path,
+                                                                             UpstreamProcess]) -> None:
+    (a, b), _, _ = replicas
+    remaining = [ask(gw, "team-a-secret").headers["x-ratelimit-remaining-requests"] for gw in (a, b, a, b, a)]
+    assert remaining == ["4", "3", "2", "1", "0"]
+    refused = ask(b, "team-a-secret")
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
+    assert "team-a" in error["message"] and "requests per minute" in error["message"]
+    headers = refused.headers
+    assert headers["x-ratelimit-limit-requests"] == "5" and headers["x-ratelimit-remaining-requests"] == "0"
+    assert 1 <= int(headers["retry-after"]) <= 60 and headers["x-ratelimit-reset-requests"].endswith("s")
+    metrics = httpx.get(f"{b.url}/metrics").text
+    assert 'gateway_key_rejections_total{key="team-a",reason="requests_per_minute"} 1.0' in metrics
+
+
+def test_token_quota_counts_streamed_usage(replicas: tuple[list[GatewayProcess], Path, UpstreamProcess]) -> None:
+    (a, b), _, _ = replicas
+    answered = 0
+    for gw in (a, b, a, b, a):
+        with httpx.stream("POST", f"{gw.base_url}/chat/completions", timeout=30,
+                          headers={"Authorization": "Bearer team-b-secret"},
+                          json={"messages": HI, "max_tokens": 8, "stream": True}) as r:
+            r.read()
+            if r.status_code == 429:
+                assert r.headers["x-ratelimit-remaining-tokens"] == "0"
+                assert "tokens per minute" in r.json()["error"]["message"]
+                break
+            answered += 1
+    assert answered == 3  # 11 tokens each (1 in, 10 out, from the streams' usage): 33 ≥ 30 after the third
+    metrics = httpx.get(f"{a.url}/metrics").text
+    assert 'gateway_key_tokens_total{key="team-b",type="output"}' in metrics
+
+
+def test_keys_file_hot_reload_keeps_the_last_good(replicas: tuple[list[GatewayProcess], Path,
+                                                                   UpstreamProcess]) -> None:
+    (a, _), keys, _ = replicas
+    keys.write_text(json.dumps({"keys": [*KEYS["keys"], {"name": "team-d", "key": "team-d-secret"}]}))
+    assert wait_for(lambda: ask(a, "team-d-secret").status_code == 200)
+    keys.write_text("{broken")
+    assert wait_for(lambda: 'gateway_keys_reloads_total{result="error"}' in httpx.get(f"{a.url}/metrics").text)
+    assert ask(a, "team-d-secret").status_code == 200  # the last good keys stay
+
+
+def test_redis_killed_mid_run_fails_open_or_closed_as_configured(
+        replicas: tuple[list[GatewayProcess], Path, UpstreamProcess],
+        redis_server: tuple[str, subprocess.Popen[bytes]]) -> None:
+    """The last test that needs Redis: it kills the server."""
+    (a, b), _, _ = replicas
+    assert ask(a, "team-a-secret").status_code == 200
+    redis_server[1].kill()  # SIGKILL, mid-run
+    redis_server[1].wait(10)
+    assert ask(a, "team-a-secret").status_code == 200  # fail open (the default), loudly
+    assert "gateway_quota_store_errors_total 0.0" not in httpx.get(f"{a.url}/metrics").text
+    assert "QUOTA STORE UNAVAILABLE" in (a.log_path.read_text() if a.log_path else "")
+    closed = ask(b, "team-a-secret")
+    assert closed.status_code == 503 and closed.json()["error"]["code"] == "quota_store_unavailable"
+
+
+# --- the CLI --------------------------------------------------------------------------------------------------
+
+
+def test_keys_cli_add_ls_rm(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "GATEWAY_ENV_FILE": "/nonexistent", "GATEWAY_KEYS_FILE": str(path)}
+        return subprocess.run([sys.executable, "-m", "app.cli", "keys", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    added = cli("add", "team-x", "--models", "tiny-chat", "--requests-per-minute", "60")
+    assert added.returncode == 0, added.stderr
+    key = added.stdout.strip()
+    assert key.startswith("fgw-") and key not in path.read_text() and digest(key) in path.read_text()
+    assert cli("add", "team-x").returncode == 1  # names are unique
+    listed = json.loads(cli("ls", "--json").stdout)["keys"]
+    assert listed == [{"name": "team-x", "models": ["tiny-chat"], "tasks": None, "requests_per_minute": 60,
+                       "tokens_per_minute": 0, "tokens_per_day": 0, "max_concurrency": 0, "priority": None}]
+    assert cli("rm", "team-x").returncode == 0 and json.loads(cli("ls", "--json").stdout)["keys"] == []
