@@ -8,16 +8,19 @@ keeps them.
 
 from __future__ import annotations
 
+from pathlib import Path as PathLib
 from typing import Any, Literal
 
 import httpx
 from fastapi import APIRouter, Body, File, Form, Header, Path, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
+from app import __version__
 from app.errors import GatewayError
 from app.gateway import Gateway
 from app.limiter import Limiter
 from app.placement import place
+from app.registry import ModelEntry
 from app.routing import ENDPOINT_NEEDS, latency_budget
 
 router = APIRouter()
@@ -213,6 +216,73 @@ async def admin_reload(request: Request, authorization: str | None = Header(None
         raise GatewayError(422, f"Registry rejected, the previous one stays in force: {message}",
                            code="invalid_registry")
     return JSONResponse({"status": "reloaded", "detail": message})
+
+
+@router.post("/admin/models/{name}/load", summary="Load a registry model now")
+async def admin_load(request: Request, name: str = Path(..., max_length=200),
+                     authorization: str | None = Header(None)) -> JSONResponse:
+    gw = _admin(request, authorization)
+    entry = _registry_entry(gw, name)
+    if not gw.upstream.manages_models:
+        raise GatewayError(409, "This upstream does not load or unload models.", code="not_supported")
+    seconds = await gw.inventory.ensure_loaded(entry)
+    return JSONResponse({"status": "loaded", "model": entry.name, "seconds": round(seconds, 3)})
+
+
+@router.post("/admin/models/{name}/unload", summary="Unload a registry model now (not while it serves requests)")
+async def admin_unload(request: Request, name: str = Path(..., max_length=200),
+                       authorization: str | None = Header(None)) -> JSONResponse:
+    gw = _admin(request, authorization)
+    entry = _registry_entry(gw, name)
+    if not gw.upstream.manages_models:
+        raise GatewayError(409, "This upstream does not load or unload models.", code="not_supported")
+    if not gw.inventory.is_loaded(entry):
+        return JSONResponse({"status": "not_loaded", "model": entry.name})
+    if not await gw.inventory.unload_now(entry):
+        raise GatewayError(409, f"Model '{entry.name}' is serving requests or the runtime refused; it stays loaded.",
+                           code="model_busy")
+    return JSONResponse({"status": "unloaded", "model": entry.name})
+
+
+def _registry_entry(gw: Gateway, name: str) -> ModelEntry:
+    entry = gw.registry.lookup(name)
+    if entry is None:
+        raise GatewayError(404, f"Model '{name}' is not in the registry.", code="model_not_found", param="model")
+    return entry
+
+
+@router.get("/v1/console", summary="Everything the console (/ui) and `foundry-gateway status` show")
+async def console_state(request: Request) -> dict[str, Any]:
+    """The host's RAM budget and what uses it, the models, the last minutes of traffic, the last routing
+    decisions (never prompt text) and, in front mode, the nodes."""
+    gw = _gw(request)
+    rows = model_rows(gw, show_paths=False)
+    if gw.fleet is not None:
+        rows = fleet_rows(gw, rows)
+    loaded = [{"model": r["id"], "ram_gb": r["ram_gb"], "measured": r["measured_ram_gb"] is not None}
+              for r in rows if r["loaded"]]
+    nodes = None
+    if gw.fleet is not None:
+        nodes = [{"node": n.name, "healthy": n.healthy, "why_down": n.why_down or None,
+                  "loaded": sorted(m for m, s in n.models.items() if s.loaded),
+                  "in_flight": sum(s.in_flight for s in n.models.values()),
+                  "queued": sum(s.queued for s in n.models.values())} for n in gw.fleet.nodes.values()]
+    return {
+        "version": __version__, "ready": gw.ready, "admin": bool(gw.settings.admin_api_key),
+        "host": {"total_gb": round(gw.memory.total_gb, 2), "budget_gb": round(gw.memory.budget_gb, 2),
+                 "source": gw.memory.source, "loaded": loaded},
+        "models": rows, "traffic": gw.recent.series(), "decisions": list(reversed(gw.recent.decisions)),
+        "nodes": nodes,
+    }
+
+
+@router.get("/ui", include_in_schema=False)
+async def console_page() -> Response:
+    return Response(_CONSOLE.read_bytes(), media_type="text/html; charset=utf-8",
+                    headers={"cache-control": "no-cache"})
+
+
+_CONSOLE = PathLib(__file__).parent / "static" / "console.html"
 
 
 @router.get("/admin/status", summary="Inventory, limits and breaker state")

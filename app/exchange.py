@@ -26,8 +26,8 @@ class Exchange:
 
     __slots__ = (
         "aborted", "body", "broken", "cause", "deadline", "entry", "error", "fallbacks", "finished", "key",
-        "load_wait", "metered", "priority", "queue_wait", "request_id", "route", "route_name", "sent", "sent_at",
-        "started", "status", "stream", "task", "tpot", "ttft", "upstream_id", "upstream_wait", "usage",
+        "load_wait", "metered", "node", "priority", "queue_wait", "request_id", "route", "route_name", "sent",
+        "sent_at", "started", "status", "stream", "task", "tpot", "ttft", "upstream_id", "upstream_wait", "usage",
     )
 
     def __init__(self, route_name: str, request_id: str) -> None:
@@ -44,6 +44,7 @@ class Exchange:
         self.priority = "interactive"
         self.key: ApiKey | None = None  # the team key it came with (GATEWAY_KEYS_FILE)
         self.metered = False  # admitted against the key's quotas: its usage is charged at the end
+        self.node: str | None = None  # front mode: the node that answered
         self.sent_at = 0.0  # when the request went to the upstream (for the adaptive limit's service time)
         self.task: str | None = None
         self.entry: ModelEntry | None = None

@@ -11,7 +11,6 @@ bytes exactly as a node does to its runtime.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -40,16 +39,36 @@ def resolve_host(host: str, port: int) -> list[str]:
 
 
 def expand(urls: Iterable[str], resolver: Resolver = resolve_host) -> dict[str, str]:
-    """Node name (``address:port``) → base URL, for each configured URL and each address of its host."""
+    """Node name (``address:port``) → base URL, for each configured URL and each address of its host (a name
+    that does not resolve now stands for itself)."""
     nodes: dict[str, str] = {}
+    for url, found in resolve_each(urls, resolver).items():
+        nodes.update(found or resolve_each([url], lambda host, port: [host])[url] or {})
+    return nodes
+
+
+def resolve_each(urls: Iterable[str], resolver: Resolver = resolve_host) -> dict[str, dict[str, str] | None]:
+    """Per configured URL: its nodes, or None when its name did not resolve (keep what it had)."""
+    out: dict[str, dict[str, str] | None] = {}
     for url in urls:
         parts = urlsplit(url.rstrip("/"))
         port = parts.port or (443 if parts.scheme == "https" else 80)
         host = parts.hostname or ""
-        for address in resolver(host, port) or [host]:
+        addresses = [host] if _is_address(host) else resolver(host, port)
+        nodes = {}
+        for address in addresses:
             shown = f"[{address}]" if ":" in address else address
             nodes[f"{shown}:{port}"] = f"{parts.scheme}://{shown}:{port}"
-    return nodes
+        out[url] = nodes or None
+    return out
+
+
+def _is_address(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
 
 
 @dataclass
@@ -57,6 +76,7 @@ class Node:
     name: str
     url: str
     upstream: Upstream
+    source: str = ""  # the GATEWAY_NODES entry it came from
     healthy: bool = False
     why_down: str = "not polled yet"
     models: dict[str, ModelState] = field(default_factory=dict)
@@ -79,22 +99,31 @@ class Fleet:
 
     # --- membership ---------------------------------------------------------------------------------------
 
-    def refresh_names(self) -> None:
-        """Re-resolve ``GATEWAY_NODES``: new addresses join (unhealthy until polled), gone ones leave."""
-        found = expand(self.settings.nodes, self.resolver)
-        for name, url in found.items():
-            if name not in self.nodes:
-                self.nodes[name] = Node(name, url, Upstream(self.settings, base_url=url, kind="openai"))
-                log.info("node %s joined (%s)", name, url)
-        for name in [n for n in self.nodes if n not in found]:
-            log.warning("node %s left (no longer in the names' addresses)", name)
-            node = self.nodes.pop(name)
-            self._spawn_close(node)
-        self.resolved_at = time.monotonic()
+    def refresh_names(self) -> list[Node]:
+        """Re-resolve ``GATEWAY_NODES`` (blocking DNS) and apply it; returns the nodes that left."""
+        return self.apply(resolve_each(self.settings.nodes, self.resolver))
 
-    def _spawn_close(self, node: Node) -> None:
-        with contextlib.suppress(RuntimeError):  # no running loop (tests, shutdown): nothing to close with
-            asyncio.get_running_loop().create_task(node.upstream.aclose())
+    def apply(self, resolved: dict[str, dict[str, str] | None]) -> list[Node]:
+        """New addresses join (unhealthy until polled); gone ones leave — but a name that failed to resolve
+        keeps its nodes (a DNS hiccup is not every pod leaving). Returns the nodes that left, to close."""
+        wanted: dict[str, tuple[str, str]] = {}
+        for source, found in resolved.items():
+            if found is None:
+                wanted.update({n.name: (n.url, source) for n in self.nodes.values() if n.source == source})
+                if not any(n.source == source for n in self.nodes.values()):  # never resolved: try the name itself
+                    wanted.update({name: (url, source) for name, url in expand([source], lambda h, _: []).items()})
+            else:
+                wanted.update({name: (url, source) for name, url in found.items()})
+        for name, (url, source) in wanted.items():
+            if name not in self.nodes:
+                self.nodes[name] = Node(name, url, Upstream(self.settings, base_url=url, kind="openai"), source)
+                log.info("node %s joined (%s)", name, url)
+        gone = [self.nodes.pop(name) for name in [n for n in self.nodes if n not in wanted]]
+        for node in gone:
+            log.warning("node %s left (no longer among the names' addresses)", node.name)
+            self.on_change(node.name, False)
+        self.resolved_at = time.monotonic()
+        return gone
 
     def views(self) -> list[NodeView]:
         return [node.view() for node in self.nodes.values()]
@@ -103,8 +132,11 @@ class Fleet:
 
     def eject(self, name: str, why: str) -> None:
         node = self.nodes.get(name)
-        if node is not None and node.healthy:
-            node.healthy, node.why_down = False, why
+        if node is None:
+            return
+        node.why_down = why
+        if node.healthy:
+            node.healthy = False
             log.warning("node %s ejected: %s", name, why)
             self.on_change(name, False)
 
@@ -116,7 +148,7 @@ class Fleet:
             status = answer.json()
             node.models = {row["id"]: _state(row) for row in status["models"]}
             ready = bool(status.get("ready"))
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, OverflowError) as exc:
             self.eject(node.name, f"status poll failed: {exc.__class__.__name__}")
             return
         node.polled_at = time.monotonic()
@@ -134,9 +166,14 @@ class Fleet:
         """Poll every node every ``GATEWAY_NODE_POLL_INTERVAL``; re-resolve names every
         ``GATEWAY_NODE_RESOLVE_INTERVAL``."""
         while True:
-            if time.monotonic() - self.resolved_at >= self.settings.node_resolve_interval:
-                await asyncio.to_thread(self.refresh_names)
-            await self.poll_all()
+            try:
+                if time.monotonic() - self.resolved_at >= self.settings.node_resolve_interval:
+                    resolved = await asyncio.to_thread(resolve_each, self.settings.nodes, self.resolver)
+                    for node in self.apply(resolved):  # applied here, on the loop: requests see one state
+                        await node.upstream.aclose()
+                await self.poll_all()
+            except Exception:  # a bug here must not end the polling: ejected nodes would never come back
+                log.exception("fleet poll failed; trying again")
             await asyncio.sleep(self.settings.node_poll_interval)
 
     async def aclose(self) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -34,6 +35,7 @@ from app.hardware import GIB, HostMemory, host_memory
 from app.keys import ApiKey
 from app.limiter import Limiter
 from app.metrics import Metrics
+from app.recent import Recent
 from app.registry import ModelEntry, Registry, RegistryError, load_registry
 from app.residency import Residency
 from app.routing import Route, choose
@@ -66,6 +68,7 @@ class Gateway:
         self.preload: dict[str, str] = {}  # GATEWAY_PRELOAD: model → "loaded" or why not
         self.preloading = False
         self.access = Access(settings, self.metrics)  # team keys and quotas (GATEWAY_KEYS_FILE)
+        self.recent = Recent()  # the last minutes, for the console
         self.fleet = Fleet(settings, on_change=lambda node, up: self.metrics.node_up.labels(node).set(int(up))) \
             if settings.nodes else None  # front mode: nodes, not a runtime, behind this gateway
         self.breaker = Breaker(
@@ -104,7 +107,9 @@ class Gateway:
         if route is None:
             route = choose(
                 self.registry, model=model, task=task, default_task=self.settings.default_task,
-                budget_gb=self.memory.budget_gb, available=available, cooling=cooling, need=need,
+                # a front has no runtime of its own: each node's budget decides (placement)
+                budget_gb=self.memory.budget_gb if self.fleet is None else math.inf,
+                available=available, cooling=cooling, need=need,
                 measured=self.measured_gb(), rank_by=self.settings.rank_by, latency_budget_ms=latency_budget_ms,
                 allowed=allowed,
             )

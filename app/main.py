@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -114,7 +115,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> ASGIApp:
             gw.draining = True
             await gw.stop()
 
-    api = FastAPI(
+    api = FastAPIOffline(  # /docs with Swagger UI served from the package, not a CDN
         title="foundry-gateway",
         version=__version__,
         description="One stable OpenAI-compatible URL in front of Foundry Local.",

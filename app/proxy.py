@@ -115,6 +115,11 @@ class Proxy:
                 await self._charge(ex)
             self.metrics.in_flight.dec()
             record(ex, self.metrics, self.out if self.settings.access_log else None, self.settings.log_prompts)
+            self.gw.recent.observe(status=ex.status, ttft_s=ex.ttft, route=ex.route_name,
+                                   model=ex.entry.name if ex.entry else None, task=ex.task,
+                                   reason=ex.route.reason if ex.route else None,
+                                   why=ex.route.explanation if ex.route else None, node=ex.node,
+                                   duration_s=clock() - ex.started, request_id=ex.request_id)
 
     async def _charge(self, ex: Exchange) -> None:
         """The tokens that really came back count against the key (streams included), and its slot is freed."""
@@ -226,12 +231,13 @@ class Proxy:
                                 retry.error.message)
                 continue
             except GatewayError as err:
-                self._verdict(permit, ex, healthy=err.status < 500, error=err.message)
+                self._verdict(permit, ex, healthy=err.status < 500 or node is not None, error=err.message)
                 raise
             except BaseException:
                 gw.breaker.cancel(permit)
                 raise
-            self._verdict(permit, ex, healthy=not ex.broken, error=ex.error)
+            # a node that died mid-stream says nothing of the model on the other nodes
+            self._verdict(permit, ex, healthy=not ex.broken or node is not None, error=ex.error)
             return
         assert failure is not None
         raise failure.error
@@ -272,7 +278,13 @@ class Proxy:
                        node: str | None = None) -> None:
         gw = self.gw
         endpoint = BY_NAME[ex.route_name]
-        upstream = gw.upstream if node is None or gw.fleet is None else gw.fleet.nodes[node].upstream
+        upstream = gw.upstream
+        if node is not None and gw.fleet is not None:
+            member = gw.fleet.nodes.get(node)
+            if member is None:  # left the fleet (re-resolution) since the placement
+                raise Retry(GatewayError(503, f"Node {node} left the fleet.", code="upstream_unavailable"), "connect")
+            upstream = member.upstream
+        ex.node = node
         translate = compat.chat_to_completion if ex.route_name == "completions" and not upstream.has_completions \
             else None
         held = _Held()
@@ -386,9 +398,13 @@ class Proxy:
                 payload = endpoints.prepare(endpoint, body, upstream_id=ex.upstream_id, stream=ex.stream,
                                             default_max_tokens=default_max, to_chat=to_chat)
             started = ex.sent_at = clock()
-            timer.reschedule(min(ex.deadline, loop.time() + self.settings.first_byte_timeout))
+            # a node may queue the request and load the model before its first byte: its own timers bound those
+            first_byte = self.settings.first_byte_timeout + (
+                self.settings.queue_timeout + self.settings.load_timeout if node is not None else 0.0)
+            timer.reschedule(min(ex.deadline, loop.time() + first_byte))
             try:
-                response = await upstream.open(upstream_route, payload, content_type)
+                forwarded = [("x-priority", ex.priority), ("x-request-id", ex.request_id)] if node else None
+                response = await upstream.open(upstream_route, payload, content_type, forwarded)
                 ex.sent = True
                 held.responses.append(response)  # owned from its first byte
                 chunks = aiter(cast(httpx.AsyncByteStream, response.stream))  # raw bytes, no decoding layer

@@ -12,6 +12,7 @@ their candidates are every model that can serve them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
@@ -79,6 +80,8 @@ def resolve_task(registry: Registry, header_task: str | None, default_task: str)
 
 
 def _gb(value: float) -> str:
+    if math.isinf(value):  # a front: no budget of its own
+        return "the nodes' budgets"
     return f"{round(value, 2):g} GiB"
 
 

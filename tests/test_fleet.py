@@ -66,6 +66,14 @@ def test_one_name_several_addresses_is_several_nodes() -> None:
                      "solo:9000": "http://solo:9000"}
 
 
+def test_a_name_that_stops_resolving_keeps_its_nodes() -> None:
+    addresses = ["10.0.0.1", "10.0.0.2"]
+    fleet = Fleet(load_settings(nodes=["http://nodes.svc:8080"]), resolver=lambda host, port: list(addresses))
+    addresses.clear()  # a DNS hiccup
+    assert fleet.refresh_names() == [] and sorted(fleet.nodes) == ["10.0.0.1:8080", "10.0.0.2:8080"]
+    asyncio.run(fleet.aclose())
+
+
 def test_names_are_re_resolved_nodes_join_and_leave() -> None:
     addresses = ["10.0.0.1"]
     settings = load_settings(nodes=["http://nodes.svc:8080"])
@@ -97,7 +105,7 @@ def fleet(tmp_path: Path) -> Iterator[tuple[GatewayProcess, list[GatewayProcess]
         for n in nodes:
             n.start().wait_ready()
         env = {**FAKE_ENV, "GATEWAY_NODES": ",".join(n.url for n in nodes), "GATEWAY_NODE_POLL_INTERVAL": "0.2",
-               "GATEWAY_ADMIN_API_KEY": "admin"}
+               "GATEWAY_ADMIN_API_KEY": "admin", "GATEWAY_HOST_RAM_GB": "0.5"}  # a small front: nodes' budgets count
         front = GatewayProcess(registry=registry, env=env, log_path=tmp_path / "front.log")
         try:
             front.start().wait_ready()

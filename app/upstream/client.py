@@ -83,9 +83,13 @@ class Upstream:
         host = httpx.URL(self.base_url).host
         return self.kind == "foundry" and (host == "localhost" or host.startswith("127.") or host == "::1")
 
-    async def open(self, route: str, body: bytes, content_type: str | None = None) -> httpx.Response:
-        """POST a body to a proxied route; returns once the response head arrived, body unread."""
+    async def open(self, route: str, body: bytes, content_type: str | None = None,
+                   extra: list[tuple[str, str]] | None = None) -> httpx.Response:
+        """POST a body to a proxied route; returns once the response head arrived, body unread. ``extra``:
+        headers a front passes on to its node (the request's priority and id)."""
         headers = self._header_list if content_type is None else [("content-type", content_type), *self._auth]
+        if extra:
+            headers = [*headers, *extra]
         request = httpx.Request("POST", self._url_objects[route], content=body, headers=headers,
                                 extensions={"timeout": self._proxy_timeout})
         return await self.transport.handle_async_request(request)

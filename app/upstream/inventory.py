@@ -314,6 +314,12 @@ class Inventory:
             self._unloading.pop(entry.name, None)
             done.set_result(None)
 
+    async def unload_now(self, entry: ModelEntry) -> bool:
+        """Unload on request (the console's admin action): never under a request using it."""
+        if self._in_use.get(entry.name) or entry.name in self._loading:
+            return False
+        return await self._unload(entry, reason="asked by an admin")
+
     async def unload_idle(self) -> None:
         """Unload models idle for longer than ``idle_unload_after`` seconds."""
         if not self.idle_unload_after or self.registry is None or not self.upstream.manages_models:

@@ -1,0 +1,69 @@
+"""The last minutes of traffic, for the console (``/ui``) and ``foundry-gateway status``: request rate, error
+rate and TTFT percentiles in 10-second buckets, and the last routing decisions with their reasons.
+
+Prometheus has the full history; this is the glance an operator on a workstation wants without one. It is
+bounded (60 buckets, 200 TTFT samples each, 50 decisions) and never holds prompt text.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+BUCKET_SECONDS = 10
+BUCKETS = 60  # ten minutes
+SAMPLES = 200
+
+
+@dataclass
+class Bucket:
+    start: int
+    requests: int = 0
+    errors: int = 0
+    ttft_ms: list[float] = field(default_factory=list)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[max(0, math.ceil(q * len(ordered)) - 1)], 1)
+
+
+class Recent:
+    def __init__(self, clock: Any = time.time) -> None:
+        self.clock = clock
+        self.buckets: deque[Bucket] = deque(maxlen=BUCKETS)
+        self.decisions: deque[dict[str, Any]] = deque(maxlen=50)
+
+    def observe(self, *, status: int, ttft_s: float, route: str, model: str | None, task: str | None,
+                reason: str | None, why: str | None, node: str | None, duration_s: float, request_id: str) -> None:
+        now = self.clock()
+        start = int(now // BUCKET_SECONDS) * BUCKET_SECONDS
+        if not self.buckets or self.buckets[-1].start != start:
+            self.buckets.append(Bucket(start))
+        bucket = self.buckets[-1]
+        bucket.requests += 1
+        bucket.errors += status >= 500 or status == 0
+        if ttft_s and len(bucket.ttft_ms) < SAMPLES:
+            bucket.ttft_ms.append(ttft_s * 1000)
+        if model is not None:
+            self.decisions.append({"at": round(now, 3), "request_id": request_id, "endpoint": route, "model": model,
+                                   "task": task, "reason": reason, "why": why, "node": node, "status": status,
+                                   "duration_ms": round(duration_s * 1000, 1)})
+
+    def series(self) -> list[dict[str, Any]]:
+        """One row per 10 s over the last ten minutes (empty buckets included, so charts keep their time axis)."""
+        now = int(self.clock() // BUCKET_SECONDS) * BUCKET_SECONDS
+        by_start = {b.start: b for b in self.buckets}
+        rows = []
+        for start in range(now - (BUCKETS - 1) * BUCKET_SECONDS, now + 1, BUCKET_SECONDS):
+            bucket = by_start.get(start, Bucket(start))
+            rows.append({"t": start, "requests_per_s": round(bucket.requests / BUCKET_SECONDS, 2),
+                         "error_rate": round(bucket.errors / bucket.requests, 3) if bucket.requests else 0.0,
+                         "ttft_p50_ms": percentile(bucket.ttft_ms, 0.5),
+                         "ttft_p95_ms": percentile(bucket.ttft_ms, 0.95)})
+        return rows
