@@ -7,7 +7,7 @@ PORT ?= 8080
 MODEL := models/tiny-chat/genai_config.json
 BUILDER := .venv-model/.installed
 
-.PHONY: help install model builder prometheus redis run test lint typecheck unit bench bench-real bench-surface bench-fleet bench-transport clean
+.PHONY: help install model builder prometheus redis chromium run test lint typecheck unit bench bench-real bench-surface bench-fleet bench-transport clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ prometheus:  ## install Debian's prometheus (promtool) if missing
 redis:  ## install Debian's redis-server if missing (the quota tests start their own)
 	scripts/ensure-redis.sh
 
+chromium:  ## install Debian's chromium if missing (the console tests drive it headless)
+	scripts/ensure-chromium.sh
+
 run: install model  ## run the gateway on 127.0.0.1:$(PORT) in front of a managed Foundry Local with the tiny models
 	$(VENV)/bin/foundry-gateway serve --port $(PORT)
 
@@ -45,7 +48,7 @@ lint: install  ## ruff, mypy and hadolint
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
 
-test: install model builder prometheus redis lint  ## everything CI runs: lint, unit, integration (real Foundry Local, real Prometheus, the model builder)
+test: install model builder prometheus redis chromium lint  ## everything CI runs: lint, unit, integration (real Foundry Local, Prometheus, Redis, Chromium, the model builder)
 	$(PY) -m pytest
 
 bench: install  ## gateway overhead vs direct against a fast fake upstream

@@ -246,6 +246,47 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- status -------------------------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """The console's view (GET /v1/console) in the terminal: budget, loaded models, traffic, decisions, nodes."""
+    settings = _settings(args)
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    state = _remote(args.gateway or f"http://{host}:{settings.port}", "/v1/console")
+    if args.json:
+        _print_json(state)
+        return 0
+    budget = state["host"]
+    used = sum(m["ram_gb"] for m in budget["loaded"])
+    ready = "[green]ready[/]" if state["ready"] else "[red]not ready[/]"
+    loaded = ", ".join(f"{m['model']} ({m['ram_gb']} GiB)" for m in budget["loaded"]) or "no loaded models"
+    out.print(f"[bold]foundry-gateway {state['version']}[/] — {ready}; RAM: {used:.2f} of {budget['budget_gb']} GiB "
+              f"budget in {loaded}")
+    last_minute = state["traffic"][-6:]
+    rate = sum(p["requests_per_s"] for p in last_minute) / max(len(last_minute), 1)
+    ttft = next((p for p in reversed(state["traffic"]) if p["ttft_p50_ms"] is not None), None)
+    ttft_text = f"{ttft['ttft_p50_ms']}/{ttft['ttft_p95_ms']} ms" if ttft else "–"
+    errors = max((p["error_rate"] for p in last_minute), default=0.0)
+    out.print(f"last minute: {rate:.2f} req/s, TTFT p50/p95 {ttft_text}, errors up to {errors:.1%}")
+    table = Table(title="last routing decisions", title_justify="left")
+    for name in ("endpoint", "model", "task", "why", "node", "status", "ms"):
+        table.add_column(name)
+    for d in state["decisions"][:args.last]:
+        table.add_row(d["endpoint"], d["model"], d["task"] or "", f"{d['reason']}; {d['why']}", d["node"] or "",
+                      str(d["status"]), str(d["duration_ms"]))
+    out.print(table)
+    if state.get("nodes"):
+        nodes = Table(title="nodes", title_justify="left")
+        for name in ("node", "health", "loaded", "in flight", "queued"):
+            nodes.add_column(name)
+        for n in state["nodes"]:
+            nodes.add_row(n["node"], "[green]up[/]" if n["healthy"] else f"[red]down[/] {n['why_down']}",
+                          ", ".join(n["loaded"]), str(n["in_flight"]), str(n["queued"]))
+        out.print(nodes)
+    return 0
+
+
 # --- registry -------------------------------------------------------------------------------------------
 
 
@@ -542,6 +583,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-budget-ms", type=latency_budget,
                    help="as X-Latency-Budget-Ms: skip models whose measured p95 is over it")
     source_options(p)
+
+    p = command("status", "What a running gateway is doing: RAM, loaded models, traffic, decisions, nodes.",
+                cmd_status)
+    p.add_argument("--gateway", help="the gateway to ask (default: this host's)")
+    p.add_argument("--last", type=int, default=10, help="how many routing decisions to show (default 10)")
+    p.add_argument("--json", action="store_true", help="the console's JSON (GET /v1/console)")
 
     reg = sub.add_parser("registry", help="Validate or edit the model registry.", description="Registry tools.")
     reg_sub = reg.add_subparsers(dest="registry_command", metavar="ACTION", required=True)

@@ -4,6 +4,10 @@ refused without it; /docs renders with every request off the host blocked."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +17,7 @@ import httpx
 import pytest
 
 from tests.fakes.upstream import UpstreamProcess
-from tests.helpers import GatewayProcess, require_module, require_program, write_registry
+from tests.helpers import ROOT, GatewayProcess, require_module, require_program, write_registry
 
 MODELS = ["alpha-generic-cpu:1", "beta-generic-cpu:1"]
 REGISTRY = [{"name": "alpha", "task": "chat", "min_ram_gb": 2}, {"name": "beta", "task": "chat", "min_ram_gb": 2,
@@ -117,3 +121,16 @@ def test_docs_render_offline(gateway: tuple[GatewayProcess, UpstreamProcess], pa
     page.wait_for_selector(".swagger-ui .opblock")
     assert "/v1/chat/completions" in page.inner_text(".swagger-ui")
     assert page.blocked == [], page.blocked  # nothing fetched from a CDN
+
+
+def test_status_command_shares_the_consoles_json(gateway: tuple[GatewayProcess, UpstreamProcess]) -> None:
+    gw, _ = gateway
+    chat(gw, "alpha")
+    env = {**os.environ, "GATEWAY_ENV_FILE": "/nonexistent", "COLUMNS": "200"}
+    shown = subprocess.run([sys.executable, "-m", "app.cli", "status", "--gateway", gw.url], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "last routing decisions" in shown.stdout and "alpha" in shown.stdout
+    state = json.loads(subprocess.run([sys.executable, "-m", "app.cli", "status", "--gateway", gw.url, "--json"],
+                                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=60).stdout)
+    assert state == {**state, "admin": True, "ready": True} and state["decisions"][0]["model"] == "alpha"
+    assert "messages" not in json.dumps(state["decisions"])  # no prompt text, ever
