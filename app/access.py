@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from app.errors import GatewayError
 from app.keys import ApiKey, KeyRing, KeysError, load_keys
@@ -23,6 +24,7 @@ from app.registry import Registry
 from app.settings import Settings
 
 log = logging.getLogger("foundry_gateway.keys")
+STORE_RETRY_AFTER = 2.0  # seconds a failed quota store is left alone
 
 
 class Access:
@@ -34,6 +36,7 @@ class Access:
         self._mtime = _mtime(self.path)
         self.store: Store = RedisStore(settings.redis_url) if settings.redis_url else MemoryStore()
         self._last_store_error = 0.0
+        self._down_until = 0.0  # the store failed: until then it is not asked (one timeout, not one per request)
         self.metrics.key_names(k.name for k in self.keyring)
 
     # --- the keys file --------------------------------------------------------------------------------------
@@ -44,8 +47,8 @@ class Access:
         self._mtime = _mtime(self.path)
         try:
             self.keyring = load_keys(self.path)
-        except (KeysError, OSError) as exc:
-            problems = exc.problems if isinstance(exc, KeysError) else [str(exc)]
+        except (KeysError, OSError, UnicodeDecodeError) as exc:
+            problems = exc.problems if isinstance(exc, KeysError) else [exc.__class__.__name__]
             log.error("keys file %s rejected, the last good keys stay in force: %s", self.path, "; ".join(problems))
             self.metrics.keys_reloads.labels("error").inc()
             return
@@ -118,15 +121,23 @@ class Access:
         if metered:
             await self._guarded(self.store.charge(key, request_id, prompt_tokens + completion_tokens))
 
-    async def _guarded(self, call: object) -> object:
+    async def _guarded(self, call: Coroutine[Any, Any, Any]) -> object:
+        if time.monotonic() < self._down_until:  # it failed a moment ago: do not make every request wait on it
+            call.close()
+            self.metrics.quota_store_errors.inc()
+            if self.settings.quota_fail_open:
+                return None
+            raise GatewayError(503, "The quota store is unavailable and the gateway fails closed.",
+                               code="quota_store_unavailable")
         try:
             return await guarded(call, fail_open=self.settings.quota_fail_open, on_error=self._store_error)
         except StoreDown as exc:
-            raise GatewayError(503, f"The quota store is unavailable and the gateway fails closed: {exc}",
-                               code="quota_store_unavailable") from None
+            raise GatewayError(503, "The quota store is unavailable and the gateway fails closed.",
+                               code="quota_store_unavailable") from exc
 
     def _store_error(self, exc: BaseException) -> None:
         self.metrics.quota_store_errors.inc()
+        self._down_until = time.monotonic() + STORE_RETRY_AFTER
         now = time.monotonic()
         if now - self._last_store_error > 5:  # loud, but not a line per request
             self._last_store_error = now

@@ -223,8 +223,10 @@ async def admin_load(request: Request, name: str = Path(..., max_length=200),
                      authorization: str | None = Header(None)) -> JSONResponse:
     gw = _admin(request, authorization)
     entry = _registry_entry(gw, name)
-    if not gw.upstream.manages_models:
-        raise GatewayError(409, "This upstream does not load or unload models.", code="not_supported")
+    _manages_models(gw)
+    if gw.inventory.ram_gb(entry) > gw.memory.budget_gb:
+        raise GatewayError(409, f"Model '{entry.name}' needs {gw.inventory.ram_gb(entry):g} GiB; this host's budget "
+                                f"is {gw.memory.budget_gb:.2f} GiB.", code="insufficient_ram")
     seconds = await gw.inventory.ensure_loaded(entry)
     return JSONResponse({"status": "loaded", "model": entry.name, "seconds": round(seconds, 3)})
 
@@ -234,14 +236,20 @@ async def admin_unload(request: Request, name: str = Path(..., max_length=200),
                        authorization: str | None = Header(None)) -> JSONResponse:
     gw = _admin(request, authorization)
     entry = _registry_entry(gw, name)
-    if not gw.upstream.manages_models:
-        raise GatewayError(409, "This upstream does not load or unload models.", code="not_supported")
+    _manages_models(gw)
     if not gw.inventory.is_loaded(entry):
         return JSONResponse({"status": "not_loaded", "model": entry.name})
     if not await gw.inventory.unload_now(entry):
         raise GatewayError(409, f"Model '{entry.name}' is serving requests or the runtime refused; it stays loaded.",
                            code="model_busy")
     return JSONResponse({"status": "unloaded", "model": entry.name})
+
+
+def _manages_models(gw: Gateway) -> None:
+    if gw.fleet is not None:
+        raise GatewayError(409, "This is a front: load and unload on the nodes' own consoles.", code="not_supported")
+    if not gw.upstream.manages_models:
+        raise GatewayError(409, "This upstream does not load or unload models.", code="not_supported")
 
 
 def _registry_entry(gw: Gateway, name: str) -> ModelEntry:

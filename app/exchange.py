@@ -5,6 +5,8 @@ ASGI responder that lets a stream start with keep-alive comments and still end i
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 import time
 from typing import IO, Any
 
@@ -21,13 +23,18 @@ from app.streaming import error_event
 clock = time.perf_counter
 
 
+_SLOT_PREFIX = os.urandom(6).hex()
+_slots = itertools.count(1)
+
+
 class Exchange:
     """What one request did, for metrics and the access log."""
 
     __slots__ = (
         "aborted", "body", "broken", "cause", "deadline", "entry", "error", "fallbacks", "finished", "key",
         "load_wait", "metered", "node", "priority", "queue_wait", "request_id", "route", "route_name", "sent",
-        "sent_at", "started", "status", "stream", "task", "tpot", "ttft", "upstream_id", "upstream_wait", "usage",
+        "sent_at", "slot", "started", "status", "stream", "task", "tpot", "ttft", "upstream_id", "upstream_wait",
+        "usage",
     )
 
     def __init__(self, route_name: str, request_id: str) -> None:
@@ -45,6 +52,7 @@ class Exchange:
         self.key: ApiKey | None = None  # the team key it came with (GATEWAY_KEYS_FILE)
         self.metered = False  # admitted against the key's quotas: its usage is charged at the end
         self.node: str | None = None  # front mode: the node that answered
+        self.slot = f"{_SLOT_PREFIX}-{next(_slots)}"  # its own id for quota slots (X-Request-Id is the client's)
         self.sent_at = 0.0  # when the request went to the upstream (for the adaptive limit's service time)
         self.task: str | None = None
         self.entry: ModelEntry | None = None

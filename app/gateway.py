@@ -209,15 +209,17 @@ class Gateway:
         """The team key a request presents (``GATEWAY_KEYS_FILE``), None for a flat ``GATEWAY_API_KEYS`` or
         admin key or when no keys are set; else 401."""
         team = self.access.keyring
-        if not self._api_keys and not len(team):
-            return None
+        if not self._api_keys and self.settings.keys_file is None:
+            return None  # no keys configured: open (the start-up warning says so)
         token = _bearer(authorization)
         key = self.access.find(token.decode("latin-1")) if len(team) else None
         if key is not None:
             return key
-        if self._api_keys and _matches(token, self._api_keys):
+        admin = self.settings.admin_api_key
+        accepted = self._api_keys or ((admin.encode(),) if admin else ())  # the admin key opens everything
+        if accepted and _matches(token, accepted):
             return None
-        raise _unauthorized()
+        raise _unauthorized()  # a keys file with no keys lets nobody in
 
     # --- registry ----------------------------------------------------------------------------------
 
@@ -279,7 +281,9 @@ class Gateway:
             self._spawn(self._preload())
         self._spawn(self._refresh_loop())
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_registry, "SIGHUP")
+            hangup = getattr(signal, "SIGHUP", None)  # not on Windows: reload with POST /admin/reload there
+            if hangup is not None:
+                asyncio.get_running_loop().add_signal_handler(hangup, self.reload_registry, "SIGHUP")
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -371,9 +375,12 @@ class Gateway:
         path = self.settings.registry_path
         while True:
             await asyncio.sleep(self.settings.registry_watch_interval)
-            if _mtime(path) != self._registry_mtime:
-                self.reload_registry("file changed")
-            self.access.reload_if_changed()
+            try:
+                if _mtime(path) != self._registry_mtime:
+                    self.reload_registry("file changed")
+                self.access.reload_if_changed()
+            except Exception:  # a bug in one reload must not stop every later one
+                log.exception("watching the registry and keys files failed; watching on")
 
     # --- managed Foundry Local -----------------------------------------------------------------------
 
@@ -486,9 +493,9 @@ def exposure_warnings(settings: Settings) -> list[str]:
     if settings.host.startswith(_LOOPBACK):
         return []
     warnings = []
-    if not settings.all_api_keys:
+    if not settings.all_api_keys and settings.keys_file is None:
         warnings.append(f"!!! listening on {settings.host}:{settings.port} with NO API KEYS: anyone who can reach this "
-                        "address can use your models. Set GATEWAY_API_KEYS (or GATEWAY_API_KEYS_FILE).")
+                        "address can use your models. Set GATEWAY_KEYS_FILE (team keys) or GATEWAY_API_KEYS.")
     if not settings.metrics_api_key:
         warnings.append(f"/metrics is open on {settings.host}:{settings.port}: set GATEWAY_METRICS_API_KEY to "
                         "protect it.")

@@ -89,8 +89,12 @@ def parse_keys(raw: str, *, label: str = "keys", yaml: bool = False) -> KeyRing:
             data = pyyaml.safe_load(raw)
         else:
             data = json.loads(raw)
-    except Exception as exc:  # a parser's own error, whichever parser
-        raise KeysError([f"{label}: not valid {'YAML' if yaml else 'JSON'}: {exc}"]) from None
+    except Exception as exc:  # a parser's own error, whichever parser; its text may quote a key: only where
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else \
+            f"line {getattr(exc, 'lineno', '?')}, column {getattr(exc, 'colno', '?')}"
+        raise KeysError([f"{label}: not valid {'YAML' if yaml else 'JSON'} ({exc.__class__.__name__} at {where})"]) \
+            from None
     items = data.get("keys") if isinstance(data, dict) else None
     if not isinstance(items, list):
         raise KeysError([f"{label}: must be an object with a 'keys' list"])
@@ -131,6 +135,7 @@ def _parse_one(item: Any, where: str, problems: list[str]) -> ApiKey | None:
         value = item.get(field)
         if value is not None and not (isinstance(value, list) and all(isinstance(v, str) and v for v in value)):
             problems.append(f"{where}: '{field}' must be a list of names")
+            value = None
         lists[field] = frozenset(value) if isinstance(value, list) else None
     limits = {}
     for field in LIMITS:

@@ -126,7 +126,7 @@ class Proxy:
         usage = ex.usage or {}
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         with contextlib.suppress(Exception):  # a quota store failing now is logged and counted by Access
-            await self.gw.access.charge(ex.key, ex.request_id, prompt if isinstance(prompt, int) else 0,
+            await self.gw.access.charge(ex.key, ex.slot, prompt if isinstance(prompt, int) else 0,
                                         completion if isinstance(completion, int) else 0, metered=ex.metered)
 
     # --- request ---------------------------------------------------------------------------------
@@ -189,8 +189,8 @@ class Proxy:
         gw.access.check_task(ex.key, route.task)
         ex.route, ex.task, ex.entry = route, route.task, route.model
         if ex.key is not None:
-            reply.quota = await gw.access.admit(ex.key, ex.request_id)
-            ex.metered = ex.key.limited
+            ex.metered = ex.key.limited  # before the await: a request cancelled mid-admission still frees its slot
+            reply.quota = await gw.access.admit(ex.key, ex.slot)
         self.metrics.routing.labels(self.metrics.task_label(route.task), route.model.name, route.reason).inc()
         reply.set_route(route.model, route.task, route.header)
 

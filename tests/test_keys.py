@@ -258,3 +258,30 @@ def test_keys_cli_add_ls_rm(tmp_path: Path) -> None:
     assert listed == [{"name": "team-x", "models": ["tiny-chat"], "tasks": None, "requests_per_minute": 60,
                        "tokens_per_minute": 0, "tokens_per_day": 0, "max_concurrency": 0, "priority": None}]
     assert cli("rm", "team-x").returncode == 0 and json.loads(cli("ls", "--json").stdout)["keys"] == []
+
+
+def test_an_empty_keys_file_lets_nobody_in_and_the_admin_key_works(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    keys.write_text('{"keys": []}')
+    registry = write_registry(tmp_path / "models.json", REGISTRY)
+    with UpstreamProcess(models=["chat-a", "chat-b"]) as up, GatewayProcess(
+            upstream=up.url, registry=registry, log_path=tmp_path / "gw.log",
+            env={**FAKE_ENV, "GATEWAY_KEYS_FILE": str(keys), "GATEWAY_ADMIN_API_KEY": "the-admin-key"}) as gw:
+        gw.wait_ready()
+        assert ask(gw, "anything-at-all").status_code == 401
+        assert httpx.post(f"{gw.base_url}/chat/completions", json={"messages": HI, "max_tokens": 4},
+                          timeout=30).status_code == 401
+        assert ask(gw, "the-admin-key").status_code == 200
+        assert httpx.get(f"{gw.base_url}/console", headers={"Authorization": "Bearer the-admin-key"}).status_code == 200
+
+
+def test_a_yaml_error_never_quotes_the_file() -> None:
+    with pytest.raises(KeysError) as caught:
+        parse_keys('keys:\n  - name: a\n    key: "sk-SECRET-value\n', yaml=True)
+    assert "SECRET" not in str(caught.value) and "line" in str(caught.value)
+
+
+def test_concurrency_slots_are_the_gateways_not_the_clients_request_ids() -> None:
+    from app.exchange import Exchange
+
+    assert Exchange("chat", "same-id").slot != Exchange("chat", "same-id").slot
