@@ -23,6 +23,7 @@ from rich.table import Table
 from app import __version__, benchmark, keys_cli
 from app.errors import GatewayError
 from app.keys import KeysError
+from app.portable import event_loop
 from app.registry import FIELDS, RegistryError, build_registry, dump_registry, load_registry
 from app.routing import ENDPOINT_NEEDS, latency_budget
 from app.settings import Settings, load_settings
@@ -108,7 +109,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"(upstream: {settings.upstream_mode}, registry: {settings.registry_path})")
     uvicorn.run(
         "app.main:create_app", factory=True, host=settings.host, port=settings.port, workers=settings.workers,
-        loop="uvloop", http="httptools", log_level="warning", access_log=False, proxy_headers=False,
+        loop=event_loop(args.loop or settings.loop), http="httptools", log_level="warning", access_log=False,
+        proxy_headers=False,
         timeout_graceful_shutdown=round(settings.shutdown_grace) or None, timeout_keep_alive=30,
     )
     return 0
@@ -560,6 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="listen address (GATEWAY_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (GATEWAY_PORT, default 8080)")
     p.add_argument("--workers", type=int, help="worker processes (needs an external upstream)")
+    p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"],
+                   help="event loop (GATEWAY_LOOP, default auto: uvloop where installed, not on Windows)")
     p.add_argument("--upstream", help="URL of a running upstream (external mode)")
     p.add_argument("--registry", help="registry file (default models.json)")
 

@@ -80,6 +80,14 @@ class Settings(BaseSettings):
         True, description="Linux: `TCP_QUICKACK` re-armed after every read and `TCP_NODELAY` on upstream "
         "connections, so a runtime writing small segments with Nagle on does not stall each first token ~40 ms.",
     )
+    upstream_fresh_connections: bool | None = Field(
+        None, description="A new upstream connection per request instead of keep-alive. Unset: only where "
+        "`TCP_QUICKACK` does not exist (macOS, Windows) and the upstream is on this host — a loopback connect costs "
+        "less than the ~40 ms delayed-ACK stall a reused connection pays (docs/performance.md).",
+    )
+    loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto", description="Event loop: `auto` picks uvloop where it is installed (not on Windows), else asyncio's.",
+    )
     upstream_tls_verify: bool = Field(
         True, description="Check the `https://` upstream's certificate. `false` only in a lab: it warns loudly.",
     )

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import orjson
 
+from app.portable import can_quickack
 from app.settings import Settings
 from app.upstream.transport import FastTransport, ssl_context
 
@@ -149,8 +150,19 @@ def make_transport(settings: Settings) -> httpx.AsyncBaseTransport:
         return AiohttpTransport(verify=tls, limits=httpx.Limits(  # type: ignore[no-any-return]
             max_connections=None, max_keepalive_connections=settings.max_in_flight,
             keepalive_expiry=settings.upstream_keepalive))
-    return FastTransport(max_idle_per_host=settings.max_in_flight, keepalive_expiry=settings.upstream_keepalive,
-                         ssl_context=tls, tcp_tuning=settings.upstream_tcp_tuning)
+    fresh = settings.upstream_fresh_connections
+    if fresh is None:  # no quick-ACK here: on loopback a new connection beats the delayed-ACK stall
+        fresh = settings.upstream_tcp_tuning and not can_quickack() and _on_this_host(settings)
+    return FastTransport(max_idle_per_host=0 if fresh else settings.max_in_flight,
+                         keepalive_expiry=settings.upstream_keepalive, ssl_context=tls,
+                         tcp_tuning=settings.upstream_tcp_tuning)
+
+
+def _on_this_host(settings: Settings) -> bool:
+    if settings.upstream_mode == "managed":
+        return True
+    host = httpx.URL(settings.upstream_url or "http://127.0.0.1").host
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def upstream_ssl_context(settings: Settings) -> ssl.SSLContext:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import httpx
 
+from app.portable import process_group, stop_tree
+
 
 @dataclass(frozen=True, slots=True)
 class LocalModelSpec:
@@ -107,7 +109,7 @@ class ManagedFoundry:
             *self.runner, "--cache-dir", str(self.cache_dir), "--host", self.host, "--port", "0",
             "--models-file", str(spec),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
-            start_new_session=True,  # its own process group: stopping it reaches anything it spawns
+            **process_group(),  # its own process group: stopping it reaches anything it spawns
             cwd=str(Path(__file__).resolve().parents[2]),
         )
         try:
@@ -274,16 +276,13 @@ class ManagedFoundry:
         if proc is None:
             return
         if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+            stop_tree(proc.pid, force=False)
             try:
                 await asyncio.wait_for(proc.wait(), timeout)
             except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                stop_tree(proc.pid, force=True)
                 await proc.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # anything the runtime left in its group
+        stop_tree(proc.pid, force=True)  # anything the runtime left in its group
         if self._drain is not None:
             self._drain.cancel()
             self._drain = None

@@ -29,6 +29,7 @@ import enum
 import select
 import socket
 import ssl
+import sys
 import time
 from collections import deque
 from typing import Any
@@ -104,8 +105,11 @@ class _Connection(asyncio.Protocol):
         tune, self._quickack = self._quickack, None
         if sock is None:
             return
-        self._poller = select.poll()  # for the staleness check before reuse: one poll(2) call, no allocation
-        self._poller.register(sock.fileno(), select.POLLIN)
+        if sys.platform != "win32":  # for the staleness check before reuse: one poll(2) call, no allocation
+            self._poller = select.poll()
+            self._poller.register(sock.fileno(), select.POLLIN)
+        else:  # Windows: select(2) on the one socket
+            self._poller = _SelectPoller(sock)
         if tune and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -579,3 +583,14 @@ def ssl_context(ca_bundle: str | None = None, verify: bool = True) -> ssl.SSLCon
     return context
 
 
+class _SelectPoller:
+    """``select.poll``'s one method this module uses, for platforms without poll(2) (Windows)."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def poll(self, timeout: float) -> list[int]:
+        readable, _, _ = select.select([self.sock], [], [], timeout)
+        return [1] if readable else []
