@@ -43,13 +43,18 @@ chromium:  ## install Debian's chromium if missing (the console tests drive it h
 run: install model  ## run the gateway on 127.0.0.1:$(PORT) in front of a managed Foundry Local with the tiny models
 	$(VENV)/bin/foundry-gateway serve --port $(PORT)
 
-lint: install  ## ruff, mypy and hadolint
+lint: install  ## ruff, mypy (also as on Windows and macOS) and hadolint
 	$(VENV)/bin/ruff check app tests scripts
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --platform win32 app
+	$(VENV)/bin/mypy --platform darwin app
 	$(VENV)/bin/hadolint Dockerfile
 
 test: install model builder prometheus redis chromium lint  ## everything CI runs: lint, unit, integration (real Foundry Local, Prometheus, Redis, Chromium, the model builder)
 	$(PY) -m pytest
+	# the proxy, streaming, surface, fleet and keys tests again on asyncio's own event loop, as on Windows
+	GATEWAY_LOOP=asyncio $(PY) -m pytest tests/test_proxy.py tests/test_streaming.py \
+		tests/test_hardening.py tests/test_surface.py tests/test_fleet.py tests/test_keys.py tests/test_portable.py
 
 bench: install  ## gateway overhead vs direct against a fast fake upstream
 	$(PY) scripts/bench_overhead.py

@@ -105,11 +105,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)  # stale files from a previous run would be summed in
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    loop = event_loop(args.loop or settings.loop)
     err.print(f"foundry-gateway {__version__} on http://{settings.host}:{settings.port} "
-              f"(upstream: {settings.upstream_mode}, registry: {settings.registry_path})")
+              f"(upstream: {settings.upstream_mode}, registry: {settings.registry_path}, loop: {loop})")
     uvicorn.run(
         "app.main:create_app", factory=True, host=settings.host, port=settings.port, workers=settings.workers,
-        loop=event_loop(args.loop or settings.loop), http="httptools", log_level="warning", access_log=False,
+        loop=loop, http="httptools", log_level="warning", access_log=False,
         proxy_headers=False,
         timeout_graceful_shutdown=round(settings.shutdown_grace) or None, timeout_keep_alive=30,
     )
