@@ -124,7 +124,10 @@ async def get_model(request: Request, model_id: str) -> dict[str, Any]:
     entry = gw.registry.lookup(model_id)
     if entry is None:
         raise GatewayError(404, f"Model '{model_id}' is not in the registry.", code="model_not_found", param="model")
-    return next(row for row in model_rows(gw, show_paths=_admin_asked(gw, request)) if row["id"] == entry.name)
+    rows = model_rows(gw, show_paths=_admin_asked(gw, request))
+    if gw.fleet is not None:
+        rows = fleet_rows(gw, rows)
+    return next(row for row in rows if row["id"] == entry.name)
 
 
 @router.get("/v1/route", summary="Routing dry-run: the model a request would get, and why")
