@@ -32,13 +32,13 @@ $(BUILDER): scripts/requirements-model.txt
 builder: $(BUILDER)  ## the model builder's venv (.venv-model: torch, onnxruntime-genai) for `compile`, ~1 min
 
 prometheus:  ## install Debian's prometheus (promtool) if missing
-	scripts/ensure-prometheus.sh
+	scripts/ensure-package.sh prometheus prometheus promtool
 
 redis:  ## install Debian's redis-server if missing (the quota tests start their own)
-	scripts/ensure-redis.sh
+	scripts/ensure-package.sh redis-server redis-server
 
 chromium:  ## install Debian's chromium if missing (the console tests drive it headless)
-	scripts/ensure-chromium.sh
+	scripts/ensure-package.sh chromium chromium
 
 run: install model  ## run the gateway on 127.0.0.1:$(PORT) in front of a managed Foundry Local with the tiny models
 	$(VENV)/bin/foundry-gateway serve --port $(PORT)
