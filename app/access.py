@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -33,7 +34,7 @@ class Access:
         self.metrics = metrics
         self.path: Path | None = settings.keys_file
         self.keyring = load_keys(self.path) if self.path is not None else KeyRing()  # broken at start: fatal
-        self._mtime = _mtime(self.path)
+        self._mtime = file_mtime(self.path)
         self.store: Store = RedisStore(settings.redis_url) if settings.redis_url else MemoryStore()
         self._last_store_error = 0.0
         self._down_until = 0.0  # the store failed: until then it is not asked (one timeout, not one per request)
@@ -42,9 +43,9 @@ class Access:
     # --- the keys file --------------------------------------------------------------------------------------
 
     def reload_if_changed(self) -> None:
-        if self.path is None or _mtime(self.path) == self._mtime:
+        if self.path is None or file_mtime(self.path) == self._mtime:
             return
-        self._mtime = _mtime(self.path)
+        self._mtime = file_mtime(self.path)
         try:
             self.keyring = load_keys(self.path)
         except (KeysError, OSError, UnicodeDecodeError) as exc:
@@ -170,8 +171,9 @@ def _headers(key: ApiKey, decision: Decision) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def _mtime(path: Path | None) -> float:
+def file_mtime(path: Path | None) -> float:
+    """A watched file's modification time (0.0 when it is missing): what the registry and keys watchers compare."""
     try:
-        return path.stat().st_mtime if path is not None else 0.0
+        return os.stat(path).st_mtime_ns / 1e9 if path is not None else 0.0
     except OSError:
         return 0.0

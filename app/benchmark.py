@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import platform
 import statistics
 import sys
@@ -27,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from app import __version__, bench_records
+from app.recent import nearest_rank
 
 SCORES = ("fluency", "relevance", "correctness")
 COLUMNS = (
@@ -181,11 +181,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    index = max(0, math.ceil(q * len(ordered)) - 1)
-    return round(ordered[index], 4)
+    found = nearest_rank(values, q)
+    return None if found is None else round(found, 4)
 
 
 def summarize(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -69,6 +69,12 @@ def _offline_gateway(args: argparse.Namespace) -> Any:
     return gw
 
 
+def _local_gateway(settings: Settings) -> str:
+    """The URL of the gateway these settings describe, as reached from this host."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://{host}:{settings.port}"
+
+
 def _remote(url: str, path: str) -> Any:
     import httpx
 
@@ -255,8 +261,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """The console's view (GET /v1/console) in the terminal: budget, loaded models, traffic, decisions, nodes."""
     settings = _settings(args)
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    state = _remote(args.gateway or f"http://{host}:{settings.port}", "/v1/console")
+    state = _remote(args.gateway or _local_gateway(settings), "/v1/console")
     if args.json:
         _print_json(state)
         return 0
@@ -435,8 +440,7 @@ def _cache_context(args: argparse.Namespace) -> tuple[Settings, Any, set[str] | 
     import httpx
 
     settings = _settings(args)
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    url = args.gateway or f"http://{host}:{settings.port}"
+    url = args.gateway or _local_gateway(settings)
     key = settings.admin_api_key or next(iter(settings.all_api_keys), None)
     loaded: set[str] | None
     try:

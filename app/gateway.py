@@ -13,7 +13,6 @@ import contextlib
 import hmac
 import logging
 import math
-import os
 import shlex
 import shutil
 import signal
@@ -21,10 +20,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Coroutine, Set
-from pathlib import Path
 from typing import Any
 
-from app.access import Access
+from app.access import Access, file_mtime
 from app.breaker import Breaker
 from app.concurrency import AdaptiveLimit
 from app.errors import GatewayError
@@ -54,7 +52,7 @@ class Gateway:
         self.metrics = metrics or Metrics()
         self.memory: HostMemory = host_memory(settings.host_ram_gb, settings.ram_reserve_gb)
         self.registry: Registry = load_registry(settings.registry_path)  # a bad registry at start is fatal
-        self._registry_mtime = _mtime(settings.registry_path)
+        self._registry_mtime = file_mtime(settings.registry_path)
         self.metrics.registry_reloads.labels("ok").inc()
         external = settings.upstream_mode == "external"
         self.upstream = Upstream(settings, base_url=self._external_url() if external else None)
@@ -243,7 +241,7 @@ class Gateway:
     def reload_registry(self, reason: str = "request") -> tuple[bool, str]:
         """Load the registry file again; a bad file is rejected and the last good one stays."""
         path = self.settings.registry_path
-        self._registry_mtime = _mtime(path)
+        self._registry_mtime = file_mtime(path)
         try:
             registry = load_registry(path)
         except RegistryError as exc:
@@ -376,7 +374,7 @@ class Gateway:
         while True:
             await asyncio.sleep(self.settings.registry_watch_interval)
             try:
-                if _mtime(path) != self._registry_mtime:
+                if file_mtime(path) != self._registry_mtime:
                     self.reload_registry("file changed")
                 self.access.reload_if_changed()
             except Exception:  # a bug in one reload must not stop every later one
@@ -457,13 +455,6 @@ def _matches(token: bytes, keys: tuple[bytes, ...]) -> bool:
 def _unauthorized() -> GatewayError:
     return GatewayError(401, "Invalid or missing API key. Send 'Authorization: Bearer <key>'.",
                         code="invalid_api_key", headers={"www-authenticate": "Bearer"})
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return os.stat(path).st_mtime_ns / 1e9
-    except OSError:
-        return 0.0
 
 
 def discover_foundry_url() -> str | None:

@@ -26,11 +26,17 @@ class Bucket:
     ttft_ms: list[float] = field(default_factory=list)
 
 
-def percentile(values: list[float], q: float) -> float | None:
+def nearest_rank(values: list[float], q: float) -> float | None:
+    """The q-quantile by the nearest-rank method (None for no values); ``bench`` uses it too."""
     if not values:
         return None
     ordered = sorted(values)
-    return round(ordered[max(0, math.ceil(q * len(ordered)) - 1)], 1)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def _ms(values: list[float], q: float) -> float | None:
+    found = nearest_rank(values, q)
+    return None if found is None else round(found, 1)
 
 
 class Recent:
@@ -64,6 +70,5 @@ class Recent:
             bucket = by_start.get(start, Bucket(start))
             rows.append({"t": start, "requests_per_s": round(bucket.requests / BUCKET_SECONDS, 2),
                          "error_rate": round(bucket.errors / bucket.requests, 3) if bucket.requests else 0.0,
-                         "ttft_p50_ms": percentile(bucket.ttft_ms, 0.5),
-                         "ttft_p95_ms": percentile(bucket.ttft_ms, 0.95)})
+                         "ttft_p50_ms": _ms(bucket.ttft_ms, 0.5), "ttft_p95_ms": _ms(bucket.ttft_ms, 0.95)})
         return rows

@@ -81,8 +81,7 @@ class Upstream:
     @property
     def reads_our_files(self) -> bool:
         """Foundry Local on this host: its transcription endpoint takes a path it reads from its own disk."""
-        host = httpx.URL(self.base_url).host
-        return self.kind == "foundry" and (host == "localhost" or host.startswith("127.") or host == "::1")
+        return self.kind == "foundry" and _loopback(httpx.URL(self.base_url).host)
 
     async def open(self, route: str, body: bytes, content_type: str | None = None,
                    extra: list[tuple[str, str]] | None = None) -> httpx.Response:
@@ -161,7 +160,10 @@ def make_transport(settings: Settings) -> httpx.AsyncBaseTransport:
 def _on_this_host(settings: Settings) -> bool:
     if settings.upstream_mode == "managed":
         return True
-    host = httpx.URL(settings.upstream_url or "http://127.0.0.1").host
+    return _loopback(httpx.URL(settings.upstream_url or "http://127.0.0.1").host)
+
+
+def _loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
