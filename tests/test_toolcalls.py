@@ -83,13 +83,13 @@ def test_close_tag_and_braces_inside_argument_strings() -> None:
     for pieces in ([text], list(text)):
         content, calls = run(pieces)
         assert json.loads(calls[0]["arguments"]) == {"s": "x</tool_call>y}{"} and content == "after"
-    assert extract(text)[1][0]["function"]["arguments"] == '{"s":"x</tool_call>y}{"}'
+    assert extract(text)[1][0]["function"]["arguments"] == '{"s": "x</tool_call>y}{"}'  # as written, both ways
 
 
 def test_tag_in_prose_is_released_as_text() -> None:
     stream = ToolCallStream()
-    assert stream.feed("Use the <tool_call> tag") == [{"content": "Use the "}, {"content": "<tool_call>"},
-                                                      {"content": " tag"}]
+    deltas = stream.feed("Use the <tool_call> tag")
+    assert "".join(d["content"] for d in deltas) == "Use the <tool_call> tag" and stream.end() == []
 
 
 def test_invalid_escape_in_a_name_stays_text() -> None:
@@ -155,3 +155,87 @@ def test_chunks_keep_the_envelope_and_set_the_finish_reason() -> None:
     assert all(c["id"] == "c1" and c["object"] == "chat.completion.chunk" for c in out)
     assert out[-1]["choices"][0]["finish_reason"] == "tool_calls"
     assert not any(c["choices"][0]["delta"].get("content") for c in out)
+
+
+# --- the stream and the JSON answer make the same message (issue 22) ------------------------------------------
+
+
+def merged(pieces: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
+    """What a client rebuilds from the stream: content (None if only calls came) and (name, arguments)."""
+    content, calls = run(pieces)
+    return (content if content or not calls else None), [(c["name"], c["arguments"]) for c in calls.values()]
+
+
+def whole(text: str) -> tuple[str | None, list[tuple[str, str]]]:
+    content, calls = extract(text)
+    return content, [(c["function"]["name"], c["function"]["arguments"]) for c in calls]
+
+
+CASES = {
+    "an unclosed call followed by text": (
+        '<tool_call>{"name": "f", "arguments": {"a": 1}}\nThen I explain.', "Then I explain.", ["f"]),
+    "an unclosed first call then a closed second": (
+        '<tool_call>{"name": "f", "arguments": {}}<tool_call>{"name": "g", "arguments": {"b": 2}}</tool_call>',
+        None, ["f", "g"]),
+    "an empty name": ('<tool_call>{"name": "", "arguments": {}}</tool_call>',
+                      '<tool_call>{"name": "", "arguments": {}}</tool_call>', []),
+    "junk after the arguments": ('<tool_call>{"name": "f", "arguments": {"a": 1} junk}</tool_call>',
+                                 "junk}</tool_call>", ["f"]),
+    "leading blank lines": ('\n\n<tool_call>{"name": "f", "arguments": {}}</tool_call>\n', None, ["f"]),
+    "a tag inside a fenced code block": ('Like this:\n```\n<tool_call>{"name": "f", "arguments": {}}</tool_call>\n```',
+                                         'Like this:\n```\n<tool_call>{"name": "f", "arguments": {}}</tool_call>\n```',
+                                         []),
+    "a missing outer brace before text": ('<tool_call>{"name": "f", "arguments": {"a": 1}\nmore text',
+                                          "more text", ["f"]),
+}
+
+
+def test_where_they_disagreed_both_make_the_same_message() -> None:
+    for what, (text, content, names) in CASES.items():
+        expected = whole(text)
+        assert expected[0] == content, what
+        assert [name for name, _ in expected[1]] == names, what
+        for size in (1, 2, 3, 7, len(text)):
+            pieces = [text[i:i + size] for i in range(0, len(text), size)]
+            assert merged(pieces) == expected, (what, size)
+
+
+fragment = st.sampled_from(["<tool_call>", "</tool_call>", "<tool_", "```", "`", "{", "}", '"', "\\", ",", ":",
+                            '"name"', '"arguments"', ' "f"', "\n", " ", "a", "x y", '{"name": "f", "arguments": {',
+                            '{"arguments": {"k": 1}, "name": "g"}', '"</tool_call>"', "[1]"])
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(fragment, max_size=16), st.lists(st.integers(min_value=0, max_value=10_000), max_size=20))
+def test_any_text_any_split_the_stream_equals_the_json_answer(parts: list[str], cuts: list[int]) -> None:
+    """Whatever the model writes — calls, half calls, junk, fences — and wherever the stream is cut, the message
+    a client rebuilds from the stream is the JSON answer's."""
+    text = "".join(parts)
+    assert merged(split(text, cuts)) == whole(text)
+    assert merged(list(text)) == whole(text)
+
+
+def test_n_choices_each_have_their_own_parser() -> None:
+    chunks = ToolCallChunks()
+
+    def chunk(index: int, content: str | None = None, finish: str | None = None) -> dict[str, Any]:
+        delta = {"content": content} if content is not None else {}
+        return {"id": "c", "object": "chat.completion.chunk",
+                "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
+
+    first, second = WEATHER, WEATHER.replace("Paris", "Oslo")
+    out: list[dict[str, Any]] = []
+    for a, b in itertools.zip_longest([first[i:i + 9] for i in range(0, len(first), 9)],
+                                      [second[i:i + 5] for i in range(0, len(second), 5)]):
+        if a is not None:
+            out += chunks.chunk(chunk(0, a))
+        if b is not None:
+            out += chunks.chunk(chunk(1, b))
+    out += chunks.chunk(chunk(0, finish="stop")) + chunks.chunk(chunk(1, finish="stop"))
+    for index, city in ((0, "Paris"), (1, "Oslo")):
+        mine = [c["choices"][0] for c in out if c["choices"][0]["index"] == index]
+        arguments = "".join(call["function"].get("arguments", "") for choice in mine
+                            for call in choice["delta"].get("tool_calls", []))
+        assert json.loads(arguments)["city"] == city
+        assert mine[-1]["finish_reason"] == "tool_calls"
+        assert not any(choice["delta"].get("content") for choice in mine)
