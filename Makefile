@@ -7,7 +7,7 @@ PORT ?= 8080
 MODEL := models/tiny-chat/genai_config.json
 BUILDER := .venv-model/.installed
 
-.PHONY: help install model builder prometheus redis chromium run test lint typecheck unit bench bench-real bench-surface bench-fleet bench-transport clean
+.PHONY: help install model builder prometheus redis chromium run test lint typecheck unit bench bench-real bench-surface bench-fleet bench-transport bench-toolcalls clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ bench-fleet: install  ## a front over 1, 2 and 4 fake-upstream nodes: throughput
 
 bench-transport: install  ## CPU per request of each upstream transport alone (fast, httpx, aiohttp)
 	$(PY) scripts/bench_transport.py
+
+bench-toolcalls: install  ## CPU to rebuild a streamed tool call of 5, 20 and 50 KB of arguments (4-character pieces)
+	$(PY) scripts/bench_toolcalls.py
 
 clean:  ## remove the venv and run state
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

@@ -21,7 +21,7 @@ from app.errors import GatewayError
 from app.keys import ApiKey, KeyRing, KeysError, load_keys
 from app.metrics import Metrics
 from app.quota import Decision, MemoryStore, RedisStore, Store, StoreDown, guarded
-from app.registry import Registry
+from app.registry import ModelEntry, Registry
 from app.settings import Settings
 
 log = logging.getLogger("foundry_gateway.keys")
@@ -47,7 +47,9 @@ class Access:
             return
         self._mtime = file_mtime(self.path)
         try:
-            self.keyring = load_keys(self.path)
+            keyring = load_keys(self.path)
+            self._check_shared(keyring)
+            self.keyring = keyring
         except (KeysError, OSError, UnicodeDecodeError) as exc:
             problems = exc.problems if isinstance(exc, KeysError) else [exc.__class__.__name__]
             log.error("keys file %s rejected, the last good keys stay in force: %s", self.path, "; ".join(problems))
@@ -56,6 +58,15 @@ class Access:
         self.metrics.keys_reloads.labels("ok").inc()
         self.metrics.key_names(k.name for k in self.keyring)
         log.info("keys file %s reloaded: %d keys", self.path, len(self.keyring))
+
+    def _check_shared(self, keyring: KeyRing) -> None:
+        """Quotas need counters every worker shares: several workers without Redis would each count alone
+        (``serve`` refuses to start so; a reload that adds quotas is refused the same way)."""
+        if self.settings.workers > 1 and not self.settings.redis_url:
+            limited = [key.name for key in keyring if key.limited]
+            if limited:
+                raise KeysError([f"{self.settings.workers} workers without GATEWAY_REDIS_URL cannot hold the "
+                                 f"quotas of {', '.join(limited)} (each worker would count alone)"])
 
     def find(self, token: str) -> ApiKey | None:
         return self.keyring.find(token) if token else None
@@ -68,10 +79,8 @@ class Access:
             return None
         return frozenset(e.name for e in registry if any(n in key.models for n in e.names))
 
-    def check_model(self, key: ApiKey, requested: str | None, allowed: frozenset[str] | None,
-                    registry: Registry) -> None:
-        """A pinned model outside the key's allow-list: 403 naming the key and what it may use."""
-        entry = registry.lookup(requested) if requested else None
+    def check_model(self, key: ApiKey, entry: ModelEntry | None, allowed: frozenset[str] | None) -> None:
+        """A model outside the key's allow-list: 403 naming the key and what it may use."""
         if entry is not None and allowed is not None and entry.name not in allowed:
             self.metrics.key_rejections.labels(key.name, "model_not_allowed").inc()
             raise GatewayError(403, f"Key '{key.name}' may not use model '{entry.name}'. It may use: "

@@ -21,7 +21,7 @@ from app.gateway import Gateway
 from app.limiter import Limiter
 from app.placement import place
 from app.registry import ModelEntry
-from app.routing import ENDPOINT_NEEDS, latency_budget
+from app.routing import ENDPOINT_NEEDS, beside_pinned, latency_budget
 
 router = APIRouter()
 
@@ -47,13 +47,15 @@ def model_rows(gw: Gateway, task: str | None = None, *, show_paths: bool = True)
     budget = gw.memory.budget_gb
     inv = gw.inventory
     cooling = gw.breaker.skipped()
+    pinned = gw.pinned_loaded()
     rows = []
     for entry in gw.registry:
         if task and task not in entry.tasks:
             continue
         measured = inv.measured_gb(entry)
         need = inv.ram_gb(entry)
-        fits = need <= budget
+        beside = beside_pinned(entry, need, budget, pinned)
+        fits = need <= budget and not beside
         available = None if inv.available is None else entry.name in inv.available
         rows.append({
             "id": entry.name,
@@ -70,7 +72,7 @@ def model_rows(gw: Gateway, task: str | None = None, *, show_paths: bool = True)
             "measured": entry.measured.raw if entry.measured else None,
             "capabilities": list(entry.capabilities),
             "fit": (f"fits ({need:.3g} ≤ {budget:.1f} GiB budget)" if fits
-                    else f"needs {need:.3g} GiB > {budget:.1f} GiB budget"),
+                    else beside or f"needs {need:.3g} GiB > {budget:.1f} GiB budget"),
             "upstream_id": inv.upstream_id(entry),
             "available": available,
             "loaded": inv.is_loaded(entry) if available else False,

@@ -112,8 +112,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     loop = event_loop(args.loop or settings.loop)
-    err.print(f"foundry-gateway {__version__} on http://{settings.host}:{settings.port} "
-              f"(upstream: {settings.upstream_mode}, registry: {settings.registry_path}, loop: {loop})")
+    # plain text, one line: rich would wrap it at 80 columns in a pipe or a log file
+    sys.stderr.write(f"foundry-gateway {__version__} on http://{settings.host}:{settings.port} "
+                     f"(upstream: {settings.upstream_mode}, registry: {settings.registry_path}, loop: {loop})\n")
+    sys.stderr.flush()
     uvicorn.run(
         "app.main:create_app", factory=True, host=settings.host, port=settings.port, workers=settings.workers,
         loop=loop, http="httptools", log_level="warning", access_log=False,
@@ -134,6 +136,11 @@ def workers_problem(settings: Settings, model_limits: list[int]) -> str | None:
                 "worker's LRU or idle unload could unload a model another worker is streaming on. One worker "
                 "relays well over 1,000 requests/s (docs/performance.md); run one, or several gateways each with "
                 "its own runtime.")
+    limited = _limited_keys(settings)
+    if limited and not settings.redis_url:
+        return (f"the keys file gives quotas to {', '.join(limited)}, and without GATEWAY_REDIS_URL every worker "
+                f"would count them on its own ({workers} workers: up to {workers}x each quota). Set GATEWAY_REDIS_URL "
+                "(the workers then share the counters) or run one worker.")
     limits = {"GATEWAY_MODEL_CONCURRENCY": settings.model_concurrency, "GATEWAY_MAX_IN_FLIGHT": settings.max_in_flight,
               **{f"a registry max_concurrency of {n}": n for n in model_limits}}
     for name, limit in limits.items():
@@ -142,6 +149,15 @@ def workers_problem(settings: Settings, model_limits: list[int]) -> str | None:
                     f"limit, and a share below 1 would let the workers together exceed it. Use at most {limit} "
                     f"workers or raise the limit.")
     return None
+
+
+def _limited_keys(settings: Settings) -> list[str]:
+    """The names of the keys with quotas in ``GATEWAY_KEYS_FILE`` (none without one)."""
+    from app.keys import load_keys
+
+    if settings.keys_file is None:
+        return []
+    return [key.name for key in load_keys(settings.keys_file) if key.limited]
 
 
 # --- models / select ------------------------------------------------------------------------------------

@@ -26,7 +26,14 @@ import orjson
 from app import compat
 from app.errors import GatewayError, bad_request
 from app.routing import ENDPOINT_NEEDS
-from app.streaming import RESPONSES_TERMINAL, ResponsesInspector, StreamInspector, responses_usage
+from app.streaming import (
+    RESPONSES_TERMINAL,
+    ResponsesInspector,
+    StreamInspector,
+    event_json,
+    responses_usage,
+    split_events,
+)
 from app.toolcalls import ToolCallChunks, fix_answer
 
 JSON = dict[str, Any]
@@ -236,6 +243,64 @@ def _embeddings_answer(data: JSON, as_base64: bool, tokens: int | None) -> JSON:
     if (not isinstance(usage, dict) or not usage.get("prompt_tokens")) and tokens is not None:  # Foundry Local: 0
         data["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
     return data
+
+
+# --- tokens the gateway counts itself (a stream cut before its usage came) ----------------------------------
+
+
+def prompt_texts(body: JSON) -> list[str]:
+    """The text a request sends the model (messages, prompt, input, instructions), for counting its tokens."""
+    texts: list[str] = []
+    for key in ("prompt", "input", "instructions"):
+        _texts_of(body.get(key), texts)
+    for message in body.get("messages") or ():
+        if isinstance(message, dict):
+            _texts_of(message.get("content"), texts)
+    return texts
+
+
+def _texts_of(value: Any, out: list[str]) -> None:
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, str):
+                out.append(item)
+            elif isinstance(item, dict):
+                _texts_of(item.get("text") if "text" in item else item.get("content"), out)
+
+
+def generated_texts(blocks: list[bytes]) -> list[str]:
+    """The generated text in a stream's blocks as relayed: content, reasoning and tool-call arguments of chat
+    chunks, completions' ``text``, the Responses API's ``….delta`` events."""
+    texts: list[str] = []
+    for block in blocks:
+        for event in split_events(block):
+            data = event_json(event)
+            if not isinstance(data, dict):
+                continue
+            delta = data.get("delta")
+            if isinstance(delta, str):
+                texts.append(delta)
+            for choice in data.get("choices") or ():
+                if isinstance(choice, dict):
+                    _choice_texts(choice, texts)
+    return texts
+
+
+def _choice_texts(choice: JSON, out: list[str]) -> None:
+    if isinstance(choice.get("text"), str):
+        out.append(choice["text"])
+    delta = choice.get("delta")
+    if not isinstance(delta, dict):
+        return
+    for key in ("content", "reasoning_content"):
+        if isinstance(delta.get(key), str):
+            out.append(delta[key])
+    for call in delta.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            out.append(function["arguments"])
 
 
 # --- upstream errors that are the request's fault -------------------------------------------------------------

@@ -32,9 +32,9 @@ class Exchange:
 
     __slots__ = (
         "aborted", "body", "broken", "cause", "deadline", "entry", "error", "fallbacks", "finished", "key",
-        "load_wait", "metered", "node", "priority", "queue_wait", "request_id", "route", "route_name", "sent",
-        "sent_at", "slot", "started", "status", "stream", "task", "tpot", "ttft", "upstream_id", "upstream_wait",
-        "usage",
+        "load_wait", "metered", "node", "priority", "queue_wait", "relayed", "request_id", "route", "route_name",
+        "sent", "sent_at", "slot", "started", "status", "stream", "task", "tpot", "ttft", "upstream_id",
+        "upstream_wait", "usage",
     )
 
     def __init__(self, route_name: str, request_id: str) -> None:
@@ -65,9 +65,37 @@ class Exchange:
         self.queue_wait = 0.0
         self.load_wait = 0.0
         self.usage: dict[str, Any] | None = None
+        self.relayed = Transcript()  # a stream's blocks as sent: what a client that left is charged for
         self.error = ""
         self.cause = ""
         self.fallbacks = 0
+
+
+class Transcript:
+    """What a stream relayed, kept to count its tokens if the upstream's usage never comes (the client left):
+    the first 64 KiB as sent, and the size of the rest (its tokens scaled from the part kept). Appending costs
+    nothing on the hot path; memory stays bounded however long the stream."""
+
+    __slots__ = ("blocks", "kept", "total")
+    KEEP = 64 * 1024
+
+    def __init__(self) -> None:
+        self.blocks: list[bytes] = []
+        self.kept = 0
+        self.total = 0
+
+    def __bool__(self) -> bool:
+        return self.total > 0
+
+    def add(self, block: bytes) -> None:
+        self.total += len(block)
+        if self.kept < self.KEEP:
+            self.blocks.append(block)
+            self.kept += len(block)
+
+    def scaled(self, tokens: int) -> int:
+        """Tokens counted in the blocks kept, scaled to everything relayed."""
+        return tokens if self.total <= self.kept else -(-tokens * self.total // max(self.kept, 1))
 
 
 class Responder:
@@ -176,6 +204,8 @@ def _log(ex: Exchange, out: IO[str], elapsed: float, overhead: float, status_cla
         "prompt_tokens": usage.get("prompt_tokens"),
         "completion_tokens": usage.get("completion_tokens"),
     }
+    if usage.get("estimated"):
+        line["usage_estimated"] = True  # the stream was cut before the upstream's usage came
     if ex.error:
         line["error"] = ex.error[:300]
     if log_prompts and ex.body is not None:

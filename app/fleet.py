@@ -3,7 +3,10 @@ Service name is one node per address), how they are (their ``/v1/node`` status, 
 requests this front has on each right now.
 
 A node that refuses a connection is ejected at once — by the request that found out or by the poll — and comes
-back when a poll succeeds. Each node is reached through its own pool of keep-alive connections (an
+back when a poll succeeds. A node whose requests keep failing (timeouts, 5xx, broken streams:
+``GATEWAY_NODE_EJECT_AFTER`` in a row) is an outlier, as Envoy calls it: ejected for ``GATEWAY_NODE_EJECT_SECONDS``
+(doubled at each ejection in a row), however well it answers its status polls meanwhile — a hung runtime behind
+a live gateway answers those. Each node is reached through its own pool of keep-alive connections (an
 ``Upstream`` of kind ``openai``: a node is an OpenAI-compatible gateway), so the front forwards and streams
 bytes exactly as a node does to its runtime.
 """
@@ -82,6 +85,9 @@ class Node:
     models: dict[str, ModelState] = field(default_factory=dict)
     front_in_flight: dict[str, int] = field(default_factory=dict)
     polled_at: float = 0.0
+    failures: int = 0  # requests that failed in a row
+    ejections: int = 0  # outlier ejections in a row (each one longer)
+    ejected_until: float = 0.0  # no re-admission before (monotonic)
 
     def view(self) -> NodeView:
         return NodeView(self.name, self.healthy, dict(self.models), dict(self.front_in_flight), self.why_down)
@@ -89,10 +95,13 @@ class Node:
 
 class Fleet:
     def __init__(self, settings: Settings, resolver: Resolver = resolve_host,
-                 on_change: Callable[[str, bool], None] = lambda node, up: None) -> None:
+                 on_change: Callable[[str, bool], None] = lambda node, up: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.resolver = resolver
         self.on_change = on_change
+        self.clock = clock
+        self.turn = 0  # placement's tie-breaker: equally good nodes take turns
         self.nodes: dict[str, Node] = {}
         self.resolved_at = 0.0
         self.refresh_names()
@@ -128,6 +137,10 @@ class Fleet:
     def views(self) -> list[NodeView]:
         return [node.view() for node in self.nodes.values()]
 
+    def next_turn(self) -> int:
+        self.turn += 1
+        return self.turn
+
     # --- health ---------------------------------------------------------------------------------------------
 
     def eject(self, name: str, why: str) -> None:
@@ -139,6 +152,28 @@ class Fleet:
             node.healthy = False
             log.warning("node %s ejected: %s", name, why)
             self.on_change(name, False)
+
+    def failed(self, name: str, why: str) -> None:
+        """A request failed on the node (not the client's fault, not a refusal): an outlier after enough in a row."""
+        node = self.nodes.get(name)
+        if node is None:
+            return
+        node.failures += 1
+        if node.failures >= self.settings.node_eject_after and node.healthy:
+            node.ejections += 1
+            seconds = self.settings.node_eject_seconds * 2 ** min(node.ejections - 1, 3)
+            node.ejected_until = self.clock() + seconds
+            self.eject(name, f"ejected for {seconds:g}s after {node.failures} consecutive failures (last: {why})")
+
+    def succeeded(self, name: str) -> None:
+        node = self.nodes.get(name)
+        if node is not None:
+            node.failures = 0
+            node.ejections = 0
+
+    def may_admit(self, node: Node) -> bool:
+        """Whether a good poll may bring the node back (an ejected outlier waits out its time)."""
+        return self.clock() >= node.ejected_until
 
     async def poll(self, node: Node) -> None:
         try:
@@ -153,8 +188,10 @@ class Fleet:
             return
         node.polled_at = time.monotonic()
         if ready and not node.healthy:
+            if not self.may_admit(node):
+                return
             log.info("node %s admitted", node.name)
-            node.healthy, node.why_down = True, ""
+            node.healthy, node.why_down, node.failures = True, "", 0
             self.on_change(node.name, True)
         elif not ready:
             self.eject(node.name, "not ready")
@@ -196,4 +233,5 @@ class Fleet:
 def _state(row: dict[str, Any]) -> ModelState:
     return ModelState(available=row.get("available"), fits=bool(row.get("fits", True)),
                       loaded=bool(row.get("loaded")), in_flight=int(row.get("in_flight") or 0),
-                      queued=int(row.get("queued") or 0), limit=int(row.get("concurrency_limit") or 1))
+                      queued=int(row.get("queued") or 0), limit=int(row.get("concurrency_limit") or 1),
+                      cooling_down=bool(row.get("cooling_down")))

@@ -75,7 +75,8 @@ class Gateway:
         )
         self.residency = Residency(self._fit_together, hold=settings.swap_hold)
         self.admission = Limiter("the gateway", self._per_worker(settings.max_in_flight),
-                                 self._per_worker(settings.queue_size), settings.queue_timeout)
+                                 self._per_worker(settings.queue_size), settings.queue_timeout,
+                                 aging=settings.batch_aging)
         self._limiters: dict[str, Limiter] = {}
         self._controllers: dict[str, AdaptiveLimit] = {}
         self._routes: dict[tuple[object, ...], Route] = {}
@@ -99,8 +100,9 @@ class Gateway:
         inventory, the breaker or measured sizes, and all are part of the key (or clear the cache)."""
         available = self.inventory.available if self.fleet is None else self._fleet_available()
         cooling = self.breaker.skipped()
+        pinned = self.pinned_loaded()
         key = (model, task, need, latency_budget_ms, allowed, available, self.breaker.version,
-               self.inventory.footprints.version)
+               self.inventory.footprints.version, tuple(pinned.items()))
         route = self._routes.get(key)
         if route is None:
             route = choose(
@@ -109,7 +111,7 @@ class Gateway:
                 budget_gb=self.memory.budget_gb if self.fleet is None else math.inf,
                 available=available, cooling=cooling, need=need,
                 measured=self.measured_gb(), rank_by=self.settings.rank_by, latency_budget_ms=latency_budget_ms,
-                allowed=allowed,
+                allowed=allowed, pinned=pinned,
             )
             if len(self._routes) >= 1024:  # clients choose the strings in the key: stay bounded
                 self._routes.clear()
@@ -140,6 +142,13 @@ class Gateway:
     def controller(self, entry: ModelEntry) -> AdaptiveLimit | None:
         """The model's adaptive limit, or None when its limit is fixed."""
         return self._controllers.get(entry.name)
+
+    def pinned_loaded(self) -> dict[str, float]:
+        """The loaded registry models that never unload (``pinned``), with the GiB each holds: every other model
+        must fit beside them. A front has none of its own."""
+        if self.fleet is not None or not self.upstream.manages_models:
+            return {}
+        return {e.name: self.inventory.ram_gb(e) for e in self._pinned if self.inventory.is_loaded(e)}
 
     def _fleet_available(self) -> frozenset[str]:
         """Front mode: the registry models some healthy node has."""
@@ -223,6 +232,7 @@ class Gateway:
 
     def _apply_registry(self, registry: Registry) -> None:
         self.registry = registry
+        self._pinned = tuple(e for e in registry if e.pinned)
         self._routes = {}
         self.inventory.set_registry(registry)
         self.metrics.set_vocabulary((e.name for e in registry), registry.tasks)
@@ -246,8 +256,9 @@ class Gateway:
             registry = load_registry(path)
         except RegistryError as exc:
             self.metrics.registry_reloads.labels("error").inc()
-            log.error("registry reload (%s) rejected, keeping the last good one: %s", reason, exc)
-            return False, str(exc)
+            problems = "; ".join(exc.problems)
+            log.error("registry reload (%s) rejected, keeping the last good one: %s", reason, problems)
+            return False, problems
         self._apply_registry(registry)
         self.metrics.registry_reloads.labels("ok").inc()
         log.info("registry reloaded (%s): %d models", reason, len(registry))

@@ -138,9 +138,19 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> ASGIApp:
     return app
 
 
+class SingleLineFormatter(logging.Formatter):
+    """Every record on one line, whatever the terminal: newlines in messages and tracebacks are written as
+    ``\\n``, so log shippers and ``grep`` see one event per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def create_app(**overrides: Any) -> ASGIApp:
     """uvicorn factory: settings from the environment (``GATEWAY_*``)."""
     settings = load_settings(**overrides)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(SingleLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per upstream call otherwise
     return build_app(settings)

@@ -10,6 +10,7 @@ itself has in flight there now (the status is a moment old; the front's own coun
    is saturated (or none has it);
 4. last, the saturated nodes that have it loaded, least busy first: they queue it.
 
+Nodes where the model is cooling down (the node's circuit breaker) are skipped; equally good nodes take turns.
 Every node gets a verdict and a reason, for ``/v1/route`` and ``X-Gateway-Route``.
 """
 
@@ -29,6 +30,7 @@ class ModelState:
     in_flight: int = 0
     queued: int = 0
     limit: int = 1  # the node's concurrency limit for it
+    cooling_down: bool = False  # the node's circuit breaker skips it after failures
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,32 +58,37 @@ def _busy(node: NodeView, model: str, state: ModelState) -> int:
     return max(state.in_flight + state.queued, node.front_in_flight.get(model, 0))
 
 
-def place(model: str, nodes: Sequence[NodeView]) -> Placement:
-    ready: list[tuple[float, str, str]] = []  # loaded, with room
-    scale_out: list[tuple[float, str, str]] = []  # not loaded, fits
-    saturated: list[tuple[float, str, str]] = []  # loaded, no room
+def place(model: str, nodes: Sequence[NodeView], turn: int = 0) -> Placement:
+    """``turn`` breaks ties: equally good nodes take turns (the caller counts up), so one node that answers
+    badly is not everyone's first try."""
+    ready: list[tuple[float, int, str, str]] = []  # loaded, with room
+    scale_out: list[tuple[float, int, str, str]] = []  # not loaded, fits
+    saturated: list[tuple[float, int, str, str]] = []  # loaded, no room
     skipped: list[tuple[str, str, str]] = []
-    for node in nodes:
+    for position, node in enumerate(nodes):
         state = node.models.get(model)
+        tie = (position - turn) % len(nodes)
         if not node.healthy:
             skipped.append((node.name, "skipped", node.why_down))
         elif state is None or state.available is False:
             skipped.append((node.name, "skipped", "does not have it"))
         elif not state.fits:
             skipped.append((node.name, "skipped", "does not fit its RAM budget"))
+        elif state.cooling_down:
+            skipped.append((node.name, "skipped", "the model is cooling down there after failures"))
         else:
             busy = _busy(node, model, state)
             load = busy / max(state.limit, 1)
             others = sum(node.front_in_flight.values())
             if state.loaded and busy < state.limit:
-                ready.append((load, node.name, f"loaded there, {busy}/{state.limit} busy"))
+                ready.append((load, tie, node.name, f"loaded there, {busy}/{state.limit} busy"))
             elif state.loaded:
-                saturated.append((load, node.name, f"loaded there but saturated, {busy}/{state.limit} busy"))
+                saturated.append((load, tie, node.name, f"loaded there but saturated, {busy}/{state.limit} busy"))
             else:
-                scale_out.append((float(others), node.name, ""))
+                scale_out.append((float(others), tie, node.name, ""))
     why = ("not loaded there, fits: scaling out (every node with it loaded is saturated)" if saturated
            else "not loaded there, fits: loading it")
-    scale_out = [(load, name, why) for load, name, _ in scale_out]
+    scale_out = [(load, tie, name, why) for load, tie, name, _ in scale_out]
     ordered = sorted(ready) + sorted(scale_out) + sorted(saturated)
-    verdicts = [(name, "selected" if i == 0 else "fallback", reason) for i, (_, name, reason) in enumerate(ordered)]
-    return Placement(tuple(name for _, name, _ in ordered), (*verdicts, *skipped))
+    verdicts = [(name, "selected" if i == 0 else "fallback", reason) for i, (_, _, name, reason) in enumerate(ordered)]
+    return Placement(tuple(name for _, _, name, _ in ordered), (*verdicts, *skipped))

@@ -47,7 +47,7 @@ from app.relay import relay_json, relay_stream
 from app.residency import Residency
 from app.routing import Route, latency_budget
 from app.streaming import EventSplitter, event_data, event_json, split_events
-from app.tokens import counter
+from app.tokens import counter, estimate
 from app.upstream.client import Upstream
 from app.upstream.inventory import Inventory
 
@@ -62,6 +62,9 @@ _ids = itertools.count(1)
 _ID_PREFIX = os.urandom(4).hex()
 _DONE_EVENT = b"[DONE]"
 _PLAIN_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,7}")
+# A client's X-Request-Id is kept if it is visible ASCII (it goes into headers, logs and nodes' requests), else
+# the gateway's own id replaces it.
+_VISIBLE_ID = re.compile(rb"[!-~]{1,128}")
 
 
 class Proxy:
@@ -75,7 +78,7 @@ class Proxy:
     async def __call__(self, scope: Scope, receive: Any, send: Any, route_name: str) -> None:
         headers = dict(scope["headers"])  # last value wins: fine for the few headers read here
         rid = headers.get(b"x-request-id")
-        request_id = rid.decode("latin-1")[:128] if rid else f"{_ID_PREFIX}-{next(_ids)}"
+        request_id = rid.decode("ascii") if rid and _VISIBLE_ID.fullmatch(rid) else f"{_ID_PREFIX}-{next(_ids)}"
         ex = Exchange(route_name, request_id)
         ex.deadline = asyncio.get_running_loop().time() + self.settings.total_timeout
         reply = Responder(send, ex)
@@ -111,6 +114,8 @@ class Proxy:
         finally:
             if watcher is not None:
                 watcher.cancel()
+            if ex.relayed and not isinstance((ex.usage or {}).get("completion_tokens"), int):
+                await self._estimate_usage(ex)
             if ex.key is not None:
                 await self._charge(ex)
             self.metrics.in_flight.dec()
@@ -128,6 +133,21 @@ class Proxy:
         with contextlib.suppress(Exception):  # a quota store failing now is logged and counted by Access
             await self.gw.access.charge(ex.key, ex.slot, prompt if isinstance(prompt, int) else 0,
                                         completion if isinstance(completion, int) else 0, metered=ex.metered)
+
+    async def _estimate_usage(self, ex: Exchange) -> None:
+        """A stream cut before the upstream's usage came (the client left, the upstream broke): what was
+        generated is counted from the content relayed (and the prompt from the request), with the model's
+        tokenizer or at ~4 bytes a token — charged to the key and logged as estimated, never 0."""
+        model_dir = ex.entry.path if ex.entry is not None else None
+        prompt, generated = endpoints.prompt_texts(ex.body or {}), endpoints.generated_texts(ex.relayed.blocks)
+        try:
+            prompt_tokens, completion_tokens = await asyncio.to_thread(
+                lambda: (estimate(model_dir, prompt), ex.relayed.scaled(estimate(model_dir, generated))))
+        except Exception:  # an estimate is never worth a failed request
+            log.exception("counting the tokens of request %s failed", ex.request_id)
+            return
+        ex.usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens, "estimated": True}
 
     # --- request ---------------------------------------------------------------------------------
 
@@ -178,14 +198,19 @@ class Proxy:
         ex.body = body if endpoint.name != "transcriptions" else {k: v for k, v in body.items() if k != "file"}
         ex.stream = endpoint.streams and body.get("stream") is True
         model = body.get("model")
+        if isinstance(model, str) and model != model.strip():
+            model = body["model"] = model.strip()  # the one name every check below and the routing see
         budget_header = headers.get(b"x-latency-budget-ms")
         budget = latency_budget(budget_header.decode("latin-1")) if budget_header is not None else None
         requested = model if isinstance(model, str) else None
         allowed = gw.access.allowed(ex.key, gw.registry)
         if ex.key is not None:
-            gw.access.check_model(ex.key, requested, allowed, gw.registry)
+            gw.access.check_model(ex.key, gw.registry.lookup(requested) if requested else None, allowed)
         route = gw.route(requested, _text(headers.get(self.task_header)), endpoints.needs(endpoint, body), budget,
                          allowed)
+        if ex.key is not None:  # decided on the entry that will really serve, whatever name asked for it
+            for entry in (route.model, *route.fallbacks):
+                gw.access.check_model(ex.key, entry, allowed)
         gw.access.check_task(ex.key, route.task)
         ex.route, ex.task, ex.entry = route, route.task, route.model
         if ex.key is not None:
@@ -218,12 +243,15 @@ class Proxy:
             except Retry as retry:
                 failure = retry
                 ex.cause = retry.cause
-                if node is None:
+                overloaded = retry.cause == "http_429"  # busy, not failing: never the breaker's nor an outlier's
+                if node is None and not overloaded:
                     gw.breaker.failure(permit, f"{retry.cause}: {retry.error.message}", transport=retry.transport)
-                else:  # a node's fault, not the model's
+                else:  # overloaded, or a node's fault (not the model's)
                     gw.breaker.cancel(permit)
-                    if gw.fleet is not None and retry.transport:
+                    if gw.fleet is not None and node is not None and retry.transport:
                         gw.fleet.eject(node, f"{retry.cause}: {retry.error.message}")
+                    elif gw.fleet is not None and node is not None and not overloaded:
+                        gw.fleet.failed(node, f"{retry.cause}: {retry.error.message}")
                 if position + 1 < len(attempts):
                     ex.fallbacks += 1
                     self.metrics.fallbacks.labels(self.metrics.task_label(route.task), entry.name, retry.cause).inc()
@@ -238,6 +266,11 @@ class Proxy:
                 raise
             # a node that died mid-stream says nothing of the model on the other nodes
             self._verdict(permit, ex, healthy=not ex.broken or node is not None, error=ex.error)
+            if node is not None and gw.fleet is not None:
+                if ex.broken:
+                    gw.fleet.failed(node, f"broken: {ex.error or 'the stream broke'}")
+                elif ex.sent:
+                    gw.fleet.succeeded(node)
             return
         assert failure is not None
         raise failure.error
@@ -249,11 +282,11 @@ class Proxy:
         models = (route.model, *route.fallbacks)
         if fleet is None:
             return [(entry, None, "") for entry in models]
-        views = fleet.views()
+        views, turn = fleet.views(), fleet.next_turn()
         attempts: list[tuple[ModelEntry, str | None, str]] = []
         refusals = []
         for entry in models:
-            placement = place(entry.name, views)
+            placement = place(entry.name, views, turn)
             reasons = {name: reason for name, _, reason in placement.verdicts}
             attempts += [(entry, name, reasons[name]) for name in placement.order]
             refusals += [f"{entry.name} on {name}: {reason}" for name, decision, reason in placement.verdicts
@@ -444,6 +477,8 @@ class Proxy:
                 gw.inventory.mark_unloaded(entry)  # unloaded behind our back: load and try once more
                 continue
             failure = upstream_error_from_body(status, raw)
+            if status == 429 and (wait := response.headers.get("retry-after")):
+                failure.headers["retry-after"] = wait  # the upstream (or node) said when: the client hears it
             if status >= 500 and (fault := endpoints.client_error(endpoint, status, failure.message, entry.name)):
                 raise fault
             if status == 404 and "model" in message.lower():

@@ -139,6 +139,7 @@ async def relay_stream(
                 if block:
                     idle.sending = True
                     await reply.body(block)
+                    ex.relayed.add(block)
                     if ttft_pending and inspector.first_content:  # observed now, not when the stream ends
                         ttft_pending = False
                         ex.ttft = inspector.first_content - ex.started
@@ -158,6 +159,7 @@ async def relay_stream(
             tail = inspector.finish(splitter.flush())  # an unterminated last event still goes out
             if tail:
                 await reply.body(tail)
+                ex.relayed.add(tail)
             if inspector.error is None and inspector.done:
                 await reply.body(b"", more=False)
                 return

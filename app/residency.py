@@ -28,6 +28,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Set
 
+from app.errors import GatewayError
+
 
 class Residency:
     def __init__(self, fits: Callable[[Set[str]], bool], hold: float, linger: float = 0.1,
@@ -46,7 +48,10 @@ class Residency:
         return set(self.active)
 
     async def enter(self, name: str) -> float:
-        """Wait until ``name`` may run; returns the seconds waited. Pair with ``leave``."""
+        """Wait until ``name`` may run; returns the seconds waited. Pair with ``leave``. A model that does not
+        fit even alone (beside what never unloads) is refused at once: waiting would hold everyone behind it."""
+        if not self.fits({name}):
+            raise _never_fits(name)
         if self._may_run_now(name):
             self._admit(name)
             return 0.0
@@ -57,7 +62,7 @@ class Residency:
         try:
             await waiter
         except BaseException:
-            if waiter.done() and not waiter.cancelled():
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.leave(name)  # admitted as we were cancelled: give the place back
             else:
                 group = self.waiting.get(name)
@@ -89,6 +94,8 @@ class Residency:
             self._dispatch()
 
     def _may_run_now(self, name: str) -> bool:
+        if self.waiting:
+            self._refuse_impossible()
         if name in self.active:
             if not any(other != name for other in self.waiting):
                 return True
@@ -106,8 +113,17 @@ class Residency:
             self.turns += 1
         self.active[name] = self.active.get(name, 0) + count
 
+    def _refuse_impossible(self) -> None:
+        """Waiting groups whose model no longer fits even alone (a pinned model was loaded meanwhile) are
+        refused, so they never hold the line for models that can run."""
+        for name in [n for n in self.waiting if n not in self.active and not self.fits({n})]:
+            for waiter in self.waiting.pop(name):
+                if not waiter.done():
+                    waiter.set_exception(_never_fits(name))
+
     def _dispatch(self) -> None:
         """Start waiting groups, in the order they formed, while they fit alongside what runs."""
+        self._refuse_impossible()
         while self.waiting:
             name = next(iter(self.waiting))
             if name in self.active:
@@ -122,3 +138,8 @@ class Residency:
             self._admit(name, len(live))
             for waiter in live:
                 waiter.set_result(None)
+
+
+def _never_fits(name: str) -> GatewayError:
+    return GatewayError(503, f"Model '{name}' does not fit the RAM budget even alone beside the pinned models that "
+                             "stay loaded.", code="insufficient_ram", param="model")

@@ -117,6 +117,7 @@ def choose(
     rank_by: str = "order",
     latency_budget_ms: float | None = None,
     allowed: Set[str] | None = None,
+    pinned: Mapping[str, float] | None = None,
 ) -> Route:
     """Pick the model for a request.
 
@@ -125,12 +126,13 @@ def choose(
     ``need`` the capabilities the request needs; ``measured`` what models were measured to use (GiB by name);
     ``rank_by`` how viable models are ordered (``order``: the registry's; ``rating``: the team's mean rating for
     the task; ``latency``: measured p50), unmeasured ones after measured ones; ``latency_budget_ms`` skips
-    models whose measured p95 is over it (pinned requests are not subject to it).
+    models whose measured p95 is over it (pinned requests are not subject to it); ``pinned`` the loaded registry
+    models that never unload (``pinned: true``) and the GiB each holds: the others must fit beside them.
     Raises GatewayError: 400 unknown task or a capability nobody has, 404 unknown model, 503 nothing viable.
     """
     requested = (model or "").strip()
     if requested.lower() not in AUTO_MODELS:
-        return _pinned(registry, requested, task, budget_gb, available, need, measured)
+        return _pinned(registry, requested, task, budget_gb, available, need, measured, pinned)
 
     by_capability = next((c for c in need if c != "chat" and c in ("embeddings", "transcription")), None)
     if by_capability and not (task or "").strip():
@@ -157,6 +159,8 @@ def choose(
         p95 = entry.measured.latency_p95_ms if entry.measured else None
         if ram > budget_gb:
             reason = f"needs {_figure(ram, source)} > {_gb(budget_gb)} budget"
+        elif beside := beside_pinned(entry, ram, budget_gb, pinned):
+            reason = beside
         elif available is not None and entry.name not in available:
             reason = "not available on the upstream"
         elif cooling and entry.name in cooling:
@@ -235,9 +239,19 @@ def merit(entry: ModelEntry, rank_by: str, task: str) -> str:
     return ""
 
 
+def beside_pinned(entry: ModelEntry, ram: float, budget_gb: float, pinned: Mapping[str, float] | None) -> str:
+    """Why ``entry`` can never run beside the loaded pinned models (they never unload), or "" if it can."""
+    others = {name: gb for name, gb in (pinned or {}).items() if name != entry.name}
+    room = budget_gb - sum(others.values())
+    if not others or ram <= room:
+        return ""
+    held = ", ".join(f"{name} ({_gb(gb)})" for name, gb in sorted(others.items()))
+    return f"needs {_gb(ram)} > {_gb(max(room, 0.0))} left beside pinned {held}"
+
+
 def _pinned(
     registry: Registry, requested: str, task: str | None, budget_gb: float, available: Set[str] | None,
-    need: Set[str], measured: Mapping[str, float] | None,
+    need: Set[str], measured: Mapping[str, float] | None, pinned: Mapping[str, float] | None,
 ) -> Route:
     entry = registry.lookup(requested)
     if entry is None:
@@ -265,6 +279,9 @@ def _pinned(
             code="insufficient_ram",
             param="model",
         )
+    if beside := beside_pinned(entry, ram, budget_gb, pinned):
+        raise GatewayError(503, f"Model '{entry.name}' {beside}: it cannot be loaded on this host while they stay "
+                                "(pinned models are never unloaded).", code="insufficient_ram", param="model")
     if available is not None and entry.name not in available:
         raise GatewayError(
             503,

@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535, description="Port the gateway listens on.")
     workers: int = Field(
         1, ge=1, le=64, description="uvicorn worker processes: only with an external `openai`-kind upstream; each "
-        "enforces 1/N of every limit and metrics are aggregated (docs/reliability.md).",
+        "enforces 1/N of every concurrency limit, per-key quotas need `GATEWAY_REDIS_URL` (shared counters), and "
+        "metrics are aggregated (docs/reliability.md).",
     )
 
     # --- fleet -------------------------------------------------------------------------------------
@@ -47,6 +48,14 @@ class Settings(BaseSettings):
         "nodes. Empty: this gateway is a node (or stands alone).",
     )
     node_poll_interval: float = Field(1.0, gt=0, description="Front mode: seconds between status polls of each node.")
+    node_eject_after: int = Field(
+        3, ge=1, description="Front mode: consecutive failures of requests on a node (timeouts, 5xx, broken "
+        "streams) that eject it, as Envoy's outlier detection does; a refused connection ejects at once.",
+    )
+    node_eject_seconds: float = Field(
+        30.0, gt=0, description="Front mode: how long an outlier stays ejected before a good status poll may "
+        "re-admit it; each ejection in a row doubles it (up to 8x).",
+    )
     node_resolve_interval: float = Field(
         10.0, gt=0, description="Front mode: seconds between re-resolving the node names (nodes joining, leaving).",
     )

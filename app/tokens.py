@@ -6,6 +6,7 @@ folder are left as the runtime says). Callers run it in a thread: ~0.8 s per MB 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,3 +37,12 @@ def counter(model_dir: Path | None) -> Callable[[list[str]], int | None]:
             return None
 
     return count
+
+
+def estimate(model_dir: Path | None, texts: list[str]) -> int:
+    """Tokens in ``texts``: counted with the model's own tokenizer where the gateway has it, else about four
+    bytes a token (what OpenAI's own rule of thumb says). Blocking: callers run it in a thread."""
+    counted = counter(model_dir)(texts) if texts else 0
+    if counted is not None:
+        return counted
+    return math.ceil(sum(len(text.encode("utf-8", "replace")) for text in texts) / 4)

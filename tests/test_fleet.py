@@ -56,6 +56,54 @@ def test_skips_down_missing_and_too_big_with_reasons() -> None:
     assert reasons == {"a": "down", "b": "does not have it", "c": "does not fit its RAM budget"}
 
 
+def test_ties_go_round_the_nodes_not_to_the_first_by_name() -> None:
+    nodes = [node("a", loaded=True), node("b", loaded=True), node("c", loaded=True)]
+    assert [place("m", nodes, turn=turn).order[0] for turn in range(4)] == ["a", "b", "c", "a"]
+    busy = [node("a", loaded=True, busy=1), node("b", loaded=True), node("c", loaded=True)]
+    assert {place("m", busy, turn=turn).order[0] for turn in range(3)} == {"b", "c"}  # the least busy still first
+
+
+def test_a_node_where_the_model_cools_down_is_skipped() -> None:
+    cooling = NodeView("a", True, {"m": ModelState(available=True, loaded=True, limit=4, cooling_down=True)})
+    placed = place("m", [cooling, node("b")])
+    assert placed.order == ("b",)
+    assert ("a", "skipped", "the model is cooling down there after failures") in placed.verdicts
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_consecutive_failures_eject_an_outlier_until_its_time_is_up() -> None:
+    clock = Clock()
+    fleet = Fleet(load_settings(nodes=["http://10.0.0.1:8080"], node_eject_after=3, node_eject_seconds=10),
+                  resolver=lambda host, port: [host], clock=clock)
+    member = fleet.nodes["10.0.0.1:8080"]
+    member.healthy, member.why_down = True, ""
+    fleet.failed(member.name, "timeout")
+    fleet.succeeded(member.name)  # a success in between: the count starts again
+    fleet.failed(member.name, "timeout")
+    fleet.failed(member.name, "timeout")
+    assert member.healthy
+    fleet.failed(member.name, "timeout")
+    assert not member.healthy and "3 consecutive failures" in member.why_down
+    assert not fleet.may_admit(member)  # a good poll does not bring it back yet
+    clock.now += 10
+    assert fleet.may_admit(member)
+    member.healthy, member.why_down = True, ""
+    for _ in range(3):
+        fleet.failed(member.name, "timeout")
+    clock.now += 10
+    assert not fleet.may_admit(member)  # ejected again: for twice as long
+    clock.now += 10
+    assert fleet.may_admit(member)
+    asyncio.run(fleet.aclose())
+
+
 # --- discovery (resolver injected) ---------------------------------------------------------------------------
 
 
@@ -168,3 +216,64 @@ def test_a_dead_node_is_ejected_and_comes_back(fleet: tuple[GatewayProcess, list
     dead.start().wait_ready()  # back on the same port
     assert wait_for(lambda: f'gateway_node_up{{node="{name}"}} 1.0' in httpx.get(f"{front.url}/metrics").text)
     assert name in set(asyncio.run(burst(front, 8)))  # traffic returns to it
+
+
+def test_a_node_that_never_answers_is_ejected_after_consecutive_timeouts(tmp_path: Path) -> None:
+    """Node 0 answers its status polls but never its requests (a hung runtime): after three timeouts it is
+    ejected, and requests go straight to node 1 instead of waiting for node 0 first."""
+    registry = write_registry(tmp_path / "models.json", REGISTRY)
+    with UpstreamProcess(models=["chat-a", "chat-b"]) as hung, UpstreamProcess(models=["chat-a", "chat-b"]) as up:
+        hung.fault("slow_first_byte", seconds=60)
+        nodes = [GatewayProcess(upstream=u.url, registry=registry, env=FAKE_ENV, log_path=tmp_path / f"n{i}.log")
+                 for i, u in enumerate((hung, up))]
+        for n in nodes:
+            n.start().wait_ready()
+        env = {**FAKE_ENV, "GATEWAY_NODES": ",".join(n.url for n in nodes), "GATEWAY_NODE_POLL_INTERVAL": "0.2",
+               "GATEWAY_HOST_RAM_GB": "0.5", "GATEWAY_FIRST_BYTE_TIMEOUT": "0.4", "GATEWAY_QUEUE_TIMEOUT": "0.3",
+               "GATEWAY_LOAD_TIMEOUT": "0.3", "GATEWAY_NODE_EJECT_AFTER": "3", "GATEWAY_NODE_EJECT_SECONDS": "60"}
+        front = GatewayProcess(registry=registry, env=env, log_path=tmp_path / "front.log")
+        try:
+            front.start().wait_ready()
+            hung_name = nodes[0].url.removeprefix("http://")
+            up_metric = f'gateway_node_up{{node="{hung_name}"}} 1.0'
+            for _ in range(40):  # node 0 gets its share of first tries (ties rotate) until it is ejected
+                r = ask(front)
+                assert r.status_code == 200 and r.headers["x-gateway-node"] != hung_name
+                if up_metric not in httpx.get(f"{front.url}/metrics").text:
+                    break
+            route = httpx.get(f"{front.base_url}/route", params={"task": "chat"}).json()
+            verdict = next(n for n in route["nodes"] if n["node"] == hung_name)
+            assert verdict["decision"] == "skipped" and "consecutive failures" in verdict["reason"], verdict
+            assert f'gateway_node_up{{node="{hung_name}"}} 0.0' in httpx.get(f"{front.url}/metrics").text
+        finally:
+            front.stop()
+            for n in nodes:
+                n.stop()
+
+
+def test_a_429_passes_its_retry_after_on_and_never_opens_the_breaker(upstream: UpstreamProcess,
+                                                                    gateway: GatewayProcess) -> None:
+    upstream.fault("status", count=5, status=429, retry_after=7)
+    for _ in range(5):  # more than the breaker's 3 failures in a row
+        r = httpx.post(f"{gateway.base_url}/chat/completions", timeout=30,
+                       json={"model": "chat-b", "messages": HI, "max_tokens": 4})
+        assert r.status_code == 429 and r.headers.get("retry-after") == "7", (r.status_code, r.headers)
+    assert httpx.post(f"{gateway.base_url}/chat/completions", timeout=30,
+                      json={"model": "chat-b", "messages": HI, "max_tokens": 4}).status_code == 200
+    rows = {row["id"]: row for row in httpx.get(f"{gateway.base_url}/models").json()["data"]}
+    assert rows["chat-b"]["cooling_down"] is False
+
+
+def test_a_request_id_that_is_not_visible_ascii_is_replaced_never_a_500(
+        fleet: tuple[GatewayProcess, list[GatewayProcess], list[UpstreamProcess]]) -> None:
+    front, nodes, _ = fleet
+    for gateway in (front, nodes[0]):
+        for sent in ("réquête-1".encode(), b"tab\there", b"\xff\xfe", "a" * 300):
+            r = httpx.post(f"{gateway.base_url}/chat/completions", timeout=30, headers={"x-request-id": sent},
+                           json={"model": "auto", "messages": HI, "max_tokens": 4})
+            assert r.status_code == 200, (sent, r.text)
+            echoed = r.headers["x-request-id"]
+            assert echoed and all("!" <= c <= "~" for c in echoed) and len(echoed) <= 128
+        kept = httpx.post(f"{gateway.base_url}/chat/completions", timeout=30, headers={"x-request-id": "trace-42"},
+                          json={"model": "auto", "messages": HI, "max_tokens": 4})
+        assert kept.headers["x-request-id"] == "trace-42"

@@ -182,3 +182,41 @@ def test_a_measured_size_over_the_budget_is_a_clear_503(foundry_like: UpstreamPr
         gw.wait_ready()
         r = ask(gw, "beta", max_tokens=4)
         assert r.status_code == 503 and "measured 12 GiB" in r.json()["error"]["message"]
+
+
+def test_a_model_that_never_fits_beside_the_pinned_ones_blocks_nobody(foundry_like: UpstreamProcess,
+                                                                      tmp_path: Path) -> None:
+    """Budget 8 GiB, alpha pinned (3 GiB) and loaded: beta (6 GiB) fits alone but never beside alpha. It is a
+    503 at routing that says so; requests for gamma and alpha meanwhile are served at once."""
+    registry = write_registry(tmp_path / "models.json", [
+        {"name": "alpha", "task": "chat", "min_ram_gb": 3, "pinned": True},
+        {"name": "beta", "task": "chat", "min_ram_gb": 6},
+        {"name": "gamma", "task": "code", "min_ram_gb": 1},
+    ])
+    env = {**ENV, "GATEWAY_HOST_RAM_GB": "9", "GATEWAY_PRELOAD": "alpha", "GATEWAY_TOTAL_TIMEOUT": "12"}
+    with GatewayProcess(upstream=foundry_like.url, registry=registry, env=env, log_path=tmp_path / "gw.log") as gw:
+        gw.wait_ready()
+        assert foundry_like.stats()["loaded"] == ["alpha-generic-cpu:1"]
+        results: dict[str, httpx.Response] = {}
+
+        def call(model: str) -> None:
+            results[model] = ask(gw, model, max_tokens=4)
+
+        threads = [threading.Thread(target=call, args=(m,)) for m in ("beta", "gamma", "alpha")]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert time.monotonic() - started < 6  # nobody waited for beta's impossible turn
+        refused = results["beta"]
+        assert refused.status_code == 503, refused.text
+        message = refused.json()["error"]["message"]
+        assert "beta" in message and "pinned" in message and "alpha" in message, message
+        assert results["gamma"].status_code == 200 and results["alpha"].status_code == 200
+        route = httpx.get(f"{gw.base_url}/route", params={"model": "gamma"}).json()
+        assert route["model"] == "gamma"
+        auto = httpx.get(f"{gw.base_url}/route").json()  # auto for chat: alpha, beta skipped with the reason
+        assert auto["model"] == "alpha"
+        beta = next(c for c in auto["candidates"] if c["model"] == "beta")
+        assert beta["decision"] == "skipped" and "pinned" in beta["reason"]

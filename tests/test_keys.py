@@ -291,3 +291,88 @@ def test_concurrency_slots_are_the_gateways_not_the_clients_request_ids() -> Non
     from app.exchange import Exchange
 
     assert Exchange("chat", "same-id").slot != Exchange("chat", "same-id").slot
+
+
+# --- review fixes (issue 22) ----------------------------------------------------------------------------------
+
+SECRET_REGISTRY = [{"name": "public", "task": "chat", "min_ram_gb": 1},
+                   {"name": "secret", "task": "chat", "min_ram_gb": 1, "aliases": ["secret-alias"]}]
+
+
+def test_whitespace_around_a_model_name_does_not_bypass_the_allow_list(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"keys": [{"name": "team", "key": "team-secret-key", "models": ["public"]}]}))
+    registry = write_registry(tmp_path / "models.json", SECRET_REGISTRY)
+    with UpstreamProcess(models=["public", "secret"]) as up, GatewayProcess(
+            upstream=up.url, registry=registry, log_path=tmp_path / "gw.log",
+            env={**FAKE_ENV, "GATEWAY_KEYS_FILE": str(keys)}) as gw:
+        gw.wait_ready()
+        headers = {"Authorization": "Bearer team-secret-key"}
+        for name in (" secret", "secret ", "\tsecret-alias\n", "SECRET", " Secret-Alias "):
+            chat = ask(gw, "team-secret-key", model=name)
+            assert chat.status_code == 403, (name, chat.text)
+            assert chat.json()["error"]["message"].startswith("Key 'team' may not use model 'secret'")
+            responses = httpx.post(f"{gw.base_url}/responses", headers=headers, timeout=30,
+                                   json={"model": name, "input": "hi", "max_output_tokens": 8})
+            assert responses.status_code == 403, (name, responses.text)
+        assert up.stats()["by_model"].get("secret", 0) == 0
+        pinned = ask(gw, "team-secret-key", model="  public ")
+        assert pinned.status_code == 200 and pinned.headers["x-gateway-model"] == "public"
+
+
+def _access_lines(path: Path) -> list[dict[str, Any]]:
+    lines = []
+    for line in path.read_text().splitlines():
+        if line.startswith("{") and '"request_id"' in line:
+            lines.append(json.loads(line))
+    return lines
+
+
+def test_streams_the_client_cuts_are_charged_what_was_generated(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"keys": [{"name": "team", "key": "team-secret-key", "tokens_per_minute": 50}]}))
+    registry = write_registry(tmp_path / "models.json", REGISTRY)
+    log = tmp_path / "gw.log"
+    _clear_of_the_minute_boundary(margin=20)
+    with UpstreamProcess(models=["chat-a", "chat-b"]) as up, GatewayProcess(
+            upstream=up.url, registry=registry, log_path=log,
+            env={**FAKE_ENV, "GATEWAY_KEYS_FILE": str(keys), "GATEWAY_ACCESS_LOG": "true"}) as gw:
+        gw.wait_ready()
+        up.configure(pieces=[f"word{i:02d} " for i in range(40)], chunk_delay_ms=30)
+        for _ in range(3):
+            with httpx.stream("POST", f"{gw.base_url}/chat/completions", timeout=30,
+                              headers={"Authorization": "Bearer team-secret-key"},
+                              json={"messages": HI, "max_tokens": 64, "stream": True}) as r:
+                assert r.status_code == 200
+                seen = ""
+                for line in r.iter_lines():
+                    if line.startswith("data: {"):
+                        seen += json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                    if len(seen) >= 30:
+                        break  # the client leaves mid-stream
+        assert wait_for(lambda: len(_access_lines(log)) >= 3, timeout=15)
+        cut = _access_lines(log)
+        assert all(line["completion_tokens"] and line["completion_tokens"] >= 7 for line in cut), cut
+        up.configure(pieces=None, chunk_delay_ms=0)
+        after = ask(gw, "team-secret-key")
+        assert after.status_code == 429 or int(after.headers["x-ratelimit-remaining-tokens"]) <= 50 - 3 * 7
+
+
+def test_workers_without_redis_refuse_per_key_quotas(tmp_path: Path) -> None:
+    from app.cli import workers_problem
+    from app.settings import load_settings
+
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"keys": [{"name": "team", "key": "team-secret-key", "requests_per_minute": 5}]}))
+    base = {"workers": 4, "upstream_mode": "external", "upstream_kind": "openai", "upstream_url": "http://127.0.0.1:9",
+            "keys_file": keys, "model_concurrency": 8}
+    problem = workers_problem(load_settings(**base), [])
+    assert problem is not None and "GATEWAY_REDIS_URL" in problem and "team" in problem
+    assert workers_problem(load_settings(**base, redis_url="redis://127.0.0.1:6379/0"), []) is None
+    env = {**os.environ, "GATEWAY_ENV_FILE": "/nonexistent", "GATEWAY_WORKERS": "4",
+           "GATEWAY_UPSTREAM_MODE": "external", "GATEWAY_UPSTREAM_KIND": "openai", "GATEWAY_UPSTREAM_URL": "http://127.0.0.1:9",
+           "GATEWAY_KEYS_FILE": str(keys), "GATEWAY_PORT": str(free_port()), "GATEWAY_MODEL_CONCURRENCY": "8"}
+    refused = subprocess.run([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert refused.returncode == 2 and "GATEWAY_REDIS_URL" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -232,3 +232,18 @@ def test_an_expected_wait_over_the_bound_is_refused_at_once() -> None:
         await asyncio.gather(*waiting, return_exceptions=True)
 
     run(scenario)
+
+
+def test_the_global_queue_ages_batch_work_as_configured() -> None:
+    """GATEWAY_BATCH_AGING holds for the gateway-wide queue too, not only the per-model ones."""
+    from app.gateway import Gateway
+    from app.settings import load_settings
+    from tests.helpers import ROOT
+
+    gw = Gateway(load_settings(batch_aging=3.5, upstream_mode="external", upstream_url="http://127.0.0.1:9",
+                               registry_path=ROOT / "models.json"))
+    try:
+        assert gw.admission.aging == 3.5
+        assert gw.limiter(next(iter(gw.registry))).aging == 3.5
+    finally:
+        asyncio.run(gw.upstream.aclose())

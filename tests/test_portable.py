@@ -80,7 +80,9 @@ def test_serve_on_asyncios_own_loop(tmp_path: Path) -> None:
     from tests.fakes.upstream import UpstreamProcess
     from tests.helpers import GatewayProcess, write_registry
 
-    registry = write_registry(tmp_path / "models.json", FAKE_REGISTRY)
+    deep = tmp_path / ("a-long-directory-name-" * 6) / ("and-another-one-" * 6)  # longer than any terminal line
+    deep.mkdir(parents=True)
+    registry = write_registry(deep / "models.json", FAKE_REGISTRY)
     with UpstreamProcess(models=["chat-a"]) as up, GatewayProcess(
             upstream=up.url, registry=registry, env={**FAKE_ENV, "GATEWAY_LOOP": "asyncio"},
             log_path=tmp_path / "gw.log") as gw:
@@ -90,4 +92,19 @@ def test_serve_on_asyncios_own_loop(tmp_path: Path) -> None:
         body = {"model": "chat-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}
         with httpx.stream("POST", f"{gw.base_url}/chat/completions", json=body, timeout=30) as r:
             assert r.status_code == 200 and "data: [DONE]" in r.read().decode()
-    assert "loop: asyncio" in (tmp_path / "gw.log").read_text()
+    banner = next(line for line in (tmp_path / "gw.log").read_text().splitlines() if "foundry-gateway" in line)
+    assert f"registry: {deep / 'models.json'}, loop: asyncio)" in banner  # one line, whatever the path's length
+
+
+def test_log_records_are_single_lines_tracebacks_included() -> None:
+    import logging
+    import sys
+
+    from app.main import SingleLineFormatter
+
+    try:
+        raise ValueError("first line\nsecond line")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "problems: %s", ("a\nb",), sys.exc_info())
+    line = SingleLineFormatter("%(levelname)s %(message)s").format(record)
+    assert "\n" not in line and "problems: a\\nb" in line and "ValueError: first line\\nsecond line" in line

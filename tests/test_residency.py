@@ -130,3 +130,25 @@ def test_a_group_lingers_between_back_to_back_requests() -> None:
         assert residency.running() == {"b"}
 
     asyncio.run(scenario())
+
+
+def test_a_group_that_can_never_fit_is_refused_and_holds_nobody() -> None:
+    """'huge' never fits (the pinned models that stay loaded leave too little): refused at once, and 'small',
+    which fits, is not held behind it."""
+    from app.errors import GatewayError
+
+    async def scenario() -> None:
+        residency = Residency(lambda models: "huge" not in models and fits(models), hold=10.0, linger=0,
+                              clock=Clock())
+        await residency.enter("a")
+        try:
+            await residency.enter("huge")
+        except GatewayError as err:
+            assert err.status == 503 and "huge" in err.message
+        else:
+            raise AssertionError("a model that can never fit was let in line")
+        small = asyncio.ensure_future(residency.enter("small"))
+        await settle()
+        assert small.done() and residency.running() == {"a", "small"}
+
+    asyncio.run(scenario())

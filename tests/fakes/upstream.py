@@ -20,7 +20,7 @@ proportion (throughput flat past the knee), like a CPU-bound model server.
   GET  /_stats                                                        what it saw
 
 Fault modes: slow_first_byte(seconds), slow_first_event(seconds: the head at once, the first event
-late: prompt processing), stall(after), reset(after), status(status), garbage_sse, wrong_content_type,
+late: prompt processing), stall(after), reset(after), status(status, retry_after), garbage_sse, wrong_content_type,
 huge(bytes), stream_error, close, delay_chunks(ms).
 
 Run: ``python -m tests.fakes.upstream --port 0 --models a,b [--foundry] [--tls-cert C --tls-key K]
@@ -164,14 +164,16 @@ class Connection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
-    def write_head(self, status: int, content_type: str, length: int | None = None) -> None:
+    def write_head(self, status: int, content_type: str, length: int | None = None,
+                   extra: dict[str, str] | None = None) -> None:
         head = f"HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\n"
         head += f"content-length: {length}\r\n" if length is not None else "transfer-encoding: chunked\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in (extra or {}).items())
         self.write(head.encode() + b"\r\n")
 
-    def write_json(self, status: int, obj: Any) -> None:
+    def write_json(self, status: int, obj: Any, extra: dict[str, str] | None = None) -> None:
         body = orjson.dumps(obj)
-        self.write_head(status, "application/json", len(body))
+        self.write_head(status, "application/json", len(body), extra)
         self.write(body)
 
     def write_chunk(self, data: bytes) -> None:
@@ -308,8 +310,9 @@ async def infer(conn: Connection, chat: bool, raw: bytes) -> None:
         state.stats["streams_started"] -= 1  # counted again below
     elif mode == "status":
         status = int(fault.get("status", 500))
+        extra = {"retry-after": str(fault["retry_after"])} if "retry_after" in fault else None
         return conn.write_json(status, error(f"injected HTTP {status}", "api_error" if status >= 500 else
-                                             "invalid_request_error"))
+                                             "invalid_request_error"), extra)
     elif mode == "close":
         return conn.close()
     elif mode == "wrong_content_type":
