@@ -26,7 +26,7 @@ def chunks(size: int, piece: int = 4) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--module", help="a file defining ToolCallChunks (default: app.toolcalls)")
+    parser.add_argument("--module", help="a file defining ToolCallChunks (default: app.openai.toolcalls)")
     args = parser.parse_args()
     if args.module:
         spec = importlib.util.spec_from_file_location("candidate", args.module)
@@ -35,7 +35,7 @@ def main() -> None:
         spec.loader.exec_module(module)
         rewriter = module.ToolCallChunks
     else:
-        from app.toolcalls import ToolCallChunks as rewriter
+        from app.openai.toolcalls import ToolCallChunks as rewriter
     print("| arguments | pieces | wall s | CPU s | µs CPU per piece |")
     print("|---:|---:|---:|---:|---:|")
     for size in (5_000, 20_000, 50_000):

@@ -27,7 +27,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.settings import load_settings  # noqa: E402
+from app.core.settings import load_settings  # noqa: E402
 from app.upstream.client import make_transport  # noqa: E402
 from tests.fakes.upstream import UpstreamProcess  # noqa: E402
 

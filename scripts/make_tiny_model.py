@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # app.compile: stdlib only, no gateway deps
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # app.curation.compile: stdlib only, no gateway deps
 
 SEED = 1234
 VOCAB = 4096
@@ -81,8 +81,8 @@ def build_model(hf_dir: Path, seed: int = SEED) -> None:
 
 
 def convert(hf_dir: Path, out: Path, precision: str, embeddings: bool = False) -> None:
-    """The same code path as ``foundry-gateway compile`` (app.compile), then the tiny model's token ids."""
-    from app.compile import build_folder, set_context_length
+    """The same code path as ``foundry-gateway compile`` (app.curation.compile), then the tiny model's token ids."""
+    from app.curation.compile import build_folder, set_context_length
 
     build_folder(hf_dir, out, precision=precision, provider="cpu", python=sys.executable,
                  # Foundry Local's /v1/embeddings reads the final hidden state of the last token

@@ -4,7 +4,7 @@ again on its failure; resets from the supervisor and from health checks."""
 
 from __future__ import annotations
 
-from app.breaker import Breaker, State
+from app.policy.breaker import Breaker, State
 
 
 class Clock:

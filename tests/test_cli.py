@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from app.benchmark import COLUMNS
+from app.curation.bench import COLUMNS
 from tests.fakes.upstream import UpstreamProcess
 from tests.helpers import ROOT, GatewayProcess, require_module
 
@@ -87,7 +87,7 @@ def test_registry_add_validates_and_appends(tmp_path: Path) -> None:
 
 
 def test_settings_markdown_lists_every_setting() -> None:
-    from app.settings import Settings
+    from app.core.settings import Settings
 
     out = cli("settings", "--markdown").stdout
     assert all(f"GATEWAY_{name.upper()}" in out for name in Settings.model_fields)

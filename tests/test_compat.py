@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app import compat
-from app.errors import GatewayError
+from app.core.errors import GatewayError
+from app.openai import compat
 
 
 def test_completion_request_becomes_one_user_message() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.compile import CompileError, check_room, plan
+from app.curation.compile import CompileError, check_room, plan
 from tests.helpers import ROOT, GatewayProcess, require_module
 
 BUILDER = ROOT / ".venv-model" / "bin" / "python"
@@ -117,7 +117,7 @@ def test_unsupported_checkpoint_is_refused_before_building(tmp_path: Path) -> No
 
 
 def test_nothing_of_the_users_is_replaced(tmp_path: Path) -> None:
-    from app.compile import check_target
+    from app.curation.compile import check_target
 
     hf = fake_checkpoint(tmp_path / "hf", "Qwen2ForCausalLM")
     registry = tmp_path / "models.json"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from app.concurrency import AdaptiveLimit
+from app.policy.concurrency import AdaptiveLimit
 
 Rate = Callable[[int], float]
 

@@ -1,5 +1,5 @@
-"""Bench results flowing back into models.json (app.registry_file, app.bench_records) and routing by them
-(rank_by, X-Latency-Budget-Ms in app.routing): pure tests; the real-runtime loop is in test_foundry_curation.py."""
+"""Bench results flowing back into models.json (core.registry_file, curation.records) and routing by them
+(rank_by, X-Latency-Budget-Ms in policy.routing): pure tests; the real-runtime loop is in test_foundry_curation.py."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from app.bench_records import ratings, records, reference_score
-from app.errors import GatewayError
-from app.registry import RegistryError, build_registry
-from app.registry_file import RegistryChanged, annotate
-from app.routing import choose, latency_budget
+from app.core.errors import GatewayError
+from app.core.registry import RegistryError, build_registry
+from app.core.registry_file import RegistryChanged, annotate
+from app.curation.records import ratings, records, reference_score
+from app.policy.routing import choose, latency_budget
 
 ORIGINAL = """[
   {"name": "alpha", "task": "chat", "min_ram_gb": 1, "x-owner": "team-a",

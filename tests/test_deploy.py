@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app.settings import ENV_PREFIX, Settings
+from app.core.settings import ENV_PREFIX, Settings
 from tests.helpers import ROOT
 
 DEPLOY = ROOT / "deploy"

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.cli import workers_problem
-from app.gateway import exposure_warnings
-from app.settings import load_settings
+from app.cli.main import workers_problem
+from app.core.settings import load_settings
+from app.gateway.gateway import exposure_warnings
 from tests.conftest import FAKE_ENV, FAKE_REGISTRY
 from tests.fakes.upstream import UpstreamProcess
 from tests.helpers import ROOT, GatewayProcess, write_registry

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.fleet import Fleet, expand
-from app.placement import ModelState, NodeView, place
-from app.settings import load_settings
+from app.core.settings import load_settings
+from app.policy.placement import ModelState, NodeView, place
+from app.upstream.fleet import Fleet, expand
 from tests.conftest import FAKE_ENV
 from tests.fakes.upstream import UpstreamProcess
 from tests.helpers import ROOT, GatewayProcess, wait_for, write_registry

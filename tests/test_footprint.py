@@ -1,4 +1,4 @@
-"""Measured RAM (app.footprint): the meter counts a load only when nothing else changed meanwhile; measured
+"""Measured RAM (app.upstream.footprint): the meter counts a load only when nothing else changed meanwhile; measured
 sizes persist across restarts; routing uses max(min_ram_gb, measured) and says which figure it used."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import asyncio
 import os
 from pathlib import Path
 
-from app.footprint import GIB, Footprints, LoadMeter, private_bytes
-from app.registry import build_registry
-from app.routing import choose
+from app.core.registry import build_registry
+from app.policy.routing import choose
+from app.upstream.footprint import GIB, Footprints, LoadMeter, private_bytes
 
 
 class Reader:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.hardware import GIB, HostMemory, cgroup_memory_limit
+from app.core.hardware import GIB, HostMemory, cgroup_memory_limit
 
 
 def _tree(root: Path, files: dict[str, str]) -> None:

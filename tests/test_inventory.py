@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.metrics import Metrics
-from app.registry import build_registry
-from app.settings import load_settings
+from app.core.metrics import Metrics
+from app.core.registry import build_registry
+from app.core.settings import load_settings
 from app.upstream.client import Upstream
 from app.upstream.inventory import Inventory
 from tests.fakes.upstream import UpstreamProcess

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.keys import ApiKey, KeysError, digest, parse_keys
-from app.quota import MemoryStore, RedisStore
+from app.access.keys import ApiKey, KeysError, digest, parse_keys
+from app.access.quota import MemoryStore, RedisStore
 from tests.conftest import FAKE_ENV
 from tests.fakes.upstream import UpstreamProcess
 from tests.helpers import ROOT, GatewayProcess, free_port, require_program, wait_for, write_registry
@@ -288,7 +288,7 @@ def test_a_yaml_error_never_quotes_the_file() -> None:
 
 
 def test_concurrency_slots_are_the_gateways_not_the_clients_request_ids() -> None:
-    from app.exchange import Exchange
+    from app.proxy.exchange import Exchange
 
     assert Exchange("chat", "same-id").slot != Exchange("chat", "same-id").slot
 
@@ -359,8 +359,8 @@ def test_streams_the_client_cuts_are_charged_what_was_generated(tmp_path: Path) 
 
 
 def test_workers_without_redis_refuse_per_key_quotas(tmp_path: Path) -> None:
-    from app.cli import workers_problem
-    from app.settings import load_settings
+    from app.cli.main import workers_problem
+    from app.core.settings import load_settings
 
     keys = tmp_path / "keys.json"
     keys.write_text(json.dumps({"keys": [{"name": "team", "key": "team-secret-key", "requests_per_minute": 5}]}))

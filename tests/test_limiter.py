@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from app.errors import GatewayError
-from app.limiter import Limiter
+from app.core.errors import GatewayError
+from app.policy.limiter import Limiter
 
 
 class VirtualClockLoop(asyncio.SelectorEventLoop):
@@ -236,8 +236,8 @@ def test_an_expected_wait_over_the_bound_is_refused_at_once() -> None:
 
 def test_the_global_queue_ages_batch_work_as_configured() -> None:
     """GATEWAY_BATCH_AGING holds for the gateway-wide queue too, not only the per-model ones."""
-    from app.gateway import Gateway
-    from app.settings import load_settings
+    from app.core.settings import load_settings
+    from app.gateway.gateway import Gateway
     from tests.helpers import ROOT
 
     gw = Gateway(load_settings(batch_aging=3.5, upstream_mode="external", upstream_url="http://127.0.0.1:9",

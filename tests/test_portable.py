@@ -12,9 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from app import portable
-from app.hardware import cgroup_memory_limit, host_memory
-from app.settings import load_settings
+from app.core import portable
+from app.core.hardware import cgroup_memory_limit, host_memory
+from app.core.settings import load_settings
 from app.upstream import client
 from app.upstream.transport import FastTransport, _SelectPoller
 
@@ -100,7 +100,7 @@ def test_log_records_are_single_lines_tracebacks_included() -> None:
     import logging
     import sys
 
-    from app.main import SingleLineFormatter
+    from app.server.app import SingleLineFormatter
 
     try:
         raise ValueError("first line\nsecond line")

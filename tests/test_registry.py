@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.registry import RegistryError, alias_of, load_registry, parse_registry
+from app.core.registry import RegistryError, alias_of, load_registry, parse_registry
 
 SEED = [
     {"name": "phi-4-mini", "task": "chat", "min_ram_gb": 8, "notes": "small"},

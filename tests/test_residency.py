@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Set
 
-from app.residency import Residency
+from app.policy.residency import Residency
 
 RAM = {"a": 6.0, "b": 6.0, "small": 1.0}
 
@@ -135,7 +135,7 @@ def test_a_group_lingers_between_back_to_back_requests() -> None:
 def test_a_group_that_can_never_fit_is_refused_and_holds_nobody() -> None:
     """'huge' never fits (the pinned models that stay loaded leave too little): refused at once, and 'small',
     which fits, is not held behind it."""
-    from app.errors import GatewayError
+    from app.core.errors import GatewayError
 
     async def scenario() -> None:
         residency = Residency(lambda models: "huge" not in models and fits(models), hold=10.0, linger=0,

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from app.errors import GatewayError
-from app.registry import Registry, parse_registry
-from app.routing import choose
+from app.core.errors import GatewayError
+from app.core.registry import Registry, parse_registry
+from app.policy.routing import choose
 
 
 def registry() -> Registry:

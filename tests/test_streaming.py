@@ -10,7 +10,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.streaming import EventSplitter, StreamInspector, event_data, event_json, split_events
+from app.openai.sse import EventSplitter, StreamInspector, event_data, event_json, split_events
 
 CHUNK = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}'
 USAGE = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}'

@@ -1,4 +1,4 @@
-"""Tool calls fixed in flight (app.toolcalls): the text Foundry Local streams as content becomes OpenAI
+"""Tool calls fixed in flight (app.openai.toolcalls): the text Foundry Local streams as content becomes OpenAI
 ``tool_calls``, whatever the chunk boundaries; nothing the model wrote is lost."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.toolcalls import ToolCallChunks, ToolCallStream, extract, fix_answer
+from app.openai.toolcalls import ToolCallChunks, ToolCallStream, extract, fix_answer
 
 WEATHER = ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": {"from": 1, "to": 3}}}\n'
            '</tool_call>')

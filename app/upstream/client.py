@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import orjson
 
-from app.portable import can_quickack
-from app.settings import Settings
+from app.core.portable import can_quickack
+from app.core.settings import Settings
 from app.upstream.transport import FastTransport, ssl_context
 
 log = logging.getLogger("foundry_gateway.upstream")

@@ -4,7 +4,7 @@ Apps say ``tiny-chat``; Foundry Local wants ``tiny-chat-generic-cpu:1`` for infe
 ``tiny-chat`` for load/unload. The inventory maps registry names to upstream ids from the upstream's
 own model list, loads models on demand (one load per model however many requests wait for it) and
 unloads idle or least-recently-used ones — never ``pinned`` ones — to stay within the host's RAM budget,
-counting each model at max(its ``min_ram_gb``, what it was measured to use: ``app.footprint``).
+counting each model at max(its ``min_ram_gb``, what it was measured to use: ``app.upstream.footprint``).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from collections.abc import Callable
 
 import httpx
 
-from app.errors import GatewayError
-from app.footprint import GIB, Footprints, LoadMeter
-from app.metrics import Metrics
-from app.registry import ModelEntry, Registry, alias_of
+from app.core.errors import GatewayError
+from app.core.metrics import Metrics
+from app.core.registry import ModelEntry, Registry, alias_of
 from app.upstream.client import Upstream
+from app.upstream.footprint import GIB, Footprints, LoadMeter
 
 log = logging.getLogger("foundry_gateway.inventory")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from app.portable import process_group, stop_tree
+from app.core.portable import process_group, stop_tree
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Set
 
-from app.errors import GatewayError
+from app.core.errors import GatewayError
 
 
 class Residency:

@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import orjson
 
-from app.errors import GatewayError, Retry
-from app.exchange import Exchange, Responder, clock
-from app.metrics import Metrics
-from app.streaming import EventSplitter, StreamInspector
+from app.core.errors import GatewayError, Retry
+from app.core.metrics import Metrics
+from app.openai.sse import EventSplitter, StreamInspector
+from app.proxy.exchange import Exchange, Responder, clock
 
 Translate = Callable[[dict[str, Any]], dict[str, Any]]
 

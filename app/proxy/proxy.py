@@ -1,5 +1,5 @@
 """The hot path: the proxied OpenAI endpoints (chat, completions, responses, embeddings, audio
-transcriptions) as a plain ASGI handler; what differs between them lives in ``app.endpoints``.
+transcriptions) as a plain ASGI handler; what differs between them lives in ``app.openai.endpoints``.
 
 Every request pays for this code, so it avoids FastAPI's routing and dependency machinery, parses the
 body once (orjson) and relays the upstream's bytes as they arrive. The flow:
@@ -34,25 +34,25 @@ from typing import TYPE_CHECKING, Any, cast
 import httpx
 import orjson
 
-from app import compat, endpoints
-from app.breaker import Permit
-from app.endpoints import BY_NAME, Endpoint
-from app.errors import GatewayError, Retry, upstream_error_from_body
-from app.exchange import Exchange, Responder, clock, record
-from app.gateway import Gateway
-from app.limiter import PRIORITIES, Limiter
-from app.placement import place
-from app.registry import ModelEntry
-from app.relay import relay_json, relay_stream
-from app.residency import Residency
-from app.routing import Route, latency_budget
-from app.streaming import EventSplitter, event_data, event_json, split_events
-from app.tokens import counter, estimate
+from app.core.errors import GatewayError, Retry, upstream_error_from_body
+from app.core.registry import ModelEntry
+from app.core.tokens import counter, estimate
+from app.gateway.gateway import Gateway
+from app.openai import compat, endpoints
+from app.openai.endpoints import BY_NAME, Endpoint
+from app.openai.sse import EventSplitter, event_data, event_json, split_events
+from app.policy.breaker import Permit
+from app.policy.limiter import PRIORITIES, Limiter
+from app.policy.placement import place
+from app.policy.residency import Residency
+from app.policy.routing import Route, latency_budget
+from app.proxy.exchange import Exchange, Responder, clock, record
+from app.proxy.relay import relay_json, relay_stream
 from app.upstream.client import Upstream
 from app.upstream.inventory import Inventory
 
 if TYPE_CHECKING:
-    from app.fleet import Fleet
+    from app.upstream.fleet import Fleet
 
 Scope = MutableMapping[str, Any]
 Message = dict[str, Any]

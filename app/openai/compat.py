@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from app.errors import bad_request
+from app.core.errors import bad_request
 
 JSON = dict[str, Any]
 _NUMBER = (int, float)

@@ -13,13 +13,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from app.keys import LIMITS, KeysError, digest, parse_keys
+from app.access.keys import LIMITS, KeysError, digest, parse_keys
 
 out, err = Console(), Console(stderr=True)
 
 
 def _path(args: argparse.Namespace) -> Path:
-    from app.settings import load_settings
+    from app.core.settings import load_settings
 
     path = Path(args.file) if args.file else load_settings().keys_file
     if path is None:

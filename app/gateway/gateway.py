@@ -22,23 +22,23 @@ import time
 from collections.abc import Coroutine, Set
 from typing import Any
 
-from app.access import Access, file_mtime
-from app.breaker import Breaker
-from app.concurrency import AdaptiveLimit
-from app.errors import GatewayError
-from app.fleet import Fleet
-from app.footprint import FILE_NAME as FOOTPRINTS
-from app.footprint import Footprints, LoadMeter, private_bytes
-from app.hardware import GIB, HostMemory, host_memory
-from app.keys import ApiKey
-from app.limiter import Limiter
-from app.metrics import Metrics
-from app.recent import Recent
-from app.registry import ModelEntry, Registry, RegistryError, load_registry
-from app.residency import Residency
-from app.routing import Route, choose
-from app.settings import Settings
+from app.access.control import Access, file_mtime
+from app.access.keys import ApiKey
+from app.core.errors import GatewayError
+from app.core.hardware import GIB, HostMemory, host_memory
+from app.core.metrics import Metrics
+from app.core.recent import Recent
+from app.core.registry import ModelEntry, Registry, RegistryError, load_registry
+from app.core.settings import Settings
+from app.policy.breaker import Breaker
+from app.policy.concurrency import AdaptiveLimit
+from app.policy.limiter import Limiter
+from app.policy.residency import Residency
+from app.policy.routing import Route, choose
 from app.upstream.client import Upstream
+from app.upstream.fleet import Fleet
+from app.upstream.footprint import FILE_NAME as FOOTPRINTS
+from app.upstream.footprint import Footprints, LoadMeter, private_bytes
 from app.upstream.inventory import Inventory
 from app.upstream.managed import LocalModelSpec, ManagedFoundry
 

@@ -1,4 +1,4 @@
-"""From a ``foundry-gateway bench`` results document to each model's ``measured`` record (``app.measured``):
+"""From a ``foundry-gateway bench`` results document to each model's ``measured`` record (``app.core.measured``):
 timings from the run, the team's 1-5 ratings (``bench --rate``) per criterion and per task, an automatic
 reference score kept apart from them, and what the numbers were measured on (prompt set, host, version).
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from app.keys import ApiKey
+from app.access.keys import ApiKey
 
 log = logging.getLogger("foundry_gateway.quota")
 REASONS = {1: "requests_per_minute", 2: "tokens_per_minute", 3: "tokens_per_day", 4: "max_concurrency"}

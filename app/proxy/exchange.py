@@ -12,13 +12,13 @@ from typing import IO, Any
 
 import orjson
 
-from app.errors import GatewayError
-from app.keys import ApiKey
-from app.metrics import Metrics
-from app.metrics import status_class as status_class_of
-from app.registry import ModelEntry
-from app.routing import Route
-from app.streaming import error_event
+from app.access.keys import ApiKey
+from app.core.errors import GatewayError
+from app.core.metrics import Metrics
+from app.core.metrics import status_class as status_class_of
+from app.core.registry import ModelEntry
+from app.openai.sse import error_event
+from app.policy.routing import Route
 
 clock = time.perf_counter
 

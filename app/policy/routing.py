@@ -16,8 +16,8 @@ import math
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
-from app.errors import GatewayError
-from app.registry import ModelEntry, Registry
+from app.core.errors import GatewayError
+from app.core.registry import ModelEntry, Registry
 
 # What each proxied endpoint needs of a model, and the task its requests have when no header names one.
 ENDPOINT_NEEDS = {"chat": "chat", "completions": "chat", "responses": "chat", "embeddings": "embeddings",

@@ -1,7 +1,7 @@
 """The ASGI application: a thin dispatcher that sends the two proxied routes straight to the proxy and
 everything else to FastAPI.
 
-``create_app()`` is the uvicorn factory (``uvicorn --factory app.main:create_app``); it reads settings
+``create_app()`` is the uvicorn factory (``uvicorn --factory app.server.app:create_app``); it reads settings
 from the environment, so every worker process builds the same app.
 """
 
@@ -21,12 +21,12 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
-from app.api import router
-from app.endpoints import ENDPOINTS
-from app.errors import GatewayError, error_body
-from app.gateway import Gateway
-from app.proxy import Proxy
-from app.settings import Settings, load_settings
+from app.core.errors import GatewayError, error_body
+from app.core.settings import Settings, load_settings
+from app.gateway.gateway import Gateway
+from app.openai.endpoints import ENDPOINTS
+from app.proxy.proxy import Proxy
+from app.server.api import router
 
 log = logging.getLogger("foundry_gateway")
 

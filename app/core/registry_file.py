@@ -113,7 +113,7 @@ def annotate(path: Path, records: Mapping[str, Any], key: str = "measured") -> l
     record is merged at its top level: what this run measured replaces what was there, the rest (a rating not
     given this time, parts added by hand) stays. Raises RegistryChanged if the file changed meanwhile,
     RegistryError if the result would not load."""
-    from app.registry import parse_registry
+    from app.core.registry import parse_registry
 
     original = path.read_bytes()
     text = original.decode("utf-8")

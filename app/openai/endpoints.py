@@ -7,7 +7,7 @@ stream starts (Foundry Local can answer 200 and fail in its first events: those 
 fallbacks), and what a JSON answer or a stream becomes on the way back (completions translated, tool
 calls rebuilt from text, embeddings as base64 when asked, usage filled in).
 
-Chat and completions: ``app.compat``. Responses: Foundry Local's ``/responses`` (JSON and typed SSE
+Chat and completions: ``app.openai.compat``. Responses: Foundry Local's ``/responses`` (JSON and typed SSE
 events). Embeddings: ``/embeddings`` on models built with ``hidden_states``. Transcriptions: an OpenAI
 multipart upload; Foundry Local's own endpoint takes JSON naming a file on its host, so for a managed or
 loopback runtime the upload is written to a file it can read.
@@ -23,10 +23,9 @@ from typing import Any
 
 import orjson
 
-from app import compat
-from app.errors import GatewayError, bad_request
-from app.routing import ENDPOINT_NEEDS
-from app.streaming import (
+from app.core.errors import GatewayError, bad_request
+from app.openai import compat
+from app.openai.sse import (
     RESPONSES_TERMINAL,
     ResponsesInspector,
     StreamInspector,
@@ -34,7 +33,8 @@ from app.streaming import (
     responses_usage,
     split_events,
 )
-from app.toolcalls import ToolCallChunks, fix_answer
+from app.openai.toolcalls import ToolCallChunks, fix_answer
+from app.policy.routing import ENDPOINT_NEEDS
 
 JSON = dict[str, Any]
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from app.registry import Registry, alias_of
+from app.core.registry import Registry, alias_of
 
 GENAI_CONFIG = "genai_config.json"
 

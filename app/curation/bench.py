@@ -25,8 +25,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from app import __version__, bench_records
-from app.recent import nearest_rank
+from app import __version__
+from app.core.recent import nearest_rank
+from app.curation import records as bench_records
 
 SCORES = ("fluency", "relevance", "correctness")
 COLUMNS = (
@@ -354,9 +355,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def update_registry(doc: dict[str, Any], file: str) -> int:
     """Write each benchmarked model's ``measured`` record into the registry file (``registry annotate``)."""
-    from app.registry import RegistryError
-    from app.registry_file import RegistryChanged, annotate
-    from app.settings import load_settings
+    from app.core.registry import RegistryError
+    from app.core.registry_file import RegistryChanged, annotate
+    from app.core.settings import load_settings
 
     path = Path(file or load_settings().registry_path)
     found = bench_records.records(doc)

@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from app.placement import ModelState, NodeView
-from app.settings import Settings
+from app.core.settings import Settings
+from app.policy.placement import ModelState, NodeView
 from app.upstream.client import Upstream
 
 log = logging.getLogger("foundry_gateway.fleet")

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from app.measured import Measured, parse_measured
+from app.core.measured import Measured, parse_measured
 
 DEFAULT_PRIORITY = 100
 _VERSION_SUFFIX = re.compile(r":\d+$")

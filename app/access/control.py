@@ -1,4 +1,4 @@
-"""Who a request is and what it may spend: the team keys (``app.keys``) and their quotas (``app.quota``).
+"""Who a request is and what it may spend: the team keys (``app.access.keys``) and their quotas (``app.access.quota``).
 
 ``authenticate`` turns an ``Authorization`` header into the key's policy (or None for the flat
 ``GATEWAY_API_KEYS``/admin keys, which have no limits); ``admit`` checks the key's quotas before a request is
@@ -17,12 +17,12 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, cast
 
-from app.errors import GatewayError
-from app.keys import ApiKey, KeyRing, KeysError, load_keys
-from app.metrics import Metrics
-from app.quota import Decision, MemoryStore, RedisStore, Store, StoreDown, guarded
-from app.registry import ModelEntry, Registry
-from app.settings import Settings
+from app.access.keys import ApiKey, KeyRing, KeysError, load_keys
+from app.access.quota import Decision, MemoryStore, RedisStore, Store, StoreDown, guarded
+from app.core.errors import GatewayError
+from app.core.metrics import Metrics
+from app.core.registry import ModelEntry, Registry
+from app.core.settings import Settings
 
 log = logging.getLogger("foundry_gateway.keys")
 STORE_RETRY_AFTER = 2.0  # seconds a failed quota store is left alone

@@ -1,6 +1,6 @@
 """The HTTP API around the hot path: model listing, routing dry-run, health, metrics and admin.
 
-These routes are FastAPI (validation, OpenAPI docs); the proxied routes are served by ``app.proxy``
+These routes are FastAPI (validation, OpenAPI docs); the proxied routes are served by ``app.proxy.proxy``
 before FastAPI sees them, and are declared here only so they appear in the OpenAPI document that
 clients and fuzzers read. Stored responses (``/v1/responses/{id}``) are passed to the runtime that
 keeps them.
@@ -16,12 +16,12 @@ from fastapi import APIRouter, Body, File, Form, Header, Path, Query, Request, U
 from fastapi.responses import JSONResponse, Response
 
 from app import __version__
-from app.errors import GatewayError
-from app.gateway import Gateway
-from app.limiter import Limiter
-from app.placement import place
-from app.registry import ModelEntry
-from app.routing import ENDPOINT_NEEDS, beside_pinned, latency_budget
+from app.core.errors import GatewayError
+from app.core.registry import ModelEntry
+from app.gateway.gateway import Gateway
+from app.policy.limiter import Limiter
+from app.policy.placement import place
+from app.policy.routing import ENDPOINT_NEEDS, beside_pinned, latency_budget
 
 router = APIRouter()
 
@@ -334,7 +334,7 @@ def _limiter_status(gw: Gateway, name: str, limiter: Limiter) -> dict[str, Any]:
     return status
 
 
-# --- declared for the OpenAPI document; served by app.proxy ------------------------------------------
+# --- declared for the OpenAPI document; served by app.proxy.proxy ------------------------------------------
 
 _CHAT_EXAMPLE = {"model": "auto", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 32}
 _COMPLETION_EXAMPLE = {"model": "auto", "prompt": "Say hello", "max_tokens": 32}

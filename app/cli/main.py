@@ -20,13 +20,15 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from app import __version__, benchmark, keys_cli
-from app.errors import GatewayError
-from app.keys import KeysError
-from app.portable import event_loop
-from app.registry import FIELDS, RegistryError, build_registry, dump_registry, load_registry
-from app.routing import ENDPOINT_NEEDS, latency_budget
-from app.settings import Settings, load_settings
+from app import __version__
+from app.access.keys import KeysError
+from app.cli import keys as keys_cli
+from app.core.errors import GatewayError
+from app.core.portable import event_loop
+from app.core.registry import FIELDS, RegistryError, build_registry, dump_registry, load_registry
+from app.core.settings import Settings, load_settings
+from app.curation import bench as benchmark
+from app.policy.routing import ENDPOINT_NEEDS, latency_budget
 
 out = Console()
 err = Console(stderr=True)
@@ -56,7 +58,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _offline_gateway(args: argparse.Namespace) -> Any:
     """A Gateway object for read-only commands; asks the upstream what it has when one is reachable."""
-    from app.gateway import Gateway
+    from app.gateway.gateway import Gateway
 
     gw = Gateway(_settings(args))
 
@@ -117,7 +119,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      f"(upstream: {settings.upstream_mode}, registry: {settings.registry_path}, loop: {loop})\n")
     sys.stderr.flush()
     uvicorn.run(
-        "app.main:create_app", factory=True, host=settings.host, port=settings.port, workers=settings.workers,
+        "app.server.app:create_app", factory=True, host=settings.host, port=settings.port, workers=settings.workers,
         loop=loop, http="httptools", log_level="warning", access_log=False,
         proxy_headers=False,
         timeout_graceful_shutdown=round(settings.shutdown_grace) or None, timeout_keep_alive=30,
@@ -153,7 +155,7 @@ def workers_problem(settings: Settings, model_limits: list[int]) -> str | None:
 
 def _limited_keys(settings: Settings) -> list[str]:
     """The names of the keys with quotas in ``GATEWAY_KEYS_FILE`` (none without one)."""
-    from app.keys import load_keys
+    from app.access.keys import load_keys
 
     if settings.keys_file is None:
         return []
@@ -173,7 +175,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         rows = _remote(args.gateway, f"/v1/models{query}")["data"]
         budget = None
     else:
-        from app.api import model_rows
+        from app.server.api import model_rows
 
         gw = _offline_gateway(args)
         if args.task and args.task not in gw.registry.tasks:
@@ -388,7 +390,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     import psutil
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from app import compile as builder
+    from app.curation import compile as builder
 
     args.task = args.task or ["chat"]
     registry_path = Path(args.file or load_settings().registry_path)
@@ -477,7 +479,7 @@ def cmd_cache_dir(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_ls(args: argparse.Namespace) -> int:
-    from app.cache import list_cache
+    from app.curation.cache import list_cache
 
     settings, registry, loaded, url = _cache_context(args)
     cache_dir = settings.foundry_cache_dir.resolve()
@@ -501,7 +503,7 @@ def cmd_cache_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_rm(args: argparse.Namespace) -> int:
-    from app.cache import find, list_cache, remove
+    from app.curation.cache import find, list_cache, remove
 
     settings, registry, loaded, _ = _cache_context(args)
     cache_dir = settings.foundry_cache_dir.resolve()

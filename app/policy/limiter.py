@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 from collections import deque
 
-from app.errors import GatewayError
+from app.core.errors import GatewayError
 
 PRIORITIES = ("interactive", "batch")
 
