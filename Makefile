@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PORT ?= 8080
+PORT ?= $(or $(GATEWAY_PORT),8080)
 MODEL := models/tiny-chat/genai_config.json
 BUILDER := .venv-model/.installed
 
@@ -40,11 +40,12 @@ redis:  ## install Debian's redis-server if missing (the quota tests start their
 chromium:  ## install Debian's chromium if missing (the console tests drive it headless)
 	scripts/ensure-package.sh chromium chromium
 
-run: install model  ## run the gateway on 127.0.0.1:$(PORT) in front of a managed Foundry Local with the tiny models
+run: install model  ## run the gateway on 127.0.0.1:$(PORT) (make run PORT=9000) before a managed Foundry Local with the tiny models
 	$(VENV)/bin/foundry-gateway serve --port $(PORT)
 
-lint: install  ## ruff, mypy (also as on Windows and macOS) and hadolint
+lint: install  ## ruff, mypy (also as on Windows and macOS), the import layers (lint-imports) and hadolint
 	$(VENV)/bin/ruff check app tests scripts
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --platform win32 app
 	$(VENV)/bin/mypy --platform darwin app
@@ -53,8 +54,9 @@ lint: install  ## ruff, mypy (also as on Windows and macOS) and hadolint
 test: install model builder prometheus redis chromium lint  ## everything CI runs: lint, unit, integration (real Foundry Local, Prometheus, Redis, Chromium, the model builder)
 	$(PY) -m pytest
 	# the proxy, streaming, surface, fleet and keys tests again on asyncio's own event loop, as on Windows
-	GATEWAY_LOOP=asyncio $(PY) -m pytest tests/test_proxy.py tests/test_streaming.py \
-		tests/test_hardening.py tests/test_surface.py tests/test_fleet.py tests/test_keys.py tests/test_portable.py
+	GATEWAY_LOOP=asyncio $(PY) -m pytest tests/e2e/test_proxy.py tests/unit/openai/test_streaming.py \
+		tests/e2e/test_hardening.py tests/e2e/test_surface.py tests/e2e/test_fleet.py tests/e2e/test_keys.py \
+		tests/e2e/test_portable.py
 
 bench: install  ## gateway overhead vs direct against a fast fake upstream
 	$(PY) scripts/bench_overhead.py

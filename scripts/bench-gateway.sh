@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Start the gateway as the shared harness's `--extra` target: routing, metrics, access log and auth on.
-#   ../shared/bench/run.sh --extra ours='scripts/bench-gateway.sh {port} {upstream} {api_key}'
+# Start the gateway as an extra target of the team's shared benchmark harness (outside this repository):
+# routing, metrics, access log and auth on. The harness runs: scripts/bench-gateway.sh {port} {upstream} {api_key}
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GATEWAY_UPSTREAM_KIND=openai GATEWAY_REGISTRY_PATH=scripts/bench-registry.json \

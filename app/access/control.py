@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, cast
 from app.access.keys import ApiKey, KeyRing, KeysError, load_keys
 from app.access.quota import Decision, MemoryStore, RedisStore, Store, StoreDown, guarded
 from app.core.errors import GatewayError
+from app.core.files import file_mtime
 from app.core.metrics import Metrics
 from app.core.registry import ModelEntry, Registry
 from app.core.settings import Settings
@@ -179,10 +179,3 @@ def _headers(key: ApiKey, decision: Decision) -> list[tuple[bytes, bytes]]:
                 (b"x-ratelimit-reset-tokens", minute_reset)]
     return out
 
-
-def file_mtime(path: Path | None) -> float:
-    """A watched file's modification time (0.0 when it is missing): what the registry and keys watchers compare."""
-    try:
-        return os.stat(path).st_mtime_ns / 1e9 if path is not None else 0.0
-    except OSError:
-        return 0.0

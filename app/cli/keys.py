@@ -1,5 +1,6 @@
 """``foundry-gateway keys add|ls|rm``: team keys in ``GATEWAY_KEYS_FILE``. ``add`` generates a key, prints it
-once and stores only its SHA-256; ``ls`` never shows a key or a hash."""
+once and stores only its SHA-256; ``ls`` never shows a key or a hash. ``--models`` must name models the registry
+has, so a typo cannot leave a team with no model it may use."""
 
 from __future__ import annotations
 
@@ -10,17 +11,43 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 from app.access.keys import LIMITS, KeysError, digest, parse_keys
+from app.cli import output
+from app.cli.output import CliError, styled
+from app.core.registry import load_registry
+from app.core.settings import load_settings
 
-out, err = Console(), Console(stderr=True)
+
+def add_parser(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="Team API keys: allow-lists and quotas (GATEWAY_KEYS_FILE).",
+                          description="Team API keys in GATEWAY_KEYS_FILE (JSON or YAML): `add` generates a key, "
+                                      "prints it once and stores only its SHA-256.")
+    actions = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    p = actions.add_parser("add", help="Generate a key for a team (printed once) with its allow-lists and quotas.")
+    p.add_argument("name", help="the team or app it is for (shown in metrics and logs)")
+    p.add_argument("--models", nargs="+", help="registry names or aliases it may use (default: all)")
+    p.add_argument("--tasks", nargs="+", help="tasks it may use (default: all)")
+    p.add_argument("--requests-per-minute", type=int, default=0)
+    p.add_argument("--tokens-per-minute", type=int, default=0)
+    p.add_argument("--tokens-per-day", type=int, default=0)
+    p.add_argument("--max-concurrency", type=int, default=0, help="requests at once")
+    p.add_argument("--priority", choices=["interactive", "batch"], help="its requests' default X-Priority")
+    p.add_argument("--file", help="keys file (default GATEWAY_KEYS_FILE)")
+    p.add_argument("--registry", help="registry the --models are checked against (default models.json)")
+    p.add_argument("--json", action="store_true", help="print the name and the key as JSON")
+    p.set_defaults(func=cmd_add)
+    p = actions.add_parser("ls", help="List the keys (names, allow-lists, quotas; never a key or hash).")
+    p.add_argument("--file", help="keys file (default GATEWAY_KEYS_FILE)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_ls)
+    p = actions.add_parser("rm", help="Remove a key.")
+    p.add_argument("name")
+    p.add_argument("--file", help="keys file (default GATEWAY_KEYS_FILE)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_rm)
 
 
 def _path(args: argparse.Namespace) -> Path:
-    from app.core.settings import load_settings
-
     path = Path(args.file) if args.file else load_settings().keys_file
     if path is None:
         raise KeysError(["no keys file: pass --file PATH or set GATEWAY_KEYS_FILE"])
@@ -54,12 +81,20 @@ def _write(path: Path, data: dict[str, Any]) -> None:
     temporary.replace(path)  # atomic: a running gateway reloads whole files only
 
 
+def _check_models(names: list[str], registry_file: str | None) -> None:
+    registry = load_registry(Path(registry_file) if registry_file else load_settings().registry_path)
+    unknown = [name for name in names if registry.lookup(name) is None]
+    if unknown:
+        raise CliError(f"not in the registry: {', '.join(unknown)} (it has: {', '.join(e.name for e in registry)})")
+
+
 def cmd_add(args: argparse.Namespace) -> int:
     path = _path(args)
     data = _read(path)
     if any(k.get("name") == args.name for k in data["keys"]):
-        err.print(f"[red]error[/] a key named '{args.name}' is already in {path}")
-        return 1
+        raise CliError(f"a key named '{args.name}' is already in {path}")
+    if args.models:
+        _check_models(args.models, args.registry)
     key = "fgw-" + secrets.token_urlsafe(32)
     entry: dict[str, Any] = {"name": args.name, "key_sha256": digest(key)}
     for field in ("models", "tasks"):
@@ -72,7 +107,10 @@ def cmd_add(args: argparse.Namespace) -> int:
         entry["priority"] = args.priority
     data["keys"].append(entry)
     _write(path, data)
-    err.print(f"[green]added[/] '{args.name}' to {path}. The key (shown once, store it now):")
+    if args.json:
+        output.json_out({"name": args.name, "key": key, "file": str(path)})
+        return 0
+    output.note(styled("added", "green"), f" '{args.name}' to {path}. The key (shown once, store it now):")
     sys.stdout.write(key + "\n")
     return 0
 
@@ -83,16 +121,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
     ring = parse_keys(text, label=path.name, yaml=path.suffix.lower() in (".yaml", ".yml"))
     rows = [key.describe() for key in ring]
     if args.json:
-        sys.stdout.write(json.dumps({"file": str(path), "keys": rows}, indent=2) + "\n")
+        output.json_out({"file": str(path), "keys": rows})
         return 0
-    table = Table(title=f"Keys — {path}", title_justify="left")
-    for name in ("name", "models", "tasks", "req/min", "tokens/min", "tokens/day", "at once", "priority"):
-        table.add_column(name)
-    for row in rows:
-        table.add_row(row["name"], ", ".join(row["models"]) if row["models"] else "all",
-                      ", ".join(row["tasks"]) if row["tasks"] else "all",
-                      *(str(row[f]) if row[f] else "–" for f in LIMITS), row["priority"] or "–")
-    out.print(table)
+    output.table(["name", "models", "tasks", "req/min", "tokens/min", "tokens/day", "at once", "priority"],
+                 [[row["name"], ", ".join(row["models"]) if row["models"] else "all",
+                   ", ".join(row["tasks"]) if row["tasks"] else "all",
+                   *(str(row[f]) if row[f] else "–" for f in LIMITS), row["priority"] or "–"] for row in rows],
+                 title=f"Keys — {path}")
     return 0
 
 
@@ -101,35 +136,12 @@ def cmd_rm(args: argparse.Namespace) -> int:
     data = _read(path)
     kept = [k for k in data["keys"] if k.get("name") != args.name]
     if len(kept) == len(data["keys"]):
-        err.print(f"[red]error[/] no key named '{args.name}' in {path}")
-        return 1
+        raise CliError(f"no key named '{args.name}' in {path}")
     data["keys"] = kept
     _write(path, data)
-    err.print(f"[green]removed[/] '{args.name}' from {path} (running gateways stop accepting it on reload)")
+    if args.json:
+        output.json_out({"removed": args.name, "file": str(path)})
+    else:
+        output.note(styled("removed", "green"), f" '{args.name}' from {path} (running gateways stop accepting it "
+                    "on reload)")
     return 0
-
-
-def add_parser(sub: Any) -> None:
-    keys = sub.add_parser("keys", help="Team API keys: allow-lists and quotas (GATEWAY_KEYS_FILE).",
-                          description="Team API keys in GATEWAY_KEYS_FILE (JSON or YAML): `add` generates a key, "
-                                      "prints it once and stores only its SHA-256.")
-    actions = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    p = actions.add_parser("add", help="Generate a key for a team (printed once) with its allow-lists and quotas.")
-    p.add_argument("name", help="the team or app it is for (shown in metrics and logs)")
-    p.add_argument("--models", nargs="+", help="registry names or aliases it may use (default: all)")
-    p.add_argument("--tasks", nargs="+", help="tasks it may use (default: all)")
-    p.add_argument("--requests-per-minute", type=int, default=0)
-    p.add_argument("--tokens-per-minute", type=int, default=0)
-    p.add_argument("--tokens-per-day", type=int, default=0)
-    p.add_argument("--max-concurrency", type=int, default=0, help="requests at once")
-    p.add_argument("--priority", choices=["interactive", "batch"], help="its requests' default X-Priority")
-    p.add_argument("--file", help="keys file (default GATEWAY_KEYS_FILE)")
-    p.set_defaults(func=cmd_add)
-    p = actions.add_parser("ls", help="List the keys (names, allow-lists, quotas; never a key or hash).")
-    p.add_argument("--file", help="keys file (default GATEWAY_KEYS_FILE)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_ls)
-    p = actions.add_parser("rm", help="Remove a key.")
-    p.add_argument("name")
-    p.add_argument("--file", help="keys file (default GATEWAY_KEYS_FILE)")
-    p.set_defaults(func=cmd_rm)

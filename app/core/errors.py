@@ -104,3 +104,29 @@ class Retry(Exception):
         self.error = error
         self.cause = cause
         self.transport = transport
+
+
+# --- named errors: each built in one place ---------------------------------------------------------------------
+
+
+def unauthorized() -> GatewayError:
+    return GatewayError(401, "Invalid or missing API key. Send 'Authorization: Bearer <key>'.",
+                        code="invalid_api_key", headers={"www-authenticate": "Bearer"})
+
+
+def body_too_large(limit: int) -> GatewayError:
+    return GatewayError(413, f"Request body is larger than {limit} bytes.", code="body_too_large")
+
+
+def shutting_down() -> GatewayError:
+    return GatewayError(503, "The gateway is shutting down.", code="shutting_down")
+
+
+def total_timeout(seconds: float | None = None) -> GatewayError:
+    """The request's whole deadline (``GATEWAY_TOTAL_TIMEOUT``) passed."""
+    said = f" ({seconds:g}s)" if seconds is not None else ""
+    return GatewayError(504, f"The request took longer than the total timeout{said}.", code="upstream_timeout")
+
+
+def not_in_registry(name: str) -> GatewayError:
+    return GatewayError(404, f"Model '{name}' is not in the registry.", code="model_not_found", param="model")

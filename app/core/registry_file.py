@@ -146,3 +146,35 @@ def _replace(path: Path, text: str, original: bytes) -> None:
         temporary.replace(target)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def append_entry(path: Path, item: Mapping[str, Any]) -> int:
+    """Append ``item`` as a new entry, laid out like the file's last entry is separated from the one before it
+    (every other byte stays); a missing file is created. Returns the number of entries. Raises RegistryError if
+    the result would not load (a duplicate name, a bad field: nothing is written), RegistryChanged if the file
+    changed meanwhile."""
+    from app.core.registry import parse_registry
+
+    rendered = json.dumps(item, ensure_ascii=False, allow_nan=False)
+    if not path.exists():
+        text = f"[\n  {rendered}\n]\n"
+        parse_registry(text.encode("utf-8"), label=path.name, base_dir=path.parent)
+        path.write_text(text, encoding="utf-8")
+        return 1
+    original = path.read_bytes()
+    text = original.decode("utf-8")
+    spans = entry_spans(text)
+    if spans:
+        last_start, last_end, _ = spans[-1]
+        if len(spans) > 1:
+            separator = text[spans[-2][1]:last_start]
+        else:  # one entry: the same indentation on a line of its own
+            line_start = text.rfind("\n", 0, last_start) + 1
+            separator = ",\n" + text[line_start:last_start] if line_start else ", "
+        text = text[:last_end] + separator + rendered + text[last_end:]
+    else:
+        close = text.rindex("]")
+        text = text[:close].rstrip() + f"\n  {rendered}\n" + text[close:]
+    registry = parse_registry(text.encode("utf-8"), label=path.name, base_dir=path.parent)
+    _replace(path, text, original)
+    return len(registry)

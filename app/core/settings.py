@@ -49,8 +49,8 @@ class Settings(BaseSettings):
     )
     node_poll_interval: float = Field(1.0, gt=0, description="Front mode: seconds between status polls of each node.")
     node_eject_after: int = Field(
-        3, ge=1, description="Front mode: consecutive failures of requests on a node (timeouts, 5xx, broken "
-        "streams) that eject it, as Envoy's outlier detection does; a refused connection ejects at once.",
+        3, ge=1, description="Front mode: consecutive failures of requests on a node (timeouts, 5xx, bad answers, "
+        "stalls mid-stream) that eject it, as Envoy's outlier detection does; a refused connection ejects at once.",
     )
     node_eject_seconds: float = Field(
         30.0, gt=0, description="Front mode: how long an outlier stays ejected before a good status poll may "

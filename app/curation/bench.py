@@ -1,4 +1,5 @@
-"""``foundry-gateway bench``: latency, time to first token and tokens/s per model over a fixed prompt set.
+"""Benchmarking models: latency, time to first token and tokens/s per model over a fixed prompt set
+(``foundry-gateway bench`` is its command line, ``app.cli.bench``).
 
 Every request streams (TTFT needs it) with ``stream_options.include_usage`` so token counts come from
 the runtime, not from counting chunks. Results go to timestamped CSV and JSON files with empty
@@ -8,22 +9,18 @@ latency is measured, quality is judged.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import platform
 import statistics
-import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import httpx
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from app import __version__
 from app.core.recent import nearest_rank
@@ -34,11 +31,29 @@ COLUMNS = (
     "model", "task", "prompt_id", "repetition", "status", "latency_s", "ttft_s", "completion_tokens",
     "tokens_per_s", "routed_model", "output", "reference", *SCORES,
 )
-err = Console(stderr=True)
+Progress = Callable[[int, int, str], None]  # (done, total, what runs now)
 
 
 class BenchError(Exception):
     """A problem the user must fix (unreachable gateway, no models, bad prompt file)."""
+
+
+@dataclass(frozen=True)
+class Options:
+    gateway: str = "http://127.0.0.1:8080"
+    models: tuple[str, ...] = ()  # empty: every model that fits and is available
+    prompts: str = "config/prompts.jsonl"
+    repeat: int = 3
+    max_tokens: int = 64
+    temperature: float = 0.0
+    timeout: float = 120.0
+    direct: bool = False  # straight to the upstream, not through the gateway
+    upstream: str | None = None
+    api_key: str | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
 # --- inputs -----------------------------------------------------------------------------------------------
@@ -66,15 +81,15 @@ def load_prompts(path: Path) -> list[dict[str, Any]]:
     return prompts
 
 
-def pick_models(args: argparse.Namespace) -> list[dict[str, Any]]:
+def pick_models(options: Options) -> list[dict[str, Any]]:
     """Rows of /v1/models to benchmark: the named ones, else every model that fits and is available."""
     try:
-        response = httpx.get(f"{args.gateway.rstrip('/')}/v1/models", timeout=10, headers=_auth(args))
+        response = httpx.get(f"{options.gateway}/v1/models", timeout=10, headers=options.headers)
         rows: list[dict[str, Any]] = response.json()["data"]
     except (httpx.HTTPError, ValueError, KeyError) as exc:
-        raise BenchError(f"cannot list models from the gateway at {args.gateway}: {exc}") from exc
-    if args.model:
-        wanted = {name.lower() for name in args.model}
+        raise BenchError(f"cannot list models from the gateway at {options.gateway}: {exc}") from exc
+    if options.models:
+        wanted = {name.lower() for name in options.models}
         chosen = [row for row in rows if row["id"].lower() in wanted]
         missing = wanted - {row["id"].lower() for row in chosen}
         if missing:
@@ -86,27 +101,23 @@ def pick_models(args: argparse.Namespace) -> list[dict[str, Any]]:
     return chosen
 
 
-def _measured_ram(args: argparse.Namespace) -> dict[str, float]:
+def _measured_ram(options: Options) -> dict[str, float]:
     """What the gateway measured each model to use (asked after the run: the run loaded them)."""
     try:
-        rows = httpx.get(f"{args.gateway.rstrip('/')}/v1/models", timeout=10, headers=_auth(args)).json()["data"]
+        rows = httpx.get(f"{options.gateway}/v1/models", timeout=10, headers=options.headers).json()["data"]
     except (httpx.HTTPError, ValueError, KeyError):
         return {}
     return {r["id"]: r["measured_ram_gb"] for r in rows if r.get("measured_ram_gb") is not None}
 
 
-def _auth(args: argparse.Namespace) -> dict[str, str]:
-    return {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-
-
 # --- running ---------------------------------------------------------------------------------------------
 
 
-def run_one(client: httpx.Client, url: str, model: str, prompt: dict[str, Any], args: argparse.Namespace
+def run_one(client: httpx.Client, url: str, model: str, prompt: dict[str, Any], options: Options
             ) -> dict[str, Any]:
     messages = prompt.get("messages") or [{"role": "user", "content": prompt["prompt"]}]
-    body = {"model": model, "messages": messages, "stream": True, "max_tokens": args.max_tokens,
-            "temperature": args.temperature, "stream_options": {"include_usage": True}}
+    body = {"model": model, "messages": messages, "stream": True, "max_tokens": options.max_tokens,
+            "temperature": options.temperature, "stream_options": {"include_usage": True}}
     row: dict[str, Any] = {"status": "ok", "latency_s": None, "ttft_s": None, "completion_tokens": None,
                            "tokens_per_s": None, "routed_model": "", "output": ""}
     started = time.perf_counter()
@@ -115,7 +126,7 @@ def run_one(client: httpx.Client, url: str, model: str, prompt: dict[str, Any], 
     usage: dict[str, Any] | None = None
     try:
         with client.stream("POST", url, json=body, headers={"X-Task": prompt["task"]},
-                           timeout=args.timeout) as response:
+                           timeout=options.timeout) as response:
             row["routed_model"] = response.headers.get("x-gateway-model", model)
             if response.status_code >= 400:
                 response.read()
@@ -145,36 +156,35 @@ def run_one(client: httpx.Client, url: str, model: str, prompt: dict[str, Any], 
             "output": "".join(pieces)}
 
 
-def run_bench(args: argparse.Namespace) -> dict[str, Any]:
-    prompts = load_prompts(Path(args.prompts))
-    models = pick_models(args)
-    if args.direct:
-        if not args.upstream:
+def run_bench(options: Options, progress: Progress = lambda done, total, what: None) -> dict[str, Any]:
+    prompts = load_prompts(Path(options.prompts))
+    models = pick_models(options)
+    if options.direct:
+        if not options.upstream:
             raise BenchError("--direct needs --upstream URL (the upstream's OpenAI base URL, with /v1)")
-        url = f"{args.upstream.rstrip('/')}/chat/completions"
+        url = f"{options.upstream.rstrip('/')}/chat/completions"
     else:
-        url = f"{args.gateway.rstrip('/')}/v1/chat/completions"
-    plan = [(m, p, r) for m in models for p in prompts if p["task"] in m["tasks"] for r in range(args.repeat)]
+        url = f"{options.gateway}/v1/chat/completions"
+    plan = [(m, p, r) for m in models for p in prompts if p["task"] in m["tasks"] for r in range(options.repeat)]
     if not plan:
         raise BenchError("no prompt has a task that the selected models serve")
     results = []
     started = datetime.now(UTC)
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with httpx.Client(headers=_auth(args)) as client, Progress(*columns, console=err, transient=True) as progress:
-        task = progress.add_task("bench", total=len(plan))
-        for model, prompt, repetition in plan:
-            progress.update(task, description=f"{model['id']} · {prompt['id']}")
-            target = model["upstream_id"] if args.direct else model["id"]
-            row = run_one(client, url, target, prompt, args)
+    with httpx.Client(headers=options.headers) as client:
+        for done, (model, prompt, repetition) in enumerate(plan):
+            progress(done, len(plan), f"{model['id']} · {prompt['id']}")
+            target = model["upstream_id"] if options.direct else model["id"]
+            row = run_one(client, url, target, prompt, options)
             results.append({"model": model["id"], "task": prompt["task"], "prompt_id": prompt["id"],
                             "repetition": repetition + 1, **row, "reference": prompt.get("reference", ""),
                             **dict.fromkeys(SCORES, "")})
-            progress.advance(task)
-    meta = {"started": started.isoformat(timespec="seconds"), "target": "direct" if args.direct else "gateway",
-            "url": url, "repeat": args.repeat, "max_tokens": args.max_tokens, "temperature": args.temperature,
-            "prompts": str(args.prompts), "host": platform.node(), "python": platform.python_version(),
-            "prompt_set": bench_records.prompt_set(Path(args.prompts)), "host_summary": bench_records.host_summary(),
-            "gateway_version": __version__, "ram_gb": {} if args.direct else _measured_ram(args)}
+        progress(len(plan), len(plan), "done")
+    meta = {"started": started.isoformat(timespec="seconds"), "target": "direct" if options.direct else "gateway",
+            "url": url, "repeat": options.repeat, "max_tokens": options.max_tokens,
+            "temperature": options.temperature, "prompts": str(options.prompts), "host": platform.node(),
+            "python": platform.python_version(), "prompt_set": bench_records.prompt_set(Path(options.prompts)),
+            "host_summary": bench_records.host_summary(), "gateway_version": __version__,
+            "ram_gb": {} if options.direct else _measured_ram(options)}
     return {"meta": meta, "results": results, "summary": summarize(results)}
 
 
@@ -274,125 +284,20 @@ def _write_svg_html(summary: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def print_summary(summary: list[dict[str, Any]], console: Console) -> None:
-    table = Table(title="bench summary (seconds; tokens/s)", title_justify="left")
-    for name in ("model", "requests", "errors", "latency p50", "latency p95", "TTFT p50", "TTFT p95", "tokens/s"):
-        table.add_column(name, justify="left" if name == "model" else "right")
-
-    def fmt(value: float | None) -> str:
-        return "–" if value is None else f"{value:.3f}"
-
-    for s in summary:
-        table.add_row(s["model"], str(s["requests"]), str(s["errors"]), fmt(s["latency_p50_s"]),
-                      fmt(s["latency_p95_s"]), fmt(s["ttft_p50_s"]), fmt(s["ttft_p95_s"]),
-                      "–" if s["tokens_per_s_mean"] is None else f"{s['tokens_per_s_mean']:.1f}")
-    console.print(table)
-
-
-# --- rating ------------------------------------------------------------------------------------------------
-
-
-def rate(path: Path, stdin: TextIO, console: Console) -> int:
-    """Ask a person for 1-5 scores of each unrated result; saves after every row (q quits)."""
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    rows = [r for r in doc["results"] if r["status"] == "ok" and not all(r.get(k) for k in SCORES)]
-    console.print(f"{len(rows)} results to rate in {path} (1-5, Enter skips, q saves and quits)")
-    for number, row in enumerate(rows, start=1):
-        console.rule(f"{number}/{len(rows)} · {row['model']} · {row['prompt_id']} #{row['repetition']}")
-        console.print(f"[bold]reference:[/] {row.get('reference') or '–'}", highlight=False)
-        console.print(f"[bold]output:[/] {row['output']}", highlight=False)
-        for key in SCORES:
-            while True:
-                console.print(f"{key} [1-5]: ", end="")
-                answer = stdin.readline()
-                if not answer:  # end of input: save what we have
-                    return _save_rating(doc, path, console)
-                answer = answer.strip().lower()
-                if answer == "q":
-                    return _save_rating(doc, path, console)
-                if answer == "":
-                    break
-                if answer in {"1", "2", "3", "4", "5"}:
-                    row[key] = int(answer)
-                    break
-                console.print("[red]enter 1-5, Enter to skip, q to quit[/]")
-        _save_rating(doc, path, console, quiet=True)
-    return _save_rating(doc, path, console)
-
-
-def _save_rating(doc: dict[str, Any], path: Path, console: Console, quiet: bool = False) -> int:
+def save_ratings(doc: dict[str, Any], path: Path) -> int:
+    """Write a rated results document back (JSON and its CSV); returns how many results carry a rating."""
     path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     write_csv(path.with_suffix(".csv"), doc["results"])
-    if not quiet:
-        rated = sum(1 for r in doc["results"] if any(r.get(k) for k in SCORES))
-        console.print(f"saved {rated} rated results to {path} and {path.with_suffix('.csv')}")
-    return 0
+    return sum(1 for r in doc["results"] if any(r.get(k) for k in SCORES))
 
 
-# --- command ---------------------------------------------------------------------------------------------
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    if args.rate:
-        code = rate(Path(args.rate), sys.stdin, err)
-        if code or args.update_registry is None:
-            return code
-        return update_registry(json.loads(Path(args.rate).read_text(encoding="utf-8")), args.update_registry)
-    try:
-        doc = run_bench(args)
-    except BenchError as exc:
-        err.print(f"[red]error[/] {exc}", highlight=False)
-        return 1
-    json_path, csv_path = write_results(doc, Path(args.out))
-    plot = write_plot(doc, json_path) if args.plot else None
-    if args.json:
-        sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-    else:
-        print_summary(doc["summary"], Console())
-    err.print(f"wrote {csv_path} and {json_path}" + (f", plot {plot}" if plot else ""))
-    return update_registry(doc, args.update_registry) if args.update_registry is not None else 0
-
-
-def update_registry(doc: dict[str, Any], file: str) -> int:
-    """Write each benchmarked model's ``measured`` record into the registry file (``registry annotate``)."""
-    from app.core.registry import RegistryError
-    from app.core.registry_file import RegistryChanged, annotate
+def update_registry(doc: dict[str, Any], file: str) -> tuple[list[str], list[str], Path]:
+    """Write each benchmarked model's ``measured`` record into the registry file (``registry annotate``): the
+    names written, those the file does not have, and the file."""
+    from app.core.registry_file import annotate
     from app.core.settings import load_settings
 
     path = Path(file or load_settings().registry_path)
     found = bench_records.records(doc)
-    try:
-        written = annotate(path, found)
-    except (RegistryChanged, RegistryError, OSError, ValueError) as exc:
-        err.print(f"[red]error[/] {exc}", highlight=False)
-        return 1
-    missing = sorted(set(found) - set(written))
-    err.print(f"[green]measured[/] written to {path} for {', '.join(written) or 'no model'}"
-              + (f"; not in that file: {', '.join(missing)}" if missing else ""), highlight=False)
-    return 0
-
-
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "bench", help="Benchmark latency, TTFT and tokens/s per model over a fixed prompt set.",
-        description="Run config/prompts.jsonl through the gateway (or straight to the upstream) for every "
-        "selected model, streaming, and write CSV + JSON results with empty 1-5 rating columns.",
-    )
-    p.add_argument("--gateway", default="http://127.0.0.1:8080", help="gateway URL (default %(default)s)")
-    p.add_argument("--model", action="append", help="model to run (repeatable; default: all that fit)")
-    p.add_argument("--prompts", default="config/prompts.jsonl", help="prompt set, JSON lines (default %(default)s)")
-    p.add_argument("--repeat", type=int, default=3, help="repetitions per prompt (default %(default)s)")
-    p.add_argument("--max-tokens", type=int, default=64, help="max_tokens per request (default %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default %(default)s)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default %(default)s)")
-    p.add_argument("--direct", action="store_true", help="bypass the gateway: send to --upstream")
-    p.add_argument("--upstream", help="with --direct: the upstream's OpenAI base URL (…/v1)")
-    p.add_argument("--api-key", help="Bearer key for the gateway")
-    p.add_argument("--out", default="results", help="folder for the CSV/JSON/PNG (default %(default)s)")
-    p.add_argument("--plot", action="store_true", help="also write a latency/TTFT chart (PNG, or HTML)")
-    p.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
-    p.add_argument("--rate", metavar="FILE", help="score an earlier run's results (1-5) in the terminal")
-    p.add_argument("--update-registry", nargs="?", const="", metavar="FILE",
-                   help="write each model's measured record (timings, ratings, reference score, RAM, host) into "
-                        "the registry (default GATEWAY_REGISTRY_PATH or models.json); with --rate, after rating")
-    p.set_defaults(func=cmd_bench)
+    written = annotate(path, found)
+    return written, sorted(set(found) - set(written)), path

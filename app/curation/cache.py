@@ -56,9 +56,9 @@ def local_catalog(cache_dir: Path) -> Any:
     """Foundry Local's local catalog for this cache directory (the SDK, in this process)."""
     from foundry_local_sdk import CatalogType
 
-    from app.upstream.catalog import _manager
+    from app.upstream.catalog import manager
 
-    return _manager(cache_dir).get_catalog(CatalogType.LOCAL)
+    return manager(cache_dir).get_catalog(CatalogType.LOCAL)
 
 
 def list_cache(cache_dir: Path, registry: Registry, loaded: set[str] | None) -> list[CachedModel]:

@@ -3,7 +3,7 @@
 Foundry Local serves ONNX Runtime GenAI folders; onnxruntime-genai's model builder makes them from a Hugging
 Face checkpoint. The builder needs torch and transformers, which the gateway itself never needs, so it runs as
 a subprocess of a Python that has them: ``--python``, else ``$FOUNDRY_GATEWAY_BUILDER_PYTHON``, else the repo's
-build venv ``.venv-model`` (``make model``), else this interpreter (with the ``compile`` extra installed).
+build venv ``.venv-model`` (``make builder``), else this interpreter (with the ``compile`` extra installed).
 
 Before anything heavy starts, the checkpoint is checked: its architecture against the installed builder's own
 list, and the disk and RAM it will take against what this host has. Then the builder runs (its output shown
@@ -92,7 +92,7 @@ def supported_architectures(python: str) -> list[str]:
     if found.returncode != 0:
         raise CompileError(
             f"{python} cannot run onnxruntime-genai's model builder ({_last_line(found.stderr)}). Install the "
-            "builder: `make model` (a build venv, .venv-model) or `pip install 'foundry-gateway[compile]'`, or "
+            "builder: `make builder` (a build venv, .venv-model) or `pip install 'foundry-gateway[compile]'`, or "
             "pass --python PATH.")
     source = Path(found.stdout.strip()).read_text(encoding="utf-8", errors="replace")
     return sorted(set(_ARCHITECTURE.findall(source)))

@@ -17,10 +17,12 @@ from typing import Any
 import httpx
 import orjson
 
-from app.core.errors import GatewayError, Retry
+from app.core.errors import GatewayError, total_timeout
 from app.core.metrics import Metrics
-from app.openai.sse import EventSplitter, StreamInspector
+from app.openai.inspector import StreamInspector
+from app.openai.sse import EventSplitter
 from app.proxy.exchange import Exchange, Responder, clock
+from app.upstream.errors import bad_response, broke_mid_answer, broke_mid_stream, stalled
 
 Translate = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -84,13 +86,10 @@ async def relay_json(
             ex.aborted = True  # the client stopped reading: let it go, blame nobody
             return
         if idle.at_deadline():
-            raise GatewayError(504, "The request took longer than the total timeout.", code="upstream_timeout") \
-                from None
-        raise Retry(GatewayError(504, f"The upstream stopped sending its answer for {idle_timeout:g}s.",
-                                 code="upstream_timeout"), "timeout") from None
+            raise total_timeout() from None
+        raise stalled(idle_timeout) from None
     except httpx.HTTPError as exc:
-        raise Retry(GatewayError(502, f"Upstream failed mid-response: {exc.__class__.__name__}",
-                                 code="upstream_error"), "broken") from None
+        raise broke_mid_answer(exc) from None
     finally:
         if started:
             ex.upstream_wait += clock() - started
@@ -103,13 +102,11 @@ def _checked_json(
     """The upstream's JSON answer as the client gets it (and its ``text`` field); usage noted for metrics."""
     content_type = response.headers.get("content-type", "application/json").split(",")[0].strip()
     if not content_type.startswith("application/json"):
-        raise Retry(GatewayError(502, f"The upstream answered with '{content_type}', not JSON.",
-                                 code="upstream_bad_response"), "bad_response")
+        raise bad_response(f"The upstream answered with '{content_type}', not JSON.")
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise Retry(GatewayError(502, "The upstream answered with invalid JSON.",
-                                 code="upstream_bad_response"), "bad_response") from None
+        raise bad_response("The upstream answered with invalid JSON.") from None
     text = ""
     if isinstance(data, dict):
         if finish is not None:
@@ -168,15 +165,12 @@ async def relay_stream(
         if idle.sending:
             ex.aborted = True  # the client stopped reading: let it go, blame nobody
             return
-        await _fail(ex, reply, GatewayError(
-            504, "The request took longer than the total timeout." if idle.at_deadline() else
-            f"The upstream stalled for more than {idle_timeout:g}s mid-stream.", code="upstream_timeout"),
+        await _fail(ex, reply, total_timeout() if idle.at_deadline() else GatewayError(
+            504, f"The upstream stalled for more than {idle_timeout:g}s mid-stream.", code="upstream_timeout"),
             idle_timeout)
         return
     except httpx.HTTPError as exc:
-        await _fail(ex, reply, GatewayError(
-            502, f"The upstream connection broke mid-stream ({exc.__class__.__name__}).", code="upstream_error"),
-            idle_timeout)
+        await _fail(ex, reply, broke_mid_stream(exc), idle_timeout)
         return
     finally:
         ex.upstream_wait += upstream_wait

@@ -1,8 +1,10 @@
-"""The ASGI application: a thin dispatcher that sends the two proxied routes straight to the proxy and
-everything else to FastAPI.
+"""The ASGI application, layer by layer from the outside in:
 
-``create_app()`` is the uvicorn factory (``uvicorn --factory app.server.app:create_app``); it reads settings
-from the environment, so every worker process builds the same app.
+  CORS (when ``GATEWAY_CORS_ORIGINS``) → header size limit (431) → who is calling (``app.access.middleware``)
+  → dispatch: the proxied ``POST`` endpoints straight to the proxy, everything else to FastAPI
+
+``create_app()`` is the uvicorn factory (``uvicorn --factory app.server.app:create_app``); it reads settings from
+the environment, so every worker process builds the same app.
 """
 
 from __future__ import annotations
@@ -21,55 +23,48 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
+from app.access.middleware import AuthMiddleware, send_error
+from app.core import logs
 from app.core.errors import GatewayError, error_body
 from app.core.settings import Settings, load_settings
-from app.gateway.gateway import Gateway
-from app.openai.endpoints import ENDPOINTS
-from app.proxy.proxy import Proxy
-from app.server.api import router
+from app.gateway import Gateway
+from app.openai import BY_PATH, Endpoint
+from app.proxy.handler import Proxy
+from app.server import admin, console, models, openapi, probes, stored
 
 log = logging.getLogger("foundry_gateway")
 
-PROXIED = {path: endpoint.name for path, endpoint in ENDPOINTS.items()}
 
-
-class GatewayApp:
-    """Routes the proxied ``POST`` endpoints (chat, completions, responses, embeddings, transcriptions) to the
-    proxy, the rest to FastAPI."""
+class Dispatch:
+    """The proxied ``POST`` endpoints go to the proxy, before FastAPI's routing; the rest to FastAPI."""
 
     def __init__(self, api: FastAPI, proxy: Proxy) -> None:
         self.api = api
         self.proxy = proxy
-        self.gateway = proxy.gw
-        self.max_header_bytes = proxy.gw.settings.max_header_bytes
+        self.proxied: dict[str, Endpoint] = dict(BY_PATH)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:
-            err = GatewayError(431, f"Request headers are larger than {self.max_header_bytes} bytes.",
-                               code="headers_too_large")
-            await _error_response(err)(scope, receive, send)
-            return
-        if scope["type"] == "http":
-            path = scope["path"]
-            if scope["method"] == "POST":
-                route = PROXIED.get(path.rstrip("/") or "/")
-                if route is not None:
-                    await self.proxy(scope, receive, send, route)
-                    return
-            if path.startswith("/v1/"):  # the OpenAI-style API is behind the API keys; probes are not
-                try:
-                    self.gateway.check_key(_header(scope, b"authorization"))
-                except GatewayError as err:
-                    await _error_response(err)(scope, receive, send)
-                    return
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self.proxied.get(scope["path"].rstrip("/") or "/")
+            if endpoint is not None:
+                await self.proxy(scope, receive, send, endpoint)
+                return
         await self.api(scope, receive, send)
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
+class HeaderLimit:
+    """431 for requests whose headers are larger than ``GATEWAY_MAX_HEADER_BYTES`` in all."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > self.limit:
+            await send_error(GatewayError(431, f"Request headers are larger than {self.limit} bytes.",
+                                          code="headers_too_large"), send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _error_response(err: GatewayError) -> JSONResponse:
@@ -122,7 +117,9 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> ASGIApp:
         lifespan=lifespan,
     )
     api.state.gateway = gw
-    api.include_router(router)
+    for part in (models.router, stored.router, console.router, probes.router, admin.router,
+                 openapi.router(settings.task_header)):
+        api.include_router(part)
     _install_error_handlers(api)
 
     @api.get("/", include_in_schema=False)
@@ -130,7 +127,9 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> ASGIApp:
         return JSONResponse({"name": "foundry-gateway", "version": __version__, "openai_base_url": "/v1",
                              "docs": "/docs"})
 
-    app: ASGIApp = GatewayApp(api, Proxy(gw))
+    app: ASGIApp = Dispatch(api, Proxy(gw))
+    app = AuthMiddleware(app, gw.access, settings, gw.metrics)
+    app = HeaderLimit(app, settings.max_header_bytes)
     if settings.cors_origins:
         app = CORSMiddleware(app, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                              allow_headers=["*"], expose_headers=["x-gateway-model", "x-gateway-task",
@@ -138,19 +137,8 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> ASGIApp:
     return app
 
 
-class SingleLineFormatter(logging.Formatter):
-    """Every record on one line, whatever the terminal: newlines in messages and tracebacks are written as
-    ``\\n``, so log shippers and ``grep`` see one event per line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return super().format(record).replace("\r", "\\r").replace("\n", "\\n")
-
-
 def create_app(**overrides: Any) -> ASGIApp:
     """uvicorn factory: settings from the environment (``GATEWAY_*``)."""
     settings = load_settings(**overrides)
-    handler = logging.StreamHandler()
-    handler.setFormatter(SingleLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per upstream call otherwise
+    logs.configure(settings.log_level)
     return build_app(settings)

@@ -1,18 +1,16 @@
-"""``foundry-gateway pull NAME``: download a catalog model into Foundry Local's cache.
+"""Foundry Local's catalogs through its SDK: the online catalog (``foundry-gateway pull NAME`` downloads a catalog
+model into the cache) and the local one (``foundry-gateway cache`` reads the registrations of local folders).
 
-Catalog models (phi-4-mini, …) come from Foundry Local's online catalog. Offline, the catalog lists
-nothing after a few seconds of retries, so the command says so plainly instead of failing deep in the
-runtime. Runs the SDK in this process (it is a per-process singleton; the CLI owns the process).
+Offline, the online catalog lists nothing after a few seconds of retries, so a lookup says so plainly instead of
+failing deep in the runtime. The SDK runs in this process (it is a per-process singleton; the CLI owns it).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 OFFLINE_HINT = (
     "Foundry Local's online catalog is not reachable from this machine, so catalog models cannot be "
@@ -21,10 +19,16 @@ OFFLINE_HINT = (
 )
 
 
-def _manager(cache_dir: Path) -> Any:
-    os.environ.setdefault("ORT_TELEMETRY_DISABLED", "1")
-    from foundry_local_sdk import Configuration, FoundryLocalManager
+class CatalogError(Exception):
+    """The catalog cannot give what was asked (not installed, unreachable, not there): one line for the user."""
 
+
+def manager(cache_dir: Path) -> Any:
+    os.environ.setdefault("ORT_TELEMETRY_DISABLED", "1")
+    try:
+        from foundry_local_sdk import Configuration, FoundryLocalManager
+    except ImportError:
+        raise CatalogError("foundry-local-sdk is not installed: pip install 'foundry-gateway[foundry]'") from None
     if FoundryLocalManager.instance is None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         FoundryLocalManager.initialize(Configuration(
@@ -34,37 +38,25 @@ def _manager(cache_dir: Path) -> Any:
     return FoundryLocalManager.instance
 
 
-def pull_model(name: str, *, cache_dir: Path, console: Console) -> int:
+def find(name: str, cache_dir: Path) -> Any:
+    """The catalog model ``name`` (an SDK model object with ``id``, ``is_cached``, ``download``)."""
+    found = manager(cache_dir)
+    from foundry_local_sdk import CatalogType
+
     try:
-        manager = _manager(cache_dir)
-        from foundry_local_sdk import CatalogType
-    except ImportError:
-        console.print("[red]error[/] foundry-local-sdk is not installed: pip install 'foundry-gateway[foundry]'")
-        return 1
-    with console.status(f"Looking up '{name}' in Foundry Local's catalog…"):
-        try:
-            catalog = manager.get_catalog(CatalogType.PUBLIC)
-            model = catalog.get_model(name)
-        except Exception as exc:  # the native layer raises its own exception types
-            console.print(f"[red]error[/] catalog lookup failed: {exc}\n{OFFLINE_HINT}")
-            return 1
+        model = found.get_catalog(CatalogType.PUBLIC).get_model(name)
+    except Exception as exc:  # the native layer raises its own exception types
+        raise CatalogError(f"catalog lookup failed: {exc}. {OFFLINE_HINT}") from None
     if model is None:
-        console.print(f"[red]error[/] '{name}' is not in the catalog (or the catalog is unreachable).\n{OFFLINE_HINT}")
-        return 1
-    if model.is_cached:
-        console.print(f"[green]already cached[/] {model.id}")
-        return 0
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
-        task = progress.add_task(f"pull {model.id}", total=100.0)
-        try:
-            model.download(progress_callback=lambda pct: progress.update(task, completed=pct), cancel_event=None)
-        except KeyboardInterrupt:
-            console.print("[yellow]cancelled[/]")
-            return 130
-        except Exception as exc:
-            console.print(f"[red]error[/] download failed: {exc}\n{OFFLINE_HINT}")
-            return 1
-        progress.update(task, completed=100.0)
-    console.print(f"[green]pulled[/] {model.id} into {cache_dir}")
-    return 0
+        raise CatalogError(f"'{name}' is not in the catalog (or the catalog is unreachable). {OFFLINE_HINT}")
+    return model
+
+
+def download(model: Any, progress: Callable[[float], None]) -> None:
+    """Download a catalog model into the cache, reporting the percentage done."""
+    try:
+        model.download(progress_callback=progress, cancel_event=None)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        raise CatalogError(f"download failed: {exc}. {OFFLINE_HINT}") from None

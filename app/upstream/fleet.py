@@ -3,7 +3,7 @@ Service name is one node per address), how they are (their ``/v1/node`` status, 
 requests this front has on each right now.
 
 A node that refuses a connection is ejected at once — by the request that found out or by the poll — and comes
-back when a poll succeeds. A node whose requests keep failing (timeouts, 5xx, broken streams:
+back when a poll succeeds. A node whose requests keep failing (timeouts, 5xx, bad answers, stalls:
 ``GATEWAY_NODE_EJECT_AFTER`` in a row) is an outlier, as Envoy calls it: ejected for ``GATEWAY_NODE_EJECT_SECONDS``
 (doubled at each ejection in a row), however well it answers its status polls meanwhile — a hung runtime behind
 a live gateway answers those. Each node is reached through its own pool of keep-alive connections (an

@@ -1,0 +1,55 @@
+"""Regenerate the generated parts of README.md: the settings table (from app/core/settings.py) and the module map
+(from the package's own docstrings). tests/test_docs.py checks both are current.
+
+Run: .venv/bin/python scripts/update-readme.py
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from app.cli.settings import settings_table  # noqa: E402
+
+README = ROOT / "README.md"
+SETTINGS = ("<!-- settings-table:start -->", "<!-- settings-table:end -->")
+MODULES = ("<!-- module-map:start -->", "<!-- module-map:end -->")
+# the layers, top (imports the rest) to bottom (imports nothing of the app): as pyproject's import contract says
+LAYERS = ("cli", "server", "curation", "proxy", "gateway", "access", "upstream", "openai", "policy", "core")
+
+
+def summary(path: Path) -> str:
+    """A module's docstring, its first sentence, on one line."""
+    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    text = " ".join(doc.split())
+    match = re.search(r"(?<=\.)\s", text)
+    first = (text[:match.start()] if match else text).replace("``", "`")
+    return first if len(first) <= 96 else first[:first.rfind(" ", 0, 95)].rstrip(",;:(") + " …"
+
+
+def module_map() -> str:
+    lines = ["```", "app/"]
+    for package in LAYERS:
+        folder = ROOT / "app" / package
+        lines.append(f"  {package + '/':<16}{summary(folder / '__init__.py')}")
+        for module in sorted(folder.glob("*.py")):
+            if module.name in ("__init__.py", "__main__.py"):
+                continue
+            lines.append(f"    {module.name:<22}{summary(module)}")
+    lines.append("```")
+    return "\n".join(lines)
+
+
+def render(text: str) -> str:
+    for (start, end), body in ((SETTINGS, settings_table()), (MODULES, module_map())):
+        replacement = f"{start}\n{body}\n{end}"
+        text = re.sub(f"{start}.*?{end}", lambda _, new=replacement: new, text, flags=re.S)
+    return text
+
+
+if __name__ == "__main__":
+    README.write_text(render(README.read_text(encoding="utf-8")), encoding="utf-8")

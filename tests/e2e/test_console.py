@@ -1,0 +1,136 @@
+"""The operator console (/ui) and the offline /docs, in a real headless Chromium (Debian's `chromium`, driven by
+Playwright): the page renders the models, updates after traffic, admin actions work with the admin key and are
+refused without it; /docs renders with every request off the host blocked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.fakes.upstream import UpstreamProcess
+from tests.helpers import ROOT, GatewayProcess, require_module, require_program, write_registry
+
+MODELS = ["alpha-generic-cpu:1", "beta-generic-cpu:1"]
+REGISTRY = [{"name": "alpha", "task": "chat", "min_ram_gb": 2}, {"name": "beta", "task": "chat", "min_ram_gb": 2,
+                                                                 "pinned": True}]
+ENV = {"GATEWAY_UPSTREAM_KIND": "foundry", "GATEWAY_HOST_RAM_GB": "10", "GATEWAY_ADMIN_API_KEY": "admin-key",
+       "GATEWAY_ACCESS_LOG": "false"}
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, UpstreamProcess]]:
+    tmp = tmp_path_factory.mktemp("console")
+    registry = write_registry(tmp / "models.json", REGISTRY)
+    with UpstreamProcess(models=MODELS, foundry=True) as up, \
+            GatewayProcess(upstream=up.url, registry=registry, env=ENV, log_path=tmp / "gw.log") as gw:
+        gw.wait_ready()
+        yield gw, up
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    chromium = require_program("chromium")
+    playwright = require_module("playwright.sync_api").sync_playwright().start()
+    launched = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+    try:
+        yield launched
+    finally:
+        launched.close()
+        playwright.stop()
+
+
+@pytest.fixture()
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    blocked: list[str] = []
+
+    def local_only(route: Any) -> None:  # the network is "off": nothing but this host answers
+        if urlsplit(route.request.url).hostname in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", local_only)
+    opened = context.new_page()
+    opened.blocked = blocked
+    try:
+        yield opened
+    finally:
+        context.close()
+
+
+def chat(gw: GatewayProcess, model: str) -> None:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    assert httpx.post(f"{gw.base_url}/chat/completions", json=body, timeout=30).status_code == 200
+
+
+def test_console_renders_and_updates_after_traffic(gateway: tuple[GatewayProcess, UpstreamProcess], page: Any,
+                                                   tmp_path: Path) -> None:
+    gw, _ = gateway
+    page.goto(f"{gw.url}/ui")
+    page.wait_for_selector('#models tbody tr[data-model="alpha"]')
+    assert page.inner_text('#models tbody tr[data-model="beta"]').count("pinned") == 1
+    assert page.inner_text("#admin-state") == "read-only"
+    chat(gw, "alpha")
+    page.wait_for_function("document.querySelectorAll('#decisions tbody tr').length > 0")
+    page.wait_for_function("""document.querySelector('#models tr[data-model="alpha"] td.loaded').innerText === 'yes'""")
+    assert "alpha" in page.inner_text("#decisions") and "alpha" in page.inner_text("#ram")
+    assert page.inner_text("#rate") != "0.00"
+    page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)
+    assert page.blocked == []
+
+
+def test_admin_actions_need_the_admin_key(gateway: tuple[GatewayProcess, UpstreamProcess], page: Any) -> None:
+    gw, up = gateway
+    chat(gw, "alpha")
+    page.goto(f"{gw.url}/ui")
+    page.wait_for_selector('#models tbody tr[data-model="alpha"]')
+    assert page.is_disabled('button.unload[data-model="alpha"]')  # read-only without a key
+    page.fill("#key", "not-the-admin-key")
+    page.dispatch_event("#key", "change")
+    page.wait_for_function("!document.querySelector('button.unload[data-model=\"alpha\"]').disabled")
+    page.click('button.unload[data-model="alpha"]')
+    page.wait_for_function("document.getElementById('message').innerText.includes('Invalid or missing API key')")
+    assert "alpha-generic-cpu:1" in up.stats()["loaded"]  # refused
+    page.fill("#key", "admin-key")
+    page.dispatch_event("#key", "change")
+    page.wait_for_function("document.getElementById('admin-state').innerText === 'admin key set'")
+    page.click('button.unload[data-model="alpha"]')
+    page.wait_for_function("document.getElementById('message').innerText === 'unload: unloaded'")
+    assert "alpha-generic-cpu:1" not in up.stats()["loaded"]
+    page.click('button.load[data-model="beta"]')
+    page.wait_for_function("document.getElementById('message').innerText === 'load: loaded'")
+    assert "beta-generic-cpu:1" in up.stats()["loaded"]
+    page.click("#reload")
+    page.wait_for_function("document.getElementById('message').innerText === 'reload: reloaded'")
+
+
+def test_docs_render_offline(gateway: tuple[GatewayProcess, UpstreamProcess], page: Any) -> None:
+    gw, _ = gateway
+    page.goto(f"{gw.url}/docs")
+    page.wait_for_selector(".swagger-ui .opblock")
+    assert "/v1/chat/completions" in page.inner_text(".swagger-ui")
+    assert page.blocked == [], page.blocked  # nothing fetched from a CDN
+
+
+def test_status_command_shares_the_consoles_json(gateway: tuple[GatewayProcess, UpstreamProcess]) -> None:
+    gw, _ = gateway
+    chat(gw, "alpha")
+    env = {**os.environ, "GATEWAY_ENV_FILE": "/nonexistent", "COLUMNS": "200"}
+    shown = subprocess.run([sys.executable, "-m", "app.cli", "status", "--gateway", gw.url], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "endpoint\tmodel\ttask\twhy" in shown.stdout and "alpha" in shown.stdout
+    state = json.loads(subprocess.run([sys.executable, "-m", "app.cli", "status", "--gateway", gw.url, "--json"],
+                                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=60).stdout)
+    assert state == {**state, "admin": True, "ready": True} and state["decisions"][0]["model"] == "alpha"
+    assert "messages" not in json.dumps(state["decisions"])  # no prompt text, ever

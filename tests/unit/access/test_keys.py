@@ -1,0 +1,74 @@
+"""Keys for teams: the keys file, allow-lists, and quotas held by two gateway replicas together through a real
+redis-server the tests start (Debian's package, installed by `make redis`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from app.access.keys import ApiKey, KeysError, digest, parse_keys
+from app.access.quota import MemoryStore
+
+# --- the keys file ---------------------------------------------------------------------------------------
+
+
+def test_keys_file_errors_are_precise() -> None:
+    with pytest.raises(KeysError) as caught:
+        parse_keys(json.dumps({"keys": [
+            {"name": "a", "key": "secret-key-1", "key_sha256": "0" * 64},
+            {"name": "b", "key": "short", "requests_per_minute": -1, "priority": "urgent", "colour": "red"},
+            {"name": "a", "key_sha256": "x"},
+        ]}))
+    problems = "\n".join(caught.value.problems)
+    for expected in ("key 1 ('a'): give exactly one of 'key' and 'key_sha256'", "'key' must be a string of at least 8",
+                     "'requests_per_minute' must be an integer ≥ 0", "'priority' must be 'interactive' or 'batch'",
+                     "'colour' is not a known field", "'key_sha256' must be 64 hexadecimal characters"):
+        assert expected in problems
+
+
+def test_yaml_and_lookup_by_hash() -> None:
+    ring = parse_keys(f"keys:\n  - name: team\n    key_sha256: {digest('the-team-key')}\n    models: [m]\n", yaml=True)
+    found = ring.find("the-team-key")
+    assert found is not None and found.name == "team" and found.models == frozenset({"m"})
+    assert ring.find("the-team-kez") is None and ring.find("") is None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0  # the start of a minute
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_memory_store_windows_tokens_and_concurrency() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        store = MemoryStore(clock)
+        key = ApiKey("k", digest("x" * 8), requests_per_minute=2, tokens_per_minute=10, max_concurrency=1)
+        first = await store.admit(key, "r1", 60)
+        assert first.admitted and first.usage.requests == 1
+        busy = await store.admit(key, "r2", 60)
+        assert not busy.admitted and busy.reason == "max_concurrency"
+        await store.charge(key, "r1", 12)  # its tokens came back: over the token quota now
+        over = await store.admit(key, "r3", 60)
+        assert not over.admitted and over.reason == "tokens_per_minute"
+        clock.now += 60  # a new minute
+        fresh = await store.admit(key, "r4", 60)
+        assert fresh.admitted and fresh.usage.requests == 1 and fresh.usage.tokens_minute == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_yaml_error_never_quotes_the_file() -> None:
+    with pytest.raises(KeysError) as caught:
+        parse_keys('keys:\n  - name: a\n    key: "sk-SECRET-value\n', yaml=True)
+    assert "SECRET" not in str(caught.value) and "line" in str(caught.value)
+
+
+def test_concurrency_slots_are_the_gateways_not_the_clients_request_ids() -> None:
+    from app.proxy.exchange import Exchange
+
+    assert Exchange("chat", "same-id").slot != Exchange("chat", "same-id").slot
