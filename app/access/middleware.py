@@ -36,12 +36,15 @@ class Caller:
 
 
 ANYONE = Caller()
+ADMIN = Caller(admin=True)
+
+
+SCOPE_KEY = "foundry_gateway.caller"  # where the decision travels with the request (an ASGI scope extension)
 
 
 def caller_of(scope: MutableMapping[str, Any]) -> Caller:
     """The caller the middleware decided for this request (anyone, for a scope it never saw)."""
-    state = scope.get("state")
-    caller = state.get("caller") if isinstance(state, dict) else None
+    caller = scope.get(SCOPE_KEY)
     return caller if isinstance(caller, Caller) else ANYONE
 
 
@@ -70,7 +73,7 @@ class AuthMiddleware:
                 self.metrics.rejections.labels(self.metrics.rejection_label(err.code)).inc()
             await send_error(err, send)
             return
-        scope.setdefault("state", {})["caller"] = caller
+        scope[SCOPE_KEY] = caller
         await self.app(scope, receive, send)
 
     def identify(self, path: str, token: bytes) -> Caller:
@@ -83,20 +86,20 @@ class AuthMiddleware:
                                    code="admin_disabled")
             if not admin:
                 raise unauthorized()
-            return Caller(admin=True)
+            return ADMIN
         if path == "/metrics" and self.scraper is not None and not _matches(token, (self.scraper,)):
             raise unauthorized()
-        return Caller(admin=admin)
+        return ADMIN if admin else ANYONE
 
     def _api(self, token: bytes, admin: bool) -> Caller:
         if not self.flat and not self.keys_file:
-            return Caller(admin=admin)  # no keys configured: open (the start-up warning says so)
+            return ADMIN if admin else ANYONE  # no keys configured: open (the start-up warning says so)
         key = self.access.find(token.decode("latin-1")) if token and len(self.access.keyring) else None
         if key is not None:
             return Caller(key=key)
         accepted = self.flat or ((self.admin,) if self.admin else ())  # the admin key opens everything
         if accepted and _matches(token, accepted):
-            return Caller(admin=admin)
+            return ADMIN if admin else ANYONE
         raise unauthorized()  # a keys file with no keys lets nobody in
 
 

@@ -11,8 +11,7 @@ differs; ``app.openai.ENDPOINTS`` is the one table of them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import orjson
 
@@ -25,9 +24,9 @@ JSON = dict[str, Any]
 Answer = Callable[[JSON], JSON]
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where one attempt sends a request: the upstream's id for the routed model and what that upstream is."""
+class Target(NamedTuple):
+    """Where one attempt sends a request: the upstream's id for the routed model and what that upstream is (a
+    named tuple: one is made per attempt, on the hot path)."""
 
     upstream_id: str
     stream: bool = False

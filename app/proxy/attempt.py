@@ -81,7 +81,8 @@ class Attempt:
         await self.backend.admit(ex, where, held)
         backend = self.backend
         upstream = backend.upstream(where)
-        staged = endpoint.staged(body) if upstream.reads_our_files else None
+        staged = endpoint.staged(body)  # an upload a runtime on this host reads from a file (None for most)
+        staged = staged if staged is not None and upstream.reads_our_files else None
         staged_file = await self._stage(staged, held) if staged is not None else None
         sending = backend.sending()
         loop = asyncio.get_running_loop()

@@ -54,6 +54,7 @@ class Upstream:
         self._header_list = list(headers.items())
         self._auth = [(k, v) for k, v in headers.items() if k != "content-type"]
         self.base_url = ""
+        self.reads_our_files = False
         self.urls: dict[str, str] = {}
         self._url_objects: dict[str, httpx.URL] = {}
         self.set_base_url(base_url or settings.upstream_url or "http://127.0.0.1:5273")
@@ -63,6 +64,8 @@ class Upstream:
         if base.endswith("/v1"):
             base = base[:-3]
         self.base_url = base
+        # Foundry Local on this host: its transcription endpoint takes a path it reads from its own disk
+        self.reads_our_files = self.kind == "foundry" and _loopback(httpx.URL(base).host)
         api = f"{base}{self.prefix}/v1"
         self.urls = {
             "chat": f"{api}/chat/completions",
@@ -78,10 +81,6 @@ class Upstream:
         }
         self._url_objects = {name: httpx.URL(url) for name, url in self.urls.items()}
 
-    @property
-    def reads_our_files(self) -> bool:
-        """Foundry Local on this host: its transcription endpoint takes a path it reads from its own disk."""
-        return self.kind == "foundry" and _loopback(httpx.URL(self.base_url).host)
 
     async def open(self, route: str, body: bytes, content_type: str | None = None,
                    extra: list[tuple[str, str]] | None = None) -> httpx.Response:
