@@ -9,7 +9,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     GATEWAY_HOST=0.0.0.0 \
     GATEWAY_PORT=8080 \
-    GATEWAY_FOUNDRY_CACHE_DIR=/home/gateway/.foundry
+    GATEWAY_FOUNDRY_CACHE_DIR=/home/gateway/.foundry \
+    GATEWAY_STATE_DIR=/home/gateway/.state
 
 WORKDIR /srv/gateway
 COPY pyproject.toml README.md ./

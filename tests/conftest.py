@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import openai
 import pytest
 
 from tests.fakes.upstream import UpstreamProcess
-from tests.helpers import GatewayProcess, write_registry
+from tests.helpers import GatewayProcess, free_port, require_program, wait_for, write_registry
 
 # The registry the fake-upstream tests route over. Host RAM is pinned to 16 GiB (budget 15 with the
 # default 1 GiB reserve), so "chat-big" never fits and "vision" has nothing that fits.
@@ -61,3 +62,38 @@ def client(gateway: GatewayProcess) -> openai.OpenAI:
 def _reset_upstream(request: pytest.FixtureRequest) -> None:
     if "upstream" in request.fixturenames:
         request.getfixturevalue("upstream").reset()
+
+
+# --- a real redis-server (Debian's package, installed by `make redis`) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    program = require_program("redis-server")
+    port = free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([program, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(port=port)
+    try:
+        assert wait_for(lambda: _pings(client), timeout=10)
+        yield f"redis://127.0.0.1:{port}/0", proc
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def redis_url(redis_server: tuple[str, subprocess.Popen[bytes]]) -> str:
+    return redis_server[0]
+
+
+def _pings(client: Any) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False

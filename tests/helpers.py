@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -94,11 +96,16 @@ class GatewayProcess:
             "GATEWAY_ENV_FILE": "/nonexistent",
             "GATEWAY_REGISTRY_WATCH_INTERVAL": "0.2",
             "GATEWAY_INVENTORY_REFRESH_INTERVAL": "1",
+            # each gateway its own state (quota counters, stored responses) unless a test shares one on purpose
+            "GATEWAY_STATE_DIR": "",
             "CI": "true",
         }
         if upstream:
             self.env.update(GATEWAY_UPSTREAM_MODE="external", GATEWAY_UPSTREAM_URL=upstream)
         self.env.update(env or {})
+        self._state_dir = None
+        if not self.env["GATEWAY_STATE_DIR"]:
+            self._state_dir = self.env["GATEWAY_STATE_DIR"] = tempfile.mkdtemp(prefix="gateway-state-")
         self.ready_timeout = ready_timeout
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
@@ -158,3 +165,5 @@ class GatewayProcess:
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.stop()
+        if self._state_dir is not None:  # kept across stop() and start(): a restart finds its state
+            shutil.rmtree(self._state_dir, ignore_errors=True)

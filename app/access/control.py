@@ -1,14 +1,16 @@
-"""Who a request is and what it may spend: the team keys (``app.access.keys``) and their quotas (``app.access.quota``).
+"""What a key may use and spend: the team keys in force (``app.access.keys``, reloaded when the file changes),
+their model and task allow-lists, and their quotas — kept in the state store (``app.state``), so the workers of a
+host (SQLite) or the replicas behind one URL (Redis) hold a key to its quota together.
 
-``authenticate`` turns an ``Authorization`` header into the key's policy (or None for the flat
-``GATEWAY_API_KEYS``/admin keys, which have no limits); ``admit`` checks the key's quotas before a request is
-queued and returns the ``x-ratelimit-*`` headers OpenAI clients read; ``charge`` counts the tokens that really
-came back. Redis down: fail open (default; logged loudly, counted in ``gateway_quota_store_errors_total``) or
-closed (503), by ``GATEWAY_QUOTA_FAIL_OPEN``.
+``admit`` checks the key's quotas before a request is queued, reserving the tokens it may spend, and returns the
+``x-ratelimit-*`` headers OpenAI clients read (the tokens left count what requests in flight reserved);
+``charge`` settles the reservation to the tokens that really came back. The store down: fail open (default;
+logged loudly, counted in ``gateway_quota_store_errors_total``) or closed (503), by ``GATEWAY_QUOTA_FAIL_OPEN``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -17,25 +19,27 @@ from pathlib import Path
 from typing import Any, cast
 
 from app.access.keys import ApiKey, KeyRing, KeysError, load_keys
-from app.access.quota import Decision, MemoryStore, RedisStore, Store, StoreDown, guarded
 from app.core.errors import GatewayError
 from app.core.files import file_mtime
 from app.core.metrics import Metrics
 from app.core.registry import ModelEntry, Registry
 from app.core.settings import Settings
+from app.policy.routing import Route
+from app.state import Decision, StateStore, StoreDown
 
 log = logging.getLogger("foundry_gateway.keys")
 STORE_RETRY_AFTER = 2.0  # seconds a failed quota store is left alone
+STORE_TIMEOUT = 2.0  # seconds a quota call may take before the store counts as down
 
 
 class Access:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, store: StateStore) -> None:
         self.settings = settings
         self.metrics = metrics
         self.path: Path | None = settings.keys_file
         self.keyring = load_keys(self.path) if self.path is not None else KeyRing()  # broken at start: fatal
         self._mtime = file_mtime(self.path)
-        self.store: Store = RedisStore(settings.redis_url) if settings.redis_url else MemoryStore()
+        self.store = store
         self._last_store_error = 0.0
         self._down_until = 0.0  # the store failed: until then it is not asked (one timeout, not one per request)
         self.metrics.key_names(k.name for k in self.keyring)
@@ -47,9 +51,7 @@ class Access:
             return
         self._mtime = file_mtime(self.path)
         try:
-            keyring = load_keys(self.path)
-            self._check_shared(keyring)
-            self.keyring = keyring
+            self.keyring = load_keys(self.path)
         except (KeysError, OSError, UnicodeDecodeError) as exc:
             problems = exc.problems if isinstance(exc, KeysError) else [exc.__class__.__name__]
             log.error("keys file %s rejected, the last good keys stay in force: %s", self.path, "; ".join(problems))
@@ -58,15 +60,6 @@ class Access:
         self.metrics.keys_reloads.labels("ok").inc()
         self.metrics.key_names(k.name for k in self.keyring)
         log.info("keys file %s reloaded: %d keys", self.path, len(self.keyring))
-
-    def _check_shared(self, keyring: KeyRing) -> None:
-        """Quotas need counters every worker shares: several workers without Redis would each count alone
-        (``serve`` refuses to start so; a reload that adds quotas is refused the same way)."""
-        if self.settings.workers > 1 and not self.settings.redis_url:
-            limited = [key.name for key in keyring if key.limited]
-            if limited:
-                raise KeysError([f"{self.settings.workers} workers without GATEWAY_REDIS_URL cannot hold the "
-                                 f"quotas of {', '.join(limited)} (each worker would count alone)"])
 
     def find(self, token: str) -> ApiKey | None:
         return self.keyring.find(token) if token else None
@@ -79,13 +72,19 @@ class Access:
             return None
         return frozenset(e.name for e in registry if any(n in key.models for n in e.names))
 
-    def check_model(self, key: ApiKey, entry: ModelEntry | None, allowed: frozenset[str] | None) -> None:
+    def check_model(self, key: ApiKey | None, entry: ModelEntry | None, allowed: frozenset[str] | None) -> None:
         """A model outside the key's allow-list: 403 naming the key and what it may use."""
-        if entry is not None and allowed is not None and entry.name not in allowed:
+        if key is not None and entry is not None and allowed is not None and entry.name not in allowed:
             self.metrics.key_rejections.labels(key.name, "model_not_allowed").inc()
             raise GatewayError(403, f"Key '{key.name}' may not use model '{entry.name}'. It may use: "
                                     f"{', '.join(sorted(allowed)) or 'no model in this registry'}.",
                                code="model_not_allowed", param="model")
+
+    def check_route(self, key: ApiKey | None, route: Route, allowed: frozenset[str] | None) -> None:
+        """A route decided on the entries that will really serve (whatever name asked for them) and its task."""
+        for entry in (route.model, *route.fallbacks):
+            self.check_model(key, entry, allowed)
+        self.check_task(key, route.task)
 
     def check_task(self, key: ApiKey | None, task: str) -> None:
         if key is not None and key.tasks is not None and task not in key.tasks:
@@ -95,14 +94,15 @@ class Access:
 
     # --- quotas ---------------------------------------------------------------------------------------------
 
-    async def admit(self, key: ApiKey | None, request_id: str) -> list[tuple[bytes, bytes]]:
-        """Admit a request against its key's quotas: the x-ratelimit headers, or a 429 carrying them."""
+    async def admit(self, key: ApiKey | None, slot: str, tokens: int = 0) -> list[tuple[bytes, bytes]]:
+        """Admit a request against its key's quotas, reserving ``tokens`` (its prompt and output budget): the
+        x-ratelimit headers, or a 429 carrying them."""
         if key is None or not key.limited:
             if key is not None:
                 self.metrics.key_requests.labels(key.name).inc()
             return []
-        decision = cast(Decision | None,
-                        await self._guarded(self.store.admit(key, request_id, self.settings.total_timeout)))
+        decision = cast(Decision | None, await self._guarded(
+            self.store.admit(key.name, key.limits, slot, tokens, self.settings.total_timeout)))
         self.metrics.key_requests.labels(key.name).inc()
         if decision is None:  # the store is down and we fail open
             return []
@@ -120,16 +120,17 @@ class Access:
                                headers={"retry-after": str(wait), **{k.decode(): v.decode() for k, v in headers}})
         return [(k, v) for k, v in headers]
 
-    async def charge(self, key: ApiKey | None, request_id: str, prompt_tokens: int, completion_tokens: int, *,
+    async def charge(self, key: ApiKey | None, slot: str, prompt_tokens: int, completion_tokens: int, *,
                      metered: bool) -> None:
-        """A request ended: its tokens in the key's metrics and, if it was admitted against quotas, its counters."""
+        """A request ended: its tokens in the key's metrics and, if it was admitted against quotas, its reservation
+        settled to them (the rest refunded, all of it when nothing came back)."""
         if key is None:
             return
         for kind, count in (("input", prompt_tokens), ("output", completion_tokens)):
             if count:
                 self.metrics.key_tokens.labels(key.name, kind).inc(count)
         if metered:
-            await self._guarded(self.store.charge(key, request_id, prompt_tokens + completion_tokens))
+            await self._guarded(self.store.settle(key.name, slot, prompt_tokens + completion_tokens))
 
     async def _guarded(self, call: Coroutine[Any, Any, Any]) -> object:
         if time.monotonic() < self._down_until:  # it failed a moment ago: do not make every request wait on it
@@ -140,8 +141,12 @@ class Access:
             raise GatewayError(503, "The quota store is unavailable and the gateway fails closed.",
                                code="quota_store_unavailable")
         try:
-            return await guarded(call, fail_open=self.settings.quota_fail_open, on_error=self._store_error)
-        except StoreDown as exc:
+            async with asyncio.timeout(STORE_TIMEOUT):
+                return await call
+        except (StoreDown, TimeoutError, OSError) as exc:
+            self._store_error(exc)
+            if self.settings.quota_fail_open:
+                return None
             raise GatewayError(503, "The quota store is unavailable and the gateway fails closed.",
                                code="quota_store_unavailable") from exc
 
@@ -155,9 +160,6 @@ class Access:
                 else "refusing requests (GATEWAY_QUOTA_FAIL_OPEN=false)"
             log.error("QUOTA STORE UNAVAILABLE (%s: %s): %s", exc.__class__.__name__, exc, action)
 
-    async def aclose(self) -> None:
-        if isinstance(self.store, RedisStore):
-            await self.store.aclose()
 
 
 def _limit(key: ApiKey, reason: str | None) -> str:
@@ -175,7 +177,8 @@ def _headers(key: ApiKey, decision: Decision) -> list[tuple[bytes, bytes]]:
                 (b"x-ratelimit-reset-requests", minute_reset)]
     if key.tokens_per_minute:
         out += [(b"x-ratelimit-limit-tokens", str(key.tokens_per_minute).encode()),
-                (b"x-ratelimit-remaining-tokens", str(max(0, key.tokens_per_minute - usage.tokens_minute)).encode()),
+                (b"x-ratelimit-remaining-tokens",
+                 str(max(0, key.tokens_per_minute - usage.tokens_minute - usage.reserved)).encode()),
                 (b"x-ratelimit-reset-tokens", minute_reset)]
     return out
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.state.base import Limits
+
 LIMITS = ("requests_per_minute", "tokens_per_minute", "tokens_per_day", "max_concurrency")
 FIELDS = ("name", "key", "key_sha256", "models", "tasks", *LIMITS, "priority")
 
@@ -47,6 +49,15 @@ class ApiKey:
     @property
     def limited(self) -> bool:
         return any(getattr(self, limit) for limit in LIMITS)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.requests_per_minute, self.tokens_per_minute, self.tokens_per_day, self.max_concurrency)
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether admission must estimate the request's tokens (a token quota)."""
+        return bool(self.tokens_per_minute or self.tokens_per_day)
 
     def describe(self) -> dict[str, Any]:
         """What ``keys ls`` and logs may show: everything but the hash."""

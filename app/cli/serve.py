@@ -79,11 +79,6 @@ def workers_problem(settings: Settings, model_limits: list[int]) -> str | None:
                 "worker's LRU or idle unload could unload a model another worker is streaming on. One worker "
                 "relays well over 1,000 requests/s (docs/performance.md); run one, or several gateways each with "
                 "its own runtime.")
-    limited = _limited_keys(settings)
-    if limited and not settings.redis_url:
-        return (f"the keys file gives quotas to {', '.join(limited)}, and without GATEWAY_REDIS_URL every worker "
-                f"would count them on its own ({workers} workers: up to {workers}x each quota). Set GATEWAY_REDIS_URL "
-                "(the workers then share the counters) or run one worker.")
     limits = {"GATEWAY_MODEL_CONCURRENCY": settings.model_concurrency, "GATEWAY_MAX_IN_FLIGHT": settings.max_in_flight,
               **{f"a registry max_concurrency of {n}": n for n in model_limits}}
     for name, limit in limits.items():
@@ -93,11 +88,3 @@ def workers_problem(settings: Settings, model_limits: list[int]) -> str | None:
                     f"workers or raise the limit.")
     return None
 
-
-def _limited_keys(settings: Settings) -> list[str]:
-    """The names of the keys with quotas in ``GATEWAY_KEYS_FILE`` (none without one)."""
-    from app.access.keys import load_keys
-
-    if settings.keys_file is None:
-        return []
-    return [key.name for key in load_keys(settings.keys_file) if key.limited]

@@ -38,10 +38,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     ttft = next((p for p in reversed(state["traffic"]) if p["ttft_p50_ms"] is not None), None)
     ttft_text = f"{ttft['ttft_p50_ms']}/{ttft['ttft_p95_ms']} ms" if ttft else "–"
     errors = max((p["error_rate"] for p in last_minute), default=0.0)
-    output.say(f"last minute: {rate:.2f} req/s, TTFT p50/p95 {ttft_text}, errors up to {errors:.1%}")
+    output.say(f"last minute: {rate:.2f} req/s, TTFT p50/p95 {ttft_text}, errors up to {errors:.1%}"
+               + (f" ({state['you']['sees']})" if state.get("you") else ""))
+    rejected = (state.get("registry") or {}).get("rejected")
+    if rejected:
+        output.say(styled("registry reload rejected", "bold red"), f" (the last good one stays in force): {rejected}")
     output.table(["endpoint", "model", "task", "why", "node", "status", "ms"],
-                 [[d["endpoint"], d["model"], d["task"] or "", f"{d['reason']}; {d['why']}", d["node"] or "",
-                   str(d["status"]), str(d["duration_ms"])] for d in state["decisions"][:args.last]],
+                 [[d["endpoint"], d["model"] or "–", d["task"] or "", f"{d['reason']}; {d['why'] or ''}",
+                   d["node"] or "", styled(str(d["status"]), "red") if d["status"] >= 400 else str(d["status"]),
+                   str(d["duration_ms"])] for d in state["decisions"][:args.last]],
                  title="last routing decisions", right=("status", "ms"))
     if state.get("nodes"):
         output.table(["node", "health", "loaded", "in flight", "queued"],

@@ -68,29 +68,6 @@ def bad_request(message: str, *, param: str | None = None, code: str = "invalid_
     return GatewayError(400, message, param=param, code=code)
 
 
-def upstream_error_from_body(status: int, raw: bytes) -> GatewayError:
-    """Turn an upstream's error answer (OpenAI-shaped or not) into one we can relay."""
-    message = ""
-    etype: str | None = None
-    code: str | None = None
-    try:
-        data = orjson.loads(raw)
-        err = data.get("error") if isinstance(data, dict) else None
-        if isinstance(err, dict):
-            message = str(err.get("message") or "")
-            etype = err.get("type") if isinstance(err.get("type"), str) else None
-            code = err.get("code") if isinstance(err.get("code"), str) else None
-        elif isinstance(err, str):
-            message = err
-    except orjson.JSONDecodeError:
-        message = raw[:300].decode("utf-8", "replace").strip()
-    if not message:
-        message = f"upstream answered HTTP {status}"
-    if status >= 500:
-        return GatewayError(502, f"upstream error: {message}", type="upstream_error", code=code or "upstream_error")
-    return GatewayError(status, message, type=etype, code=code)
-
-
 class Retry(Exception):
     """A failure before any content reached the client: the next candidate model may take over.
 

@@ -37,8 +37,8 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535, description="Port the gateway listens on.")
     workers: int = Field(
         1, ge=1, le=64, description="uvicorn worker processes: only with an external `openai`-kind upstream; each "
-        "enforces 1/N of every concurrency limit, per-key quotas need `GATEWAY_REDIS_URL` (shared counters), and "
-        "metrics are aggregated (docs/reliability.md).",
+        "enforces 1/N of every concurrency limit, per-key quotas are shared through the state store (the SQLite "
+        "file in `GATEWAY_STATE_DIR`, or Redis), and metrics are aggregated (docs/reliability.md).",
     )
 
     # --- fleet -------------------------------------------------------------------------------------
@@ -150,6 +150,20 @@ class Settings(BaseSettings):
         "failed preload is logged and reported in `/readyz`, not fatal.",
     )
 
+    # --- state ------------------------------------------------------------------------------------------------
+    state_dir: Path = Field(
+        Path(".run/state"), description="Where the gateway keeps what it must remember (stored responses, quota "
+        "counters) in one SQLite file, shared by the workers of this host. With `GATEWAY_REDIS_URL` set, Redis "
+        "holds it instead (replicas and fronts share it).",
+    )
+    responses_ttl: float = Field(
+        30 * 86400.0, gt=0, description="Seconds a stored response (`store`, OpenAI's default) is kept for "
+        "`previous_response_id` and `GET /v1/responses/{id}`.",
+    )
+    responses_max_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="Bound on the stored responses (compressed); the oldest go first.",
+    )
+
     # --- timeouts ------------------------------------------------------------------------------------
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to the upstream.")
     upstream_keepalive: float = Field(
@@ -203,12 +217,12 @@ class Settings(BaseSettings):
         "teams\"); reloaded when it changes, a broken file keeps the last good keys.",
     )
     redis_url: str | None = Field(
-        None, description="Redis for per-key quota counters shared by every replica (`redis://host:6379/0`); "
-        "unset: counters per process.",
+        None, description="Redis for the state every replica and front shares — quota counters and reservations, "
+        "stored responses (`redis://host:6379/0`); unset: the SQLite file in `GATEWAY_STATE_DIR`.",
     )
     quota_fail_open: bool = Field(
-        True, description="Redis unreachable: let requests through (true, logged and counted) or refuse them "
-        "with 503 (false).",
+        True, description="The state store unreachable (Redis down): let requests through (true, logged and "
+        "counted) or refuse them with 503 (false).",
     )
     metrics_api_key: str | None = Field(None, description="Bearer key required for `/metrics` (unset = open).")
     admin_api_key: str | None = Field(None, description="Bearer key for `/admin/*` (unset = admin disabled).")

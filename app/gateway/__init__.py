@@ -1,11 +1,8 @@
-"""The gateway's long-lived state, wired together: one ``Gateway`` per process.
-
-Each part has one job and its own module: the registry in force (:class:`LiveRegistry`), which model a request
-gets (:class:`Router`), how many run at once (:class:`Admission`), the runtime behind a node (:class:`Runtime`),
-plus the upstream client and inventory, the circuit breaker, team keys and quotas, the fleet of a front, and the
-console's recent traffic. The HTTP layers (``app.proxy``, ``app.server``) read from these parts; nothing here
-knows about HTTP requests.
-"""
+"""The gateway's long-lived state, wired together: one ``Gateway`` per process. Each part has one job and its own
+module — the registry in force (:class:`LiveRegistry`), which model a request gets (:class:`Router`), how many run
+at once (:class:`Admission`), the runtime behind a node (:class:`Runtime`), stored responses (``Conversations``) —
+beside the upstream, the breaker, keys and quotas, the state store, a front's fleet and the recent traffic. The HTTP
+layers (``app.proxy``, ``app.server``) read from these parts; nothing here knows about HTTP requests."""
 
 from __future__ import annotations
 
@@ -23,11 +20,13 @@ from app.core.recent import Recent
 from app.core.registry import Registry
 from app.core.settings import Settings
 from app.gateway.admission import Admission
+from app.gateway.conversations import Conversations
 from app.gateway.live_registry import LiveRegistry
 from app.gateway.router import Router
 from app.gateway.runtime import Runtime
 from app.policy.breaker import Breaker
 from app.policy.residency import Residency
+from app.state import open_store
 from app.upstream.client import Upstream
 from app.upstream.fleet import Fleet
 from app.upstream.footprint import FILE_NAME as FOOTPRINTS
@@ -59,7 +58,9 @@ class Gateway:
         self.router = Router(settings, self.memory, self.inventory, self.breaker, self.fleet)
         self.admission = Admission(settings, metrics)
         self.residency = Residency(self.router.fit_together, hold=settings.swap_hold)
-        self.access = Access(settings, metrics)  # team keys and quotas (GATEWAY_KEYS_FILE)
+        self.state = open_store(settings)  # what must outlive a request: quotas, stored responses (SQLite or Redis)
+        self.access = Access(settings, metrics, self.state)  # team keys and quotas (GATEWAY_KEYS_FILE)
+        self.conversations = Conversations(self.state, settings)  # stored responses (the Responses API)
         self.recent = Recent()  # the last minutes, for the console
         self.draining = False
         self._tasks: list[asyncio.Task[Any]] = []
@@ -106,7 +107,7 @@ class Gateway:
         await self.upstream.aclose()
         if self.fleet is not None:
             await self.fleet.aclose()
-        await self.access.aclose()
+        await self.state.aclose()
         await self.runtime.stop()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:

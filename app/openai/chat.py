@@ -69,6 +69,10 @@ class Chat(Endpoint):
                 texts_of(message.get("content"), texts)
         return texts
 
+    def output_budget(self, body: JSON) -> int | None:
+        budget = body.get("max_completion_tokens") or body.get("max_tokens")
+        return budget if isinstance(budget, int) else None
+
     def payload(self, body: JSON, target: Target) -> tuple[bytes, str | None]:
         return orjson.dumps(self.upstream_body(body, target)), None
 

@@ -11,7 +11,7 @@ differs; ``app.openai.ENDPOINTS`` is the one table of them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import orjson
 
@@ -34,6 +34,15 @@ class Target(NamedTuple):
     has_completions: bool = True  # the upstream serves /v1/completions itself (Foundry Local does not)
     parse_tool_calls: bool = False  # the model writes its tool calls as text (registry ``parse_tool_calls``)
     staged_file: str | None = None  # a file written for a runtime that reads uploads from its own disk
+
+
+class Memory(Protocol):
+    """What an endpoint may keep beyond a request, in the caller's own space (the Responses API's stored
+    responses); ``app.gateway.conversations`` is the one behind it."""
+
+    async def recall(self, key: str) -> JSON | None: ...
+
+    async def keep(self, key: str, value: JSON) -> None: ...
 
 
 class Endpoint:
@@ -71,9 +80,20 @@ class Endpoint:
         """The capabilities a model needs to answer this body."""
         return frozenset({self.capability})
 
+    async def recall(self, body: JSON, memory: Memory) -> JSON:
+        """The body with what it refers to brought in (the Responses API: ``previous_response_id``'s conversation)."""
+        return body
+
+    async def remember(self, body: JSON, answer: JSON, memory: Memory) -> None:
+        """Keep what a later request may refer to, once the answer is whole."""
+
     def prompt_texts(self, body: JSON) -> list[str]:
         """The text the request sends the model (for counting its tokens)."""
         return []
+
+    def output_budget(self, body: JSON) -> int | None:
+        """The most tokens the request may generate (None: the model's default budget applies)."""
+        return 0
 
     # --- what the upstream gets ----------------------------------------------------------------------------
 

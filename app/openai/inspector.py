@@ -40,7 +40,8 @@ class StreamInspector:
     content = _CONTENT  # what an event carrying generated text looks like in this kind of stream
 
     __slots__ = (
-        "clock", "done", "error", "first_content", "last_content", "rewriter", "strip_usage", "translate", "usage",
+        "clock", "done", "error", "final", "first_content", "last_content", "rewriter", "strip_usage", "translate",
+        "usage",
     )
 
     def __init__(
@@ -59,6 +60,7 @@ class StreamInspector:
         self.last_content = 0.0
         self.usage: dict[str, Any] | None = None
         self.error: dict[str, Any] | None = None
+        self.final: dict[str, Any] | None = None  # the whole answer, where the stream's end carries it (Responses)
         self.done = False
 
     def block(self, block: bytes) -> bytes:

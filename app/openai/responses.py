@@ -4,11 +4,17 @@ Foundry Local answers it for chat models; without ``max_output_tokens`` it budge
 so a default is added. A stream opens with ``response.created``/``in_progress`` whatever happens next: it is
 decided on the first text delta, the terminal event, or a failure (typed ``response.failed``/``error``, or the
 runtime's chat-style 200-plus-error event) — before then a failure may still move to another model.
+
+Conversation state is the gateway's, not the runtime's: with ``store`` (OpenAI's default) the answer and the input
+it answered are kept, in the caller's own space; a request with ``previous_response_id`` is sent as that whole
+conversation followed by its own input, so any node, or a runtime that restarted, can answer it. The upstream
+always gets ``store: false`` and no ``previous_response_id``; the client's answer says what the gateway did.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -16,7 +22,7 @@ import orjson
 
 from app.core.errors import bad_request
 from app.openai.checks import check_common, check_range, check_type, has_images, texts_of
-from app.openai.endpoint import Endpoint, Target, as_error
+from app.openai.endpoint import Answer, Endpoint, Memory, Target, as_error
 from app.openai.inspector import StreamInspector
 
 JSON = dict[str, Any]
@@ -68,12 +74,40 @@ class Responses(Endpoint):
         texts_of(body.get("input"), texts)
         return texts
 
+    def output_budget(self, body: JSON) -> int | None:
+        budget = body.get("max_output_tokens")
+        return budget if isinstance(budget, int) else None
+
+    async def recall(self, body: JSON, memory: Memory) -> JSON:
+        """``previous_response_id``: that conversation (its input, then its output) before this input."""
+        previous = body.get("previous_response_id")
+        if previous is None:
+            return body
+        record = await memory.recall(previous)
+        if record is None:
+            raise bad_request(f"Previous response with id '{previous}' not found.", param="previous_response_id",
+                              code="previous_response_not_found")
+        history = [*record["input"], *record["response"].get("output", ())]
+        return {**body, "input": [*history, *input_items(body["input"])]}
+
+    async def remember(self, body: JSON, answer: JSON, memory: Memory) -> None:
+        if body.get("store") is False or not isinstance(answer.get("id"), str):
+            return
+        if answer.get("status") not in ("completed", "incomplete"):
+            return
+        await memory.keep(answer["id"], {"input": input_items(body["input"]), "response": answer})
+
     def payload(self, body: JSON, target: Target) -> tuple[bytes, str | None]:
-        out = dict(body)
+        out = {key: value for key, value in body.items() if key != "previous_response_id"}  # expanded already
         out["model"] = target.upstream_id
+        out["store"] = False  # the gateway keeps conversations itself
         if target.default_max_tokens is not None and out.get("max_output_tokens") is None:
             out["max_output_tokens"] = target.default_max_tokens  # Foundry Local budgets the whole context otherwise
         return orjson.dumps(out), None
+
+    def answer(self, body: JSON, target: Target, input_tokens: int | None) -> Answer | None:
+        fields = _as_told(body)
+        return lambda data: {**data, **fields} if data.get("object") == "response" else data
 
     def stream_start(self, data: Any) -> tuple[bool, JSON | None]:
         """Decided on the first text, the end, or a failure; ``response.created``/``in_progress`` decide nothing."""
@@ -92,7 +126,9 @@ class Responses(Endpoint):
         return decisive, None
 
     def inspector(self, body: JSON, target: Target, clock: Callable[[], float]) -> StreamInspector:
-        return ResponsesInspector(clock, strip_usage=False)
+        inspector = ResponsesInspector(clock, strip_usage=False)
+        inspector.told = _as_told(body)
+        return inspector
 
     def usage(self, data: JSON) -> JSON | None:
         usage = data.get("usage")
@@ -104,14 +140,22 @@ class ResponsesInspector(StreamInspector):
     ``response.completed|incomplete|failed`` (a failure there, or an ``error`` event, is the stream's error)."""
 
     content = _CONTENT
-    __slots__ = ()
+    __slots__ = ("told",)
+
+    def __init__(self, clock: Callable[[], float], *, strip_usage: bool) -> None:
+        super().__init__(clock, strip_usage=strip_usage)
+        self.told: dict[str, Any] = {}  # what the response objects in the events say of the gateway's own doing
 
     def _event(self, data: dict[str, Any], event: bytes) -> bytes | None:
         kind = data.get("type")
+        found = data.get("response")
+        if isinstance(found, dict) and self.told:  # created, in_progress and the end carry the response object
+            found.update(self.told)
+            event = b"event: " + str(kind).encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
         if kind in TERMINAL:
             self.done = True
-            found = data.get("response")
             response: dict[str, Any] = found if isinstance(found, dict) else {}
+            self.final = response
             usage = response.get("usage")
             if isinstance(usage, dict):
                 self.usage = responses_usage(usage)
@@ -132,3 +176,15 @@ def responses_usage(usage: dict[str, Any]) -> dict[str, Any]:
     """The Responses API's usage in chat-completions terms (what metrics and the access log count)."""
     return {"prompt_tokens": usage.get("input_tokens"), "completion_tokens": usage.get("output_tokens"),
             "total_tokens": usage.get("total_tokens")}
+
+
+def _as_told(body: JSON) -> JSON:
+    """What the client's answer says: stored by the gateway unless asked not to, after its previous response."""
+    return {"store": body.get("store") is not False, "previous_response_id": body.get("previous_response_id")}
+
+
+def input_items(value: Any) -> list[JSON]:
+    """A request's ``input`` as a list of input items (a string is one user message), each with an id."""
+    items = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": value}]}] \
+        if isinstance(value, str) else [item for item in value if isinstance(item, dict)]
+    return [item if "id" in item else {**item, "id": f"msg_{secrets.token_hex(16)}"} for item in items]

@@ -145,6 +145,10 @@ def choose(
     else:
         chosen_task = resolve_task(registry, task, default_task)
         entries = registry.for_task(chosen_task)
+    if entries and not any(need <= set(entry.capabilities) for entry in entries):
+        # no model for the task can do it at all (whatever fits or runs now): a 400 that says what to declare
+        covered = {c for entry in entries for c in entry.capabilities}
+        raise _nobody_can(chosen_task, sorted(need - covered) or sorted(need - {"chat"}), entries)
     verdicts: list[Verdict] = []
     viable: list[tuple[ModelEntry, str]] = []
     for entry in entries:
@@ -175,12 +179,6 @@ def choose(
     if not viable:
         if verdicts and all(v.reason == "not allowed for this key" for v in verdicts):
             raise GatewayError(403, f"This key may use no model for task '{chosen_task}'.", code="model_not_allowed")
-        lacking = [v for v in verdicts if v.reason.startswith("no ")]
-        if lacking and len(lacking) == len(verdicts):
-            features = ", ".join(_FEATURE_WORDS.get(c, c) for c in sorted(need) if c != "chat") or "this endpoint"
-            raise GatewayError(400, f"No model for task '{chosen_task}' can do {features} "
-                                    f"({'; '.join(f'{v.model}: {v.reason}' for v in lacking)}).",
-                               code="unsupported_value")
         raise _nothing_viable(entries, chosen_task, budget_gb, verdicts, measured)
     ranked = rank(viable, rank_by, chosen_task)
     for position, (entry, reason) in enumerate(ranked):
@@ -292,6 +290,15 @@ def _pinned(
         )
     verdict = _verdict(entry, "selected", f"pinned by request ('{requested}'); {_figure(ram, source)}", measured)
     return Route(chosen_task, entry, (), "pinned", f"model '{requested}' requested", (verdict,))
+
+
+def _nobody_can(task: str, missing: list[str], entries: tuple[ModelEntry, ...]) -> GatewayError:
+    """400: no registry model for the task has a capability the request needs — and how to declare one."""
+    features = ", ".join(_FEATURE_WORDS.get(c, c) for c in missing)
+    example = ", ".join(f'"{c}"' for c in dict.fromkeys(("chat", *missing)))
+    return GatewayError(400, f"No model for task '{task}' can do {features} (the registry's models for it: "
+                             f"{', '.join(e.name for e in entries)}). A model that can is declared in models.json "
+                             f"with \"capabilities\": [{example}] on its entry.", code="unsupported_value")
 
 
 def _nothing_viable(entries: tuple[ModelEntry, ...], task: str, budget_gb: float,

@@ -20,7 +20,7 @@ from typing import Any, cast
 import httpx
 import orjson
 
-from app.core.errors import GatewayError, Retry, total_timeout, upstream_error_from_body
+from app.core.errors import GatewayError, Retry, total_timeout
 from app.core.tokens import counter
 from app.gateway import Gateway
 from app.openai import Endpoint, Target
@@ -29,7 +29,7 @@ from app.proxy.backend import Backend, Held, Place
 from app.proxy.exchange import Exchange, Responder, clock
 from app.proxy.keepalive import KeepAlive, retrieve
 from app.proxy.relay import relay_json, relay_stream
-from app.upstream.errors import bad_response, sent_nothing, transport_failure
+from app.upstream.errors import bad_response, refusal, sent_nothing, transport_failure
 
 _DONE_EVENT = b"[DONE]"
 
@@ -132,7 +132,7 @@ class Attempt:
     def _failure(self, endpoint: Endpoint, where: Place, response: httpx.Response, status: int, raw: bytes,
                  message: str) -> Exception:
         """An upstream's refusal as the client hears it, or as a ``Retry`` when another model may do better."""
-        failure = upstream_error_from_body(status, raw)
+        failure = refusal(status, raw, where.entry.name)
         if status == 429 and (wait := response.headers.get("retry-after")):
             failure.headers["retry-after"] = wait  # the upstream (or node) said when: the client hears it
         if status >= 500 and (fault := endpoint.client_error(status, failure.message, where.entry.name)):

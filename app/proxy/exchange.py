@@ -31,7 +31,7 @@ class Exchange:
     """What one request did, for metrics and the access log."""
 
     __slots__ = (
-        "aborted", "body", "broken", "cause", "deadline", "entry", "error", "fallbacks", "finished", "key",
+        "aborted", "answer", "body", "broken", "cause", "deadline", "entry", "error", "fallbacks", "finished", "key",
         "load_wait", "metered", "node", "priority", "queue_wait", "relayed", "request_id", "route", "route_name",
         "sent", "sent_at", "slot", "started", "status", "stream", "task", "tpot", "ttft", "upstream_id",
         "upstream_wait", "usage",
@@ -66,6 +66,7 @@ class Exchange:
         self.load_wait = 0.0
         self.usage: dict[str, Any] | None = None
         self.relayed = Transcript()  # a stream's blocks as sent: what a client that left is charged for
+        self.answer: dict[str, Any] | None = None  # the whole answer as the client got it (JSON, or a stream's end)
         self.error = ""
         self.cause = ""
         self.fallbacks = 0

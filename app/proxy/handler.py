@@ -23,8 +23,9 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
-from app.access.middleware import caller_of
+from app.access.middleware import Caller, caller_of
 from app.core.errors import GatewayError, body_too_large, shutting_down
+from app.core.registry import ModelEntry
 from app.core.tokens import estimate
 from app.gateway import Gateway
 from app.openai import Endpoint
@@ -34,6 +35,7 @@ from app.policy.routing import latency_budget
 from app.proxy.backend import LocalBackend, NodeBackend
 from app.proxy.exchange import Exchange, Responder, clock, record
 from app.proxy.fallback import Fallback
+from app.state import StoreDown
 
 Scope = MutableMapping[str, Any]
 log = logging.getLogger("foundry_gateway.proxy")
@@ -61,7 +63,8 @@ class Proxy:
         request_id = rid.decode("ascii") if rid and _VISIBLE_ID.fullmatch(rid) else f"{_ID_PREFIX}-{next(_ids)}"
         ex = Exchange(endpoint.name, request_id)
         ex.deadline = asyncio.get_running_loop().time() + self.settings.total_timeout
-        ex.key = caller_of(scope).key
+        caller = caller_of(scope)
+        ex.key = caller.key
         reply = Responder(send, ex)
         watcher: asyncio.Task[None] | None = None
         self.metrics.in_flight.inc()
@@ -75,7 +78,7 @@ class Proxy:
                     return
                 ex.priority = _priority(headers.get(b"x-priority"), ex.key.priority if ex.key else None)
                 watcher = asyncio.ensure_future(self._watch(receive, ex, asyncio.current_task()))
-                await self._serve(ex, reply, endpoint, raw, headers)
+                await self._serve(ex, reply, endpoint, raw, headers, caller)
             except GatewayError as err:
                 if not ex.upstream_id:  # refused by the gateway itself, before any upstream call
                     self.metrics.rejections.labels(self.metrics.rejection_label(err.code)).inc()
@@ -97,12 +100,19 @@ class Proxy:
             await self._finish(ex, endpoint)
 
     async def _serve(self, ex: Exchange, reply: Responder, endpoint: Endpoint, raw: bytes,
-                     headers: dict[bytes, bytes]) -> None:
-        """Parse and check the body, route it within what the key may use and spend, then try the places."""
+                     headers: dict[bytes, bytes], caller: Caller) -> None:
+        """Parse and check the body, bring in what it refers to (a stored conversation), route it within what the
+        key may use and spend, try the places, and keep what later requests may refer to."""
         gw = self.gw
         body = await endpoint.parse(raw, _text(headers.get(b"content-type")) or "")
         endpoint.validate(body, single_choice=self.single_choice)
         ex.body = endpoint.logged(body)
+        memory = gw.conversations.memory(caller)
+        try:
+            body = await endpoint.recall(body, memory)
+        except StoreDown:
+            raise GatewayError(503, "The state store is unavailable: a stored response cannot be read now.",
+                               code="state_store_unavailable") from None
         ex.stream = endpoint.streams and body.get("stream") is True
         model = body.get("model")
         if isinstance(model, str) and model != model.strip():
@@ -111,21 +121,35 @@ class Proxy:
         budget = latency_budget(budget_header.decode("latin-1")) if budget_header is not None else None
         requested = model if isinstance(model, str) else None
         allowed = gw.access.allowed(ex.key, gw.registry)
-        if ex.key is not None:
-            gw.access.check_model(ex.key, gw.registry.lookup(requested) if requested else None, allowed)
+        gw.access.check_model(ex.key, gw.registry.lookup(requested) if requested else None, allowed)
         route = gw.router.route(requested, _text(headers.get(self.task_header)), endpoint.needs(body), budget,
                                 allowed)
-        if ex.key is not None:  # decided on the entries that will really serve, whatever name asked for them
-            for entry in (route.model, *route.fallbacks):
-                gw.access.check_model(ex.key, entry, allowed)
-        gw.access.check_task(ex.key, route.task)
+        gw.access.check_route(ex.key, route, allowed)
         ex.route, ex.task, ex.entry = route, route.task, route.model
         if ex.key is not None:
             ex.metered = ex.key.limited  # before the await: a request cancelled mid-admission still frees its slot
-            reply.quota = await gw.access.admit(ex.key, ex.slot)
+            tokens = await self._reservation(endpoint, body, route.model) if ex.key.counts_tokens else 0
+            reply.quota = await gw.access.admit(ex.key, ex.slot, tokens)
         self.metrics.routing.labels(self.metrics.task_label(route.task), route.model.name, route.reason).inc()
         reply.set_route(route.model, route.task, route.header)
         await self.fallback.run(ex, reply, endpoint, body, route)
+        if ex.answer is not None and not (ex.broken or ex.aborted):
+            try:
+                await endpoint.remember(body, ex.answer, memory)
+            except StoreDown as exc:  # the client has its answer; a later reference to it will say not found
+                log.error("request %s: its answer could not be stored: %s", ex.request_id, exc)
+
+    async def _reservation(self, endpoint: Endpoint, body: dict[str, Any], entry: ModelEntry) -> int:
+        """The tokens a request may spend, reserved against its key's token quota at admission: its prompt
+        (counted with the model's tokenizer where the gateway has it, in a thread; else ~4 bytes a token) and its
+        output budget (as asked, else the model's default)."""
+        texts = endpoint.prompt_texts(body)
+        if entry.path is not None and (entry.path / "tokenizer.json").is_file():
+            prompt = await asyncio.to_thread(estimate, entry.path, texts)
+        else:
+            prompt = estimate(None, texts)
+        budget = endpoint.output_budget(body)
+        return prompt + (budget if budget is not None else entry.max_tokens_default(self.settings.default_max_tokens))
 
     # --- the request's body and its client ---------------------------------------------------------------------
 
@@ -176,11 +200,13 @@ class Proxy:
                                             completion if isinstance(completion, int) else 0, metered=ex.metered)
         self.metrics.in_flight.dec()
         record(ex, self.metrics, self.out if self.settings.access_log else None, self.settings.log_prompts)
+        failed = ex.status >= 400 or ex.status == 0
         self.gw.recent.observe(status=ex.status, ttft_s=ex.ttft, route=ex.route_name,
                                model=ex.entry.name if ex.entry else None, task=ex.task,
-                               reason=ex.route.reason if ex.route else None,
-                               why=ex.route.explanation if ex.route else None, node=ex.node,
-                               duration_s=clock() - ex.started, request_id=ex.request_id)
+                               reason=ex.route.reason if ex.route else "refused",
+                               why=ex.error if failed and ex.error else ex.route.explanation if ex.route else None,
+                               node=ex.node, duration_s=clock() - ex.started, request_id=ex.request_id,
+                               key=ex.key.name if ex.key else None)
 
     async def _estimate_usage(self, ex: Exchange, endpoint: Endpoint) -> None:
         """A stream cut before the upstream's usage came (the client left, the upstream broke): what was

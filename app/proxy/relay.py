@@ -113,6 +113,7 @@ def _checked_json(
             data = finish(data)
             raw = orjson.dumps(data)
         ex.usage = usage_of(data)
+        ex.answer = data
         text = str(data.get("text", "")) if as_text else ""
     return raw, text
 
@@ -175,6 +176,7 @@ async def relay_stream(
     finally:
         ex.upstream_wait += upstream_wait
         ex.usage = inspector.usage
+        ex.answer = inspector.final
         if inspector.first_content:
             tokens = (inspector.usage or {}).get("completion_tokens") or 0
             if isinstance(tokens, int) and tokens > 1:

@@ -20,16 +20,19 @@ _ENDPOINTS = f"^({'|'.join(BY_NAME)})$"
 
 @router.get("/v1/models", summary="Registry models with task, RAM fit and upstream state")
 async def list_models(request: Request, task: str | None = Query(None, max_length=200)) -> dict[str, Any]:
-    return {"object": "list", "data": model_rows(gateway(request), task, show_paths=caller(request).admin)}
+    gw, who = gateway(request), caller(request)
+    allowed = gw.access.allowed(who.key, gw.registry)  # a team key lists the models it may use
+    return {"object": "list", "data": model_rows(gw, task, show_paths=who.admin, allowed=allowed)}
 
 
 @router.get("/v1/models/{model_id:path}", summary="One registry model")
 async def get_model(request: Request, model_id: str) -> dict[str, Any]:
-    gw = gateway(request)
+    gw, who = gateway(request), caller(request)
+    allowed = gw.access.allowed(who.key, gw.registry)
     entry = gw.registry.lookup(model_id)
-    if entry is None:
+    if entry is None or (allowed is not None and entry.name not in allowed):  # not the key's: as if not there
         raise not_in_registry(model_id)
-    return next(row for row in model_rows(gw, show_paths=caller(request).admin) if row["id"] == entry.name)
+    return next(row for row in model_rows(gw, show_paths=who.admin) if row["id"] == entry.name)
 
 
 @router.get("/v1/route", summary="Routing dry-run: the model a request would get, and why")
@@ -51,7 +54,11 @@ async def route_dry_run(
         need.add("json_schema")
     if latency_budget_ms is None and "x-latency-budget-ms" in request.headers:  # as the proxy reads it
         latency_budget_ms = latency_budget(request.headers["x-latency-budget-ms"])
-    route = gw.router.route(model, header_task, frozenset(need), latency_budget_ms)
+    key = caller(request).key
+    allowed = gw.access.allowed(key, gw.registry)  # the key's allow-lists, as the proxy applies them
+    gw.access.check_model(key, gw.registry.lookup(model.strip()) if model else None, allowed)
+    route = gw.router.route(model, header_task, frozenset(need), latency_budget_ms, allowed)
+    gw.access.check_route(key, route, allowed)
     out = route.as_dict()
     if gw.fleet is not None:  # front mode: where the chosen model would run, and why each node was (not) taken
         placement = place(route.model.name, gw.fleet.views())

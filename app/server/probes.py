@@ -37,7 +37,7 @@ async def readyz(request: Request) -> JSONResponse:
     body = {
         "status": "ready" if ready else "not_ready",
         "upstream": upstream,
-        "registry": {"models": len(gw.registry), "tasks": list(gw.registry.tasks)},
+        "registry": {"models": len(gw.registry), "tasks": list(gw.registry.tasks), "rejected": gw.live.rejected},
         "draining": gw.draining,
         "preload": {"running": runtime.preloading, "models": runtime.preload},
     }

@@ -1,45 +1,67 @@
-"""Stored responses (``GET``/``DELETE /v1/responses/{id}``, ``…/input_items``): passed to the runtime that keeps
-them, answered as it answers."""
+"""Stored responses (``GET``/``DELETE /v1/responses/{id}``, ``…/input_items``), served from the gateway's own
+state (``app.gateway.conversations``): whichever node answered, and after any restart. A key sees only its own;
+another key's id is a 404, as an unknown one is."""
 
 from __future__ import annotations
 
-import httpx
-from fastapi import APIRouter, Path, Request
-from fastapi.responses import Response
+from typing import Any
+
+from fastapi import APIRouter, Path, Query, Request
 
 from app.core.errors import GatewayError
-from app.server.context import gateway
+from app.server.context import caller, gateway
+from app.state import StoreDown
 
 router = APIRouter()
 _RESPONSE_ID = Path(..., max_length=200, pattern=r"^[A-Za-z0-9_:-]+$")
 
 
-@router.get("/v1/responses/{response_id}", summary="A stored response (kept by Foundry Local while it runs)")
-async def get_response(request: Request, response_id: str = _RESPONSE_ID) -> Response:
-    return await _stored(request, "GET", response_id)
+@router.get("/v1/responses/{response_id}", summary="A stored response (kept by the gateway, per key)")
+async def get_response(request: Request, response_id: str = _RESPONSE_ID) -> dict[str, Any]:
+    return (await _record(request, response_id))["response"]  # type: ignore[no-any-return]
 
 
 @router.delete("/v1/responses/{response_id}", summary="Delete a stored response")
-async def delete_response(request: Request, response_id: str = _RESPONSE_ID) -> Response:
-    return await _stored(request, "DELETE", response_id)
+async def delete_response(request: Request, response_id: str = _RESPONSE_ID) -> dict[str, Any]:
+    try:
+        deleted = await gateway(request).conversations.delete(response_id, caller(request))
+    except StoreDown:
+        raise _unavailable() from None
+    if not deleted:
+        raise _not_found(response_id)
+    return {"id": response_id, "object": "response", "deleted": True}
 
 
 @router.get("/v1/responses/{response_id}/input_items", summary="A stored response's input items")
-async def response_input_items(request: Request, response_id: str = _RESPONSE_ID) -> Response:
-    return await _stored(request, "GET", f"{response_id}/input_items")
+async def response_input_items(request: Request, response_id: str = _RESPONSE_ID,
+                               limit: int = Query(20, ge=1, le=100), order: str = Query("desc", pattern="^(asc|desc)$"),
+                               after: str | None = Query(None, max_length=200)) -> dict[str, Any]:
+    """The input the response answered (the conversation before it included), paged as OpenAI pages it."""
+    items: list[dict[str, Any]] = list((await _record(request, response_id))["input"])
+    if order == "desc":
+        items.reverse()
+    if after is not None:
+        ids = [item.get("id") for item in items]
+        items = items[ids.index(after) + 1:] if after in ids else []
+    page = items[:limit]
+    return {"object": "list", "data": page, "first_id": page[0].get("id") if page else None,
+            "last_id": page[-1].get("id") if page else None, "has_more": len(items) > limit}
 
 
-async def _stored(request: Request, method: str, path: str) -> Response:
-    """The runtime's answer as it is (API keys were checked for every /v1 route before this)."""
-    upstream = gateway(request).upstream
+async def _record(request: Request, response_id: str) -> dict[str, Any]:
     try:
-        answer = await upstream.client.request(method, f"{upstream.urls['responses']}/{path}",
-                                               headers=upstream.headers, timeout=upstream.quick_timeout)
-    except httpx.HTTPError as exc:
-        raise GatewayError(503, f"The upstream is unreachable: {exc.__class__.__name__}",
-                           code="upstream_unavailable") from None
-    if not answer.headers.get("content-type", "").startswith("application/json"):
-        raise GatewayError(answer.status_code if answer.status_code >= 400 else 502,
-                           f"The upstream answered {answer.status_code} without JSON for /v1/responses/{path}.",
-                           code="upstream_error")
-    return Response(answer.content, status_code=answer.status_code, media_type="application/json")
+        found = await gateway(request).conversations.get(response_id, caller(request))
+    except StoreDown:
+        raise _unavailable() from None
+    if found is None:
+        raise _not_found(response_id)
+    return found
+
+
+def _not_found(response_id: str) -> GatewayError:
+    return GatewayError(404, f"No response found with id '{response_id}'.", code="not_found", param="response_id")
+
+
+def _unavailable() -> GatewayError:
+    return GatewayError(503, "The state store is unavailable: stored responses cannot be read now.",
+                        code="state_store_unavailable")

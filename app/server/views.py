@@ -7,19 +7,22 @@ from __future__ import annotations
 from typing import Any
 
 from app import __version__
+from app.access.middleware import Caller
 from app.gateway import Gateway
 from app.policy.routing import beside_pinned
 
 
-def model_rows(gw: Gateway, task: str | None = None, *, show_paths: bool = True) -> list[dict[str, Any]]:
-    """One row per registry model: what it needs, whether it fits, and the upstream's state."""
+def model_rows(gw: Gateway, task: str | None = None, *, show_paths: bool = True,
+               allowed: frozenset[str] | None = None) -> list[dict[str, Any]]:
+    """One row per registry model (those in ``allowed`` only, when given: a team key sees its own): what it needs,
+    whether it fits, and the upstream's state."""
     budget = gw.memory.budget_gb
     inv = gw.inventory
     cooling = gw.breaker.skipped()
     pinned = gw.router.pinned_loaded()
     rows = []
     for entry in gw.registry:
-        if task and task not in entry.tasks:
+        if (task and task not in entry.tasks) or (allowed is not None and entry.name not in allowed):
             continue
         measured = inv.measured_gb(entry)
         need = inv.ram_gb(entry)
@@ -82,12 +85,22 @@ def node_status(gw: Gateway) -> dict[str, Any]:
             "in_flight": overall.in_flight, "queued": overall.queued, "models": model_rows(gw, show_paths=False)}
 
 
-def console_state(gw: Gateway) -> dict[str, Any]:
+def console_state(gw: Gateway, caller: Caller) -> dict[str, Any]:
     """The host's RAM budget and what uses it, the models, the last minutes of traffic, the last routing
-    decisions (never prompt text) and, in front mode, the nodes."""
-    rows = model_rows(gw, show_paths=False)
-    loaded = [{"model": r["id"], "ram_gb": r["ram_gb"], "measured": r["measured_ram_gb"] is not None}
-              for r in rows if r["loaded"]]
+    decisions with failed ones among them (never prompt text), a rejected registry reload and, in front mode, the
+    nodes. A team key sees its own models and its own requests; the admin key and keys without a team see all."""
+    team = caller.key.name if caller.key is not None and not caller.admin else None
+    allowed = gw.access.allowed(caller.key, gw.registry)
+    rows = model_rows(gw, show_paths=False, allowed=allowed)
+    loaded = [{"model": r["id"], "ram_gb": r["ram_gb"], "measured": r["measured_ram_gb"] is not None,
+               "measured_ram_gb": r["measured_ram_gb"], "min_ram_gb": r["min_ram_gb"]}
+              for r in model_rows(gw, show_paths=False) if r["loaded"]]  # the host's RAM: every model in it
+    if allowed is not None:  # a team's view: the models it may not use are RAM in use, not names
+        others = [m for m in loaded if m["model"] not in allowed]
+        loaded = [m for m in loaded if m["model"] in allowed]
+        if others:
+            loaded.append({"model": "(other models)", "ram_gb": round(sum(m["ram_gb"] for m in others), 4),
+                           "measured": False, "measured_ram_gb": None, "min_ram_gb": None})
     nodes = None
     if gw.fleet is not None:
         nodes = [{"node": n.name, "healthy": n.healthy, "why_down": n.why_down or None,
@@ -96,8 +109,10 @@ def console_state(gw: Gateway) -> dict[str, Any]:
                   "queued": sum(s.queued for s in n.models.values())} for n in gw.fleet.nodes.values()]
     return {
         "version": __version__, "ready": gw.ready, "admin": bool(gw.settings.admin_api_key),
+        "you": {"admin": caller.admin, "key": caller.key.name if caller.key else None,
+                "sees": f"the requests of key '{team}'" if team else "every request"},
         "host": {"total_gb": round(gw.memory.total_gb, 2), "budget_gb": round(gw.memory.budget_gb, 2),
                  "source": gw.memory.source, "loaded": loaded},
-        "models": rows, "traffic": gw.recent.series(), "decisions": list(reversed(gw.recent.decisions)),
-        "nodes": nodes,
+        "registry": {"models": len(gw.registry), "rejected": gw.live.rejected},
+        "models": rows, "traffic": gw.recent.series(team), "decisions": gw.recent.decisions_of(team), "nodes": nodes,
     }

@@ -11,13 +11,30 @@ failure here is a :class:`~app.core.errors.Retry`:
   not the format asked for       502 upstream_bad_response cause "bad_response"
 
 After content reached the client the relay ends the stream with one error event instead (``app.proxy.relay``).
+
+What an upstream says of a refusal is passed on to the client only after its internals are taken out — source
+locations (``search_options.cc:108``), C++ signatures, URLs and file paths of the host — and kept whole in the log.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+
 import httpx
+import orjson
 
 from app.core.errors import GatewayError, Retry
+
+log = logging.getLogger("foundry_gateway.upstream")
+_CODE = re.compile(
+    r"\b[\w./\\-]+\.(?:cc|cpp|cxx|c|h|hpp|hh|py|rs|go|cs|java|mm?):\d+(?::\d+)?\b"  # a source location
+    r"|(?:\b[\w:<>*&]+\s+)?(?:\b\w+::)+~?\w+\([^()]*\)"  # a C++ signature (its return type first)
+)
+_PLACES = re.compile(
+    r"(?P<url>\bhttps?://[^\s'\"<>)]+)"  # a URL of the host or the runtime
+    r"|(?P<path>(?<![\w./])/(?:[\w.@-]+/)+[\w.@-]*|\b[A-Za-z]:\\(?:[^\s\\'\"]+\\)+[^\s\\'\"]*)"  # a file path
+)
 
 
 def transport_failure(model: str, exc: httpx.HTTPError) -> Retry:
@@ -53,3 +70,35 @@ def stalled(seconds: float) -> Retry:
 
 def bad_response(message: str) -> Retry:
     return Retry(GatewayError(502, message, code="upstream_bad_response"), "bad_response")
+
+
+def clean(message: str) -> str:
+    """An upstream's message without its internals: what a client may read."""
+    cleaned = _PLACES.sub(lambda found: "<upstream>" if found.group("url") else "<path>", _CODE.sub("", message))
+    return re.sub(r"\s{2,}", " ", re.sub(r"\s+([,.;)])", r"\1", cleaned)).strip(" :")
+
+
+def refusal(status: int, raw: bytes, model: str) -> GatewayError:
+    """An upstream's error answer (OpenAI-shaped or not) as one the client may read; the whole text is logged."""
+    message = ""
+    etype: str | None = None
+    code: str | None = None
+    try:
+        data = orjson.loads(raw)
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict):
+            message = str(err.get("message") or "")
+            etype = err.get("type") if isinstance(err.get("type"), str) else None
+            code = err.get("code") if isinstance(err.get("code"), str) else None
+        elif isinstance(err, str):
+            message = err
+    except orjson.JSONDecodeError:
+        message = raw[:300].decode("utf-8", "replace").strip()
+    shown = clean(message)
+    if shown != message:
+        log.warning("model %s: the upstream answered %d: %s", model, status, message)
+    if not shown:
+        shown = f"upstream answered HTTP {status}"
+    if status >= 500:
+        return GatewayError(502, f"upstream error: {shown}", type="upstream_error", code=code or "upstream_error")
+    return GatewayError(status, shown, type=etype, code=code)

@@ -154,14 +154,16 @@ def test_stored_responses_on_the_real_runtime(client: openai.OpenAI) -> None:
     first = client.responses.create(model="tiny-chat", input="hi", max_output_tokens=8, store=True)
     assert client.responses.retrieve(first.id).id == first.id
     items = client.responses.input_items.list(first.id)
-    assert [item.content for item in items.data] == ["hi"]  # type: ignore[union-attr]
+    assert [item.content[0].text for item in items.data] == ["hi"]  # type: ignore[union-attr]
     follow = client.responses.create(model="tiny-chat", input="again", max_output_tokens=8,
                                      previous_response_id=first.id)
-    assert follow.previous_response_id == first.id
+    assert follow.previous_response_id == first.id and follow.store is True
+    assert follow.usage is not None and first.usage is not None
+    assert follow.usage.input_tokens > first.usage.input_tokens  # the runtime got the whole conversation
     client.responses.delete(first.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(first.id)
-    with pytest.raises(openai.NotFoundError, match="no longer available"):
+    with pytest.raises(openai.BadRequestError, match="Previous response with id 'resp_gone' not found"):
         client.responses.create(model="tiny-chat", input="x", max_output_tokens=8, previous_response_id="resp_gone")
 
 
@@ -320,3 +322,13 @@ def test_runtime_exits_when_the_gateway_is_killed(cache_dir: Path, tmp_path: Pat
         assert not psutil.pid_exists(runtime_pid) or psutil.Process(runtime_pid).status() == psutil.STATUS_ZOMBIE
     finally:
         gw.stop()
+
+
+def test_runtime_internals_never_reach_the_client(managed: GatewayProcess) -> None:
+    """Foundry Local's refusal of a budget over the context quotes its C++ source; the client gets the sense."""
+    r = httpx.post(f"{managed.base_url}/chat/completions", timeout=30,
+                   json={"model": "tiny-chat", "messages": HELLO, "max_tokens": 100000})
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]["message"]
+    assert "exceeds the model's maximum context length" in message
+    assert ".cc:" not in message and "::" not in message and "http" not in message

@@ -3,7 +3,6 @@ redis-server the tests start (Debian's package, installed by `make redis`)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -16,45 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
-from app.access.keys import ApiKey, digest
-from app.access.quota import RedisStore
+from app.access.keys import digest
 from tests.conftest import FAKE_ENV
 from tests.fakes.upstream import UpstreamProcess
-from tests.helpers import ROOT, GatewayProcess, free_port, require_program, wait_for, write_registry
+from tests.helpers import ROOT, GatewayProcess, wait_for, write_registry
 
 # --- the keys file ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    program = require_program("redis-server")
-    port = free_port()
-    folder = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([program, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import redis
-
-    client = redis.Redis(port=port)
-    try:
-        assert wait_for(lambda: _pings(client), timeout=10)
-        yield f"redis://127.0.0.1:{port}/0", proc
-    finally:
-        proc.kill()
-        proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def redis_url(redis_server: tuple[str, subprocess.Popen[bytes]]) -> str:
-    return redis_server[0]
-
-
-def _pings(client: Any) -> bool:
-    import redis
-
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
 
 
 def _clear_of_the_minute_boundary(margin: float = 8.0) -> None:
@@ -63,19 +29,6 @@ def _clear_of_the_minute_boundary(margin: float = 8.0) -> None:
     left = 60 - time.time() % 60
     if left < margin:
         time.sleep(left + 0.2)
-
-
-def test_redis_store_is_atomic_across_clients(redis_url: str) -> None:
-    async def scenario() -> list[bool]:
-        stores = [RedisStore(redis_url), RedisStore(redis_url)]
-        key = ApiKey("atomic", digest("y" * 8), requests_per_minute=10)
-        decisions = await asyncio.gather(*(stores[i % 2].admit(key, f"r{i}", 60) for i in range(25)))
-        for store in stores:
-            await store.aclose()
-        return [d.admitted for d in decisions]
-
-    _clear_of_the_minute_boundary()
-    assert sum(asyncio.run(scenario())) == 10  # 25 racing requests from two clients: exactly the limit
 
 
 REGISTRY = [{"name": "chat-a", "task": "chat", "min_ram_gb": 1}, {"name": "chat-b", "task": "chat", "min_ram_gb": 1}]
@@ -158,11 +111,13 @@ def test_token_quota_counts_streamed_usage(replicas: tuple[list[GatewayProcess],
                           json={"messages": HI, "max_tokens": 8, "stream": True}) as r:
             r.read()
             if r.status_code == 429:
-                assert r.headers["x-ratelimit-remaining-tokens"] == "0"
+                assert r.headers["x-ratelimit-remaining-tokens"] == "8"
                 assert "tokens per minute" in r.json()["error"]["message"]
                 break
             answered += 1
-    assert answered == 3  # 11 tokens each (1 in, 10 out, from the streams' usage): 33 ≥ 30 after the third
+    # each reserves 9 (1 prompt + max_tokens 8) and spends 11 (1 in, 10 out, the streams' usage): after two, 22
+    # spent and the third's 9 would go over 30 — refused before it could overspend
+    assert answered == 2
     metrics = httpx.get(f"{a.url}/metrics").text
     assert 'gateway_key_tokens_total{key="team-b",type="output"}' in metrics
 
@@ -273,8 +228,8 @@ def test_streams_the_client_cuts_are_charged_what_was_generated(tmp_path: Path) 
         for _ in range(3):
             with httpx.stream("POST", f"{gw.base_url}/chat/completions", timeout=30,
                               headers={"Authorization": "Bearer team-secret-key"},
-                              json={"messages": HI, "max_tokens": 64, "stream": True}) as r:
-                assert r.status_code == 200
+                              json={"messages": HI, "max_tokens": 16, "stream": True}) as r:
+                assert r.status_code == 200, r.read()
                 seen = ""
                 for line in r.iter_lines():
                     if line.startswith("data: {"):
@@ -289,21 +244,17 @@ def test_streams_the_client_cuts_are_charged_what_was_generated(tmp_path: Path) 
         assert after.status_code == 429 or int(after.headers["x-ratelimit-remaining-tokens"]) <= 50 - 3 * 7
 
 
-def test_workers_without_redis_refuse_per_key_quotas(tmp_path: Path) -> None:
-    from app.cli.serve import workers_problem
-    from app.core.settings import load_settings
-
+def test_workers_hold_a_key_to_its_quota_together(tmp_path: Path) -> None:
+    """Four workers, no Redis: the quota counters are in the state store's SQLite file, which every worker of
+    the host shares — five requests a minute is five, not five per worker (issue 22 found 19 of 40)."""
     keys = tmp_path / "keys.json"
     keys.write_text(json.dumps({"keys": [{"name": "team", "key": "team-secret-key", "requests_per_minute": 5}]}))
-    base = {"workers": 4, "upstream_mode": "external", "upstream_kind": "openai", "upstream_url": "http://127.0.0.1:9",
-            "keys_file": keys, "model_concurrency": 8}
-    problem = workers_problem(load_settings(**base), [])
-    assert problem is not None and "GATEWAY_REDIS_URL" in problem and "team" in problem
-    assert workers_problem(load_settings(**base, redis_url="redis://127.0.0.1:6379/0"), []) is None
-    env = {**os.environ, "GATEWAY_ENV_FILE": "/nonexistent", "GATEWAY_WORKERS": "4",
-           "GATEWAY_UPSTREAM_MODE": "external", "GATEWAY_UPSTREAM_KIND": "openai", "GATEWAY_UPSTREAM_URL": "http://127.0.0.1:9",
-           "GATEWAY_KEYS_FILE": str(keys), "GATEWAY_PORT": str(free_port()), "GATEWAY_MODEL_CONCURRENCY": "8"}
-    refused = subprocess.run([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=60)
-    assert refused.returncode == 2 and "GATEWAY_REDIS_URL" in refused.stderr
-    assert "Traceback" not in refused.stderr
+    registry = write_registry(tmp_path / "models.json", REGISTRY)
+    _clear_of_the_minute_boundary(margin=20)
+    with UpstreamProcess(models=["chat-a", "chat-b"]) as up, GatewayProcess(
+            upstream=up.url, registry=registry, log_path=tmp_path / "gw.log",
+            env={**FAKE_ENV, "GATEWAY_KEYS_FILE": str(keys), "GATEWAY_WORKERS": "4",
+                 "GATEWAY_MODEL_CONCURRENCY": "8", "GATEWAY_STATE_DIR": str(tmp_path / "state")}) as gw:
+        gw.wait_ready()
+        statuses = [ask(gw, "team-secret-key").status_code for _ in range(20)]
+        assert statuses.count(200) == 5 and statuses.count(429) == 15, statuses

@@ -12,6 +12,7 @@ import hashlib
 import math
 import os
 import re
+import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +82,7 @@ async def responses(conn: Connection, raw: bytes) -> None:
     text = cfg["reply"] or f"Hello from {model}."
     words = text.split(" ")
     pieces = [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
-    rid = f"resp_{conn.state.stats['requests']}"
+    rid = f"resp_{secrets.token_hex(16)}"  # unique, as the runtime's are: several fakes never collide
     usage = {"input_tokens": len(str(body.get("input")).split()), "output_tokens": len(pieces),
              "total_tokens": len(str(body.get("input")).split()) + len(pieces)}
     item = {"id": f"msg_{rid}", "type": "message", "role": "assistant", "status": "completed",

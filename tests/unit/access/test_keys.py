@@ -3,13 +3,11 @@ redis-server the tests start (Debian's package, installed by `make redis`)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
 
-from app.access.keys import ApiKey, KeysError, digest, parse_keys
-from app.access.quota import MemoryStore
+from app.access.keys import KeysError, digest, parse_keys
 
 # --- the keys file ---------------------------------------------------------------------------------------
 
@@ -33,33 +31,6 @@ def test_yaml_and_lookup_by_hash() -> None:
     found = ring.find("the-team-key")
     assert found is not None and found.name == "team" and found.models == frozenset({"m"})
     assert ring.find("the-team-kez") is None and ring.find("") is None
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0  # the start of a minute
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_memory_store_windows_tokens_and_concurrency() -> None:
-    async def scenario() -> None:
-        clock = Clock()
-        store = MemoryStore(clock)
-        key = ApiKey("k", digest("x" * 8), requests_per_minute=2, tokens_per_minute=10, max_concurrency=1)
-        first = await store.admit(key, "r1", 60)
-        assert first.admitted and first.usage.requests == 1
-        busy = await store.admit(key, "r2", 60)
-        assert not busy.admitted and busy.reason == "max_concurrency"
-        await store.charge(key, "r1", 12)  # its tokens came back: over the token quota now
-        over = await store.admit(key, "r3", 60)
-        assert not over.admitted and over.reason == "tokens_per_minute"
-        clock.now += 60  # a new minute
-        fresh = await store.admit(key, "r4", 60)
-        assert fresh.admitted and fresh.usage.requests == 1 and fresh.usage.tokens_minute == 0
-
-    asyncio.run(scenario())
 
 
 def test_a_yaml_error_never_quotes_the_file() -> None:

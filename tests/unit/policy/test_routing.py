@@ -155,7 +155,19 @@ def test_a_feature_no_model_has_is_a_400_naming_it() -> None:
     with pytest.raises(GatewayError) as info:
         route_for({"chat", "json_schema"})
     assert info.value.status == 400 and "json_schema" in info.value.message
-    assert "plain-chat: no json_schema" in info.value.message
+    assert "plain-chat, tool-chat" in info.value.message and '"capabilities": ["chat", "json_schema"]' in \
+        info.value.message
+
+
+def test_tools_with_auto_and_no_capable_model_is_a_400_not_a_503() -> None:
+    """Issue 24: one model too big for the host, none with tools: the answer is what to declare, not 'try later'."""
+    registry = parse_registry(json.dumps([{"name": "big", "task": "chat", "min_ram_gb": 64},
+                                          {"name": "small", "task": "chat", "min_ram_gb": 1}]))
+    with pytest.raises(GatewayError) as info:
+        choose(registry, model="auto", task=None, default_task="chat", budget_gb=15,
+               need=frozenset({"chat", "tools"}))
+    assert info.value.status == 400 and info.value.code == "unsupported_value"
+    assert "tool calls" in info.value.message and '"capabilities": ["chat", "tools"]' in info.value.message
 
 
 def test_unknown_capabilities_are_rejected_by_the_registry() -> None:

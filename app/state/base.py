@@ -1,0 +1,125 @@
+"""The state store's interface and the quota rules both implementations follow.
+
+Records: values by ``space`` and ``key`` with an owner (the team key's name, for reading back only one's own), a
+creation time, an optional expiry; listed oldest first, trimmed to a size bound oldest first.
+
+Quotas, per key name, in fixed windows (the current UTC minute, the current UTC day): a request is admitted if
+the key is under every limit counting what the requests in flight have reserved; admission reserves the tokens
+the request may spend (its prompt, estimated, plus its output budget — at most the key's whole limit, so a large
+request can still run alone) and holds a slot; :meth:`StateStore.settle` replaces the reservation with the tokens
+really spent (refunding the rest) and frees the slot. So requests admitted together can overspend a token limit
+by at most one request's tokens (an estimate that was short), never by all of them. A process that dies leaves
+its slots behind until they are ``stale_after`` seconds old (the SQLite store also clears the slots of processes
+that are gone when it opens).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Protocol
+
+REASONS = {1: "requests_per_minute", 2: "tokens_per_minute", 3: "tokens_per_day", 4: "max_concurrency"}
+_PLAIN, _PACKED = b"r", b"z"
+
+
+class StoreDown(Exception):
+    """The store could not be reached (Redis down, a SQLite file locked for too long)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    key: str
+    owner: str
+    value: bytes
+    created: float
+    expires: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A key's quotas (0: no limit)."""
+
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+    tokens_per_day: int = 0
+    max_concurrency: int = 0
+
+    def clamp(self, tokens: int) -> int:
+        """A reservation is at most the key's smallest token limit: a request larger than it may still run alone."""
+        bounds = [limit for limit in (self.tokens_per_minute, self.tokens_per_day) if limit]
+        return min([tokens, *bounds])
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A key's counters now (tokens spent, reserved by requests in flight, slots), and when each window resets."""
+
+    requests: int
+    tokens_minute: int
+    tokens_day: int
+    reserved: int
+    running: int
+    minute_resets: float
+    day_resets: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    admitted: bool
+    reason: str | None  # the limit it is over
+    usage: Usage
+
+
+def windows(now: float) -> tuple[int, int, float, float]:
+    """(minute number, day number, minute reset, day reset) for UTC epoch seconds ``now``."""
+    minute, day = int(now // 60), int(now // 86400)
+    return minute, day, (minute + 1) * 60.0, (day + 1) * 86400.0
+
+
+def verdict(limits: Limits, requests: int, tokens_minute: int, tokens_day: int, reserved: int, running: int,
+            tokens: int) -> int:
+    """0 to admit, else the number of the limit it would break (``REASONS``)."""
+    if limits.requests_per_minute and requests >= limits.requests_per_minute:
+        return 1
+    if limits.tokens_per_minute and tokens_minute + reserved + tokens > limits.tokens_per_minute:
+        return 2
+    if limits.tokens_per_day and tokens_day + reserved + tokens > limits.tokens_per_day:
+        return 3
+    if limits.max_concurrency and running >= limits.max_concurrency:
+        return 4
+    return 0
+
+
+def pack(value: bytes) -> bytes:
+    """Values over 512 bytes are stored compressed (zlib, fast level)."""
+    return _PACKED + zlib.compress(value, 1) if len(value) > 512 else _PLAIN + value
+
+
+def unpack(stored: bytes) -> bytes:
+    return zlib.decompress(stored[1:]) if stored[:1] == _PACKED else stored[1:]
+
+
+class StateStore(Protocol):
+    name: str  # "sqlite" or "redis"
+
+    async def put(self, space: str, key: str, value: bytes, *, owner: str = "", ttl: float | None = None) -> None: ...
+
+    async def get(self, space: str, key: str) -> Record | None: ...
+
+    async def delete(self, space: str, key: str) -> bool: ...
+
+    async def scan(self, space: str, *, owner: str | None = None, after: str | None = None,
+                   limit: int = 100) -> list[Record]:
+        """Records oldest first (``after``: from the one after that key), of one owner if given."""
+        ...
+
+    async def trim(self, space: str, max_bytes: int) -> int:
+        """Delete the oldest records until the space holds at most ``max_bytes``; returns how many went."""
+        ...
+
+    async def admit(self, name: str, limits: Limits, slot: str, tokens: int, stale_after: float) -> Decision: ...
+
+    async def settle(self, name: str, slot: str, tokens: int) -> None: ...
+
+    async def aclose(self) -> None: ...
