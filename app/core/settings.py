@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "GATEWAY_"
@@ -21,18 +21,9 @@ DEFAULT_ENV_FILE = "config/gateway.env"
 CsvList = Annotated[list[str], NoDecode]
 
 
-class Settings(BaseSettings):
-    """Gateway configuration. Field descriptions double as the README's settings table."""
+class Listening(BaseModel):
+    """Where the gateway listens."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_file=os.environ.get(f"{ENV_PREFIX}ENV_FILE", DEFAULT_ENV_FILE),
-        env_file_encoding="utf-8",
-        extra="ignore",
-        frozen=True,
-    )
-
-    # --- listening -------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address the gateway listens on.")
     port: int = Field(8080, ge=0, le=65535, description="Port the gateway listens on.")
     workers: int = Field(
@@ -41,7 +32,10 @@ class Settings(BaseSettings):
         "file in `GATEWAY_STATE_DIR`, or Redis), and metrics are aggregated (docs/reliability.md).",
     )
 
-    # --- fleet -------------------------------------------------------------------------------------
+
+class Fleet(BaseModel):
+    """Front mode: the nodes behind this gateway."""
+
     nodes: CsvList = Field(
         default_factory=list, description="Front mode: comma-separated base URLs of node gateways (each a gateway "
         "beside its own Foundry Local). A name with several addresses (a Kubernetes headless Service) is several "
@@ -60,7 +54,10 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Front mode: seconds between re-resolving the node names (nodes joining, leaving).",
     )
 
-    # --- upstream ----------------------------------------------------------------------------------
+
+class UpstreamSettings(BaseModel):
+    """The runtime behind a node: managed or external, and how it is reached."""
+
     upstream_mode: Literal["managed", "external"] = Field(
         "managed",
         description="`managed`: start Foundry Local in a supervised child process; "
@@ -115,7 +112,24 @@ class Settings(BaseSettings):
         "`nice -n 5` (shell-style quoting).",
     )
 
-    # --- registry and routing ----------------------------------------------------------------------
+    @field_validator("upstream_url")
+    @classmethod
+    def _upstream_scheme(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_upstream_url(value)
+        return value
+
+    @field_validator("upstream_ca_bundle")
+    @classmethod
+    def _ca_bundle_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+
+class Routing(BaseModel):
+    """The registry, routing, and the models on this host."""
+
     registry_path: Path = Field(Path("models.json"), description="The model registry file.")
     registry_watch_interval: float = Field(
         2.0, ge=0, description="Seconds between checks of the registry file for changes (0 = off)."
@@ -150,7 +164,17 @@ class Settings(BaseSettings):
         "failed preload is logged and reported in `/readyz`, not fatal.",
     )
 
-    # --- state ------------------------------------------------------------------------------------------------
+    @field_validator("task_header")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        if not value or any(c.isspace() or c == ":" for c in value):
+            raise ValueError("must be a valid HTTP header name")
+        return value
+
+
+class State(BaseModel):
+    """What the gateway remembers: stored responses, quota counters."""
+
     state_dir: Path = Field(
         Path(".run/state"), description="Where the gateway keeps what it must remember (stored responses, quota "
         "counters) in one SQLite file, shared by the workers of this host. With `GATEWAY_REDIS_URL` set, Redis "
@@ -164,7 +188,10 @@ class Settings(BaseSettings):
         256 * 1024 * 1024, ge=1024, description="Bound on the stored responses (compressed); the oldest go first.",
     )
 
-    # --- timeouts ------------------------------------------------------------------------------------
+
+class Timeouts(BaseModel):
+    """How long each phase of a request may take."""
+
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to the upstream.")
     upstream_keepalive: float = Field(
         30.0, gt=0, description="Seconds an idle upstream connection is kept for reuse."
@@ -178,7 +205,10 @@ class Settings(BaseSettings):
         10.0, gt=0, description="While a stream waits for its first token, send `: keep-alive` this often."
     )
 
-    # --- resilience ------------------------------------------------------------------------------------
+
+class Resilience(BaseModel):
+    """Limits, queues, scheduling and the circuit breaker."""
+
     max_in_flight: int = Field(256, ge=1, description="Requests in flight across all models.")
     model_concurrency: int = Field(
         2, ge=1, description="Requests in flight per model when `GATEWAY_ADAPTIVE_CONCURRENCY=false` (others "
@@ -209,7 +239,10 @@ class Settings(BaseSettings):
     breaker_cooldown: float = Field(30.0, gt=0, description="Seconds a failing model is skipped.")
     shutdown_grace: float = Field(20.0, ge=0, description="Seconds in-flight requests get on SIGTERM.")
 
-    # --- access control ----------------------------------------------------------------------------------
+
+class AccessControl(BaseModel):
+    """Keys, quotas, and the sizes a request may have."""
+
     api_keys: CsvList = Field(default_factory=list, description="Comma-separated API keys (empty = open).")
     api_keys_file: Path | None = Field(None, description="File with one API key per line.")
     keys_file: Path | None = Field(
@@ -235,42 +268,6 @@ class Settings(BaseSettings):
     )
     cors_origins: CsvList = Field(default_factory=list, description="Comma-separated CORS origins (empty = off).")
 
-    # --- observability -------------------------------------------------------------------------------------
-    log_level: str = Field("info", description="Log level of the gateway's own logger.")
-    access_log: bool = Field(True, description="One JSON line per request on stderr.")
-    log_prompts: bool = Field(False, description="Include prompt and completion text in access logs.")
-    metrics_dir: Path | None = Field(
-        None, description="prometheus-client multiprocess directory (set automatically when workers > 1)."
-    )
-
-    @field_validator("api_keys", "cors_origins", "preload", "nodes", mode="before")
-    @classmethod
-    def _split_csv(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value
-
-    @field_validator("upstream_url")
-    @classmethod
-    def _upstream_scheme(cls, value: str | None) -> str | None:
-        if value is not None:
-            check_upstream_url(value)
-        return value
-
-    @field_validator("upstream_ca_bundle")
-    @classmethod
-    def _ca_bundle_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"no such file: {value}")
-        return value
-
-    @field_validator("task_header")
-    @classmethod
-    def _header_name(cls, value: str) -> str:
-        if not value or any(c.isspace() or c == ":" for c in value):
-            raise ValueError("must be a valid HTTP header name")
-        return value
-
     @cached_property
     def all_api_keys(self) -> tuple[str, ...]:
         """Keys from the setting and the keys file, read once."""
@@ -281,6 +278,39 @@ class Settings(BaseSettings):
                 if line and not line.startswith("#"):
                     keys.append(line)
         return tuple(keys)
+
+
+class Observability(BaseModel):
+    """Logs and metrics."""
+
+    log_level: str = Field("info", description="Log level of the gateway's own logger.")
+    access_log: bool = Field(True, description="One JSON line per request on stderr.")
+    log_prompts: bool = Field(False, description="Include prompt and completion text in access logs.")
+    metrics_dir: Path | None = Field(
+        None, description="prometheus-client multiprocess directory (set automatically when workers > 1)."
+    )
+
+
+class Settings(Observability, AccessControl, Resilience, Timeouts, State, Routing, UpstreamSettings, Fleet, Listening,
+               BaseSettings):
+    """Gateway configuration, read once at start; field descriptions double as the README's settings table. The
+    groups are listed last to first: pydantic collects fields from the bases in reverse, so the table reads in
+    the order the groups are defined above."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=os.environ.get(f"{ENV_PREFIX}ENV_FILE", DEFAULT_ENV_FILE),
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    @field_validator("api_keys", "cors_origins", "preload", "nodes", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
 
 def check_upstream_url(url: str) -> None:
