@@ -7,7 +7,7 @@ PORT ?= $(or $(GATEWAY_PORT),8080)
 MODEL := models/tiny-chat/genai_config.json
 BUILDER := .venv-model/.installed
 
-.PHONY: help install model builder prometheus redis chromium run test lint typecheck unit bench bench-real bench-surface bench-fleet bench-transport bench-toolcalls clean
+.PHONY: help install model builder prometheus redis chromium run test lint typecheck unit bench bench-real bench-surface bench-fleet bench-transport bench-toolcalls bench-cache clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
@@ -76,5 +76,7 @@ bench-transport: install  ## CPU per request of each upstream transport alone (f
 bench-toolcalls: install  ## CPU to rebuild a streamed tool call of 5, 20 and 50 KB of arguments (4-character pieces)
 	$(PY) scripts/bench_toolcalls.py
 
+bench-cache: install model  ## the response cache on the real runtime: hit latency, hits vs misses, 32 identical streams, miss CPU A/B (~3 min)
+	$(PY) scripts/bench_cache.py --seconds 6 --rounds 4 --max-tokens 32,256
 clean:  ## remove the venv and run state
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

@@ -45,6 +45,7 @@ REJECTION_REASONS = frozenset({
 })
 ROUTES = ("chat", "completions", "responses", "embeddings", "transcriptions")
 STATUS_CLASSES = ("2xx", "4xx", "5xx", "aborted")
+CACHE_RESULTS = ("hit", "miss", "bypass", "coalesced")
 
 
 def multiprocess_dir() -> str | None:
@@ -179,6 +180,20 @@ class Metrics:
         )
         self.registry_models = Gauge(
             "gateway_registry_models", "Models in the registry in force.", registry=r, multiprocess_mode="max",
+        )
+        self.cache_requests = Counter(
+            "gateway_cache_requests", "Requests the response cache saw, by result: hit (answered from the cache), "
+            "coalesced (joined an identical request's generation), miss (generated, then kept), bypass (not "
+            "eligible, or Cache-Control said so).", ("result",), registry=r,
+        )
+        self.cache_results = {result: self.cache_requests.labels(result) for result in CACHE_RESULTS}  # bound once
+        self.cache_tokens_saved = Counter(
+            "gateway_cache_tokens_saved", "Tokens not generated again: the usage of answers served from the cache or "
+            "shared by coalescing.", registry=r,
+        )
+        self.cache_bytes = Gauge(
+            "gateway_cache_bytes", "Bytes of answers the cache holds in this process.", registry=r,
+            multiprocess_mode="livesum",
         )
         self._models: frozenset[str] = frozenset()
         self._tasks: frozenset[str] = frozenset()

@@ -189,6 +189,33 @@ class State(BaseModel):
     )
 
 
+class Cache(BaseModel):
+    """Answers kept for requests that come again, and identical requests joined while they run."""
+
+    cache: Literal["off", "deterministic", "all"] = Field(
+        "deterministic", description="What the response cache keeps: `deterministic` — answers meant to repeat "
+        "(`temperature` 0, a `seed`, embeddings); `all` — every successful answer; `off`. Identical requests that "
+        "arrive while the first is generating share its generation (coalescing) under the same rule.",
+    )
+    cache_scope: Literal["key", "shared"] = Field(
+        "key", description="`key`: each team key has its own cached answers; `shared`: one cache for all callers.",
+    )
+    cache_ttl: float = Field(3600.0, gt=0, description="Seconds a cached answer is kept.")
+    cache_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, description="Bound on the cached answers held in this process (the least recently "
+        "used go first); with `GATEWAY_REDIS_URL`, on those held in Redis (compressed).",
+    )
+    cache_charge: Literal["none", "full"] = Field(
+        "none", description="Quotas for answers from the cache (hits, and requests joined to another's "
+        "generation): `none` — free; `full` — admitted and charged as if generated.",
+    )
+    cache_semantic: float = Field(
+        0.0, ge=0, le=1, description="Opt-in semantic cache: a `deterministic`-eligible chat request whose last user "
+        "message is this close (cosine, e.g. 0.95) to a cached one for the same model and system prompt gets that "
+        "answer, compared with the registry's embedding model. 0 = off. Near-duplicates are not duplicates.",
+    )
+
+
 class Timeouts(BaseModel):
     """How long each phase of a request may take."""
 
@@ -291,8 +318,8 @@ class Observability(BaseModel):
     )
 
 
-class Settings(Observability, AccessControl, Resilience, Timeouts, State, Routing, UpstreamSettings, Fleet, Listening,
-               BaseSettings):
+class Settings(Observability, AccessControl, Resilience, Timeouts, Cache, State, Routing, UpstreamSettings, Fleet,
+               Listening, BaseSettings):
     """Gateway configuration, read once at start; field descriptions double as the README's settings table. The
     groups are listed last to first: pydantic collects fields from the bases in reverse, so the table reads in
     the order the groups are defined above."""

@@ -20,6 +20,7 @@ from app.core.recent import Recent
 from app.core.registry import Registry
 from app.core.settings import Settings
 from app.gateway.admission import Admission
+from app.gateway.cache import ResponseCache
 from app.gateway.conversations import Conversations
 from app.gateway.live_registry import LiveRegistry
 from app.gateway.router import Router
@@ -61,11 +62,12 @@ class Gateway:
         self.state = open_store(settings)  # what must outlive a request: quotas, stored responses (SQLite or Redis)
         self.access = Access(settings, metrics, self.state)  # team keys and quotas (GATEWAY_KEYS_FILE)
         self.conversations = Conversations(self.state, settings)  # stored responses (the Responses API)
+        self.cache = ResponseCache(settings, metrics, self.state)  # answers kept for requests that come again
         self.recent = Recent()  # the last minutes, for the console
         self.draining = False
         self._tasks: list[asyncio.Task[Any]] = []
         for apply in (self._registry_changed, self.inventory.set_registry, self.router.apply, self.admission.apply,
-                      self.runtime.apply):
+                      self.runtime.apply, self.cache.apply):
             self.live.subscribe(apply)
         metrics.host_ram.set(self.memory.total_gb * GIB)
         metrics.ram_budget.set(self.memory.budget_gb * GIB)

@@ -51,6 +51,20 @@ class Chat(Endpoint):
                 raise bad_request(f"'messages[{i}].content' must be a string, a list of parts or null.",
                                   param=f"messages[{i}].content", code="invalid_type")
 
+    def by_meaning(self, body: JSON) -> tuple[str, JSON] | None:
+        """The last message when it is the user's, in text only: the question compared by meaning, with the system
+        prompt and the conversation before it matched exactly."""
+        messages = body["messages"]
+        last = messages[-1]
+        if last.get("role") != "user" or has_images([last]):
+            return None
+        texts: list[str] = []
+        texts_of(last.get("content"), texts)
+        text = " ".join(texts).strip()
+        if not text:
+            return None
+        return text, {**body, "messages": [*messages[:-1], {**last, "content": ""}]}
+
     def needs(self, body: JSON) -> frozenset[str]:
         need = {self.capability}
         if body.get("tools"):

@@ -52,6 +52,9 @@ class Embeddings(Endpoint):
             raise bad_request("'dimensions' is not supported: local embedding models return their full size.",
                               param="dimensions", code="unsupported_value")
 
+    def deterministic(self, body: JSON) -> bool:
+        return True  # a text has one embedding
+
     def prompt_texts(self, body: JSON) -> list[str]:
         return inputs(body)
 

@@ -55,6 +55,7 @@ class Endpoint:
     example: ClassVar[JSON] = {}
     # a stream may end without ever deciding how it started (the Responses API's typed events)
     ends_undecided: ClassVar[bool] = False
+    cacheable: ClassVar[bool] = True  # its answers may be kept and replayed (the response cache)
 
     # --- the request ---------------------------------------------------------------------------------------
 
@@ -86,6 +87,15 @@ class Endpoint:
 
     async def remember(self, body: JSON, answer: JSON, memory: Memory) -> None:
         """Keep what a later request may refer to, once the answer is whole."""
+
+    def deterministic(self, body: JSON) -> bool:
+        """Whether the answer is meant to repeat: greedy decoding (``temperature`` 0) or a ``seed``."""
+        return body.get("temperature") == 0 or body.get("seed") is not None
+
+    def by_meaning(self, body: JSON) -> tuple[str, JSON] | None:
+        """For the semantic cache: the text compared by meaning and the body without it (which must match
+        exactly); None: exact matches only."""
+        return None
 
     def prompt_texts(self, body: JSON) -> list[str]:
         """The text the request sends the model (for counting its tokens)."""

@@ -30,6 +30,7 @@ class Transcriptions(Endpoint):
     upstream_path = "/audio/transcriptions"
     capability = "transcription"
     streams = False
+    cacheable = False  # uploads: a key would hash megabytes of audio for answers rarely asked twice
     summary = "Speech to text, routed to transcription models"
 
     def request_content(self) -> JSON:

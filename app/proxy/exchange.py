@@ -19,6 +19,7 @@ from app.core.metrics import status_class as status_class_of
 from app.core.registry import ModelEntry
 from app.openai.sse import error_event
 from app.policy.routing import Route
+from app.proxy.flights import Flight
 
 clock = time.perf_counter
 
@@ -31,7 +32,8 @@ class Exchange:
     """What one request did, for metrics and the access log."""
 
     __slots__ = (
-        "aborted", "answer", "body", "broken", "cause", "deadline", "entry", "error", "fallbacks", "finished", "key",
+        "aborted", "answer", "body", "broken", "cache", "cause", "deadline", "entry", "error", "fallbacks", "finished",
+        "flight", "key",
         "load_wait", "metered", "node", "priority", "queue_wait", "relayed", "request_id", "route", "route_name",
         "sent", "sent_at", "slot", "started", "status", "stream", "task", "tpot", "ttft", "upstream_id",
         "upstream_wait", "usage",
@@ -67,6 +69,8 @@ class Exchange:
         self.usage: dict[str, Any] | None = None
         self.relayed = Transcript()  # a stream's blocks as sent: what a client that left is charged for
         self.answer: dict[str, Any] | None = None  # the whole answer as the client got it (JSON, or a stream's end)
+        self.cache: str | None = None  # what the response cache did: hit, miss, bypass, coalesced (None: off)
+        self.flight: Flight | None = None  # the generation it leads, which identical requests may follow
         self.error = ""
         self.cause = ""
         self.fallbacks = 0
@@ -103,7 +107,7 @@ class Responder:
     """Starts the ASGI response lazily, so a stream can begin with keep-alive comments and still
     turn a late failure into an error event."""
 
-    __slots__ = ("ex", "extra", "quota", "send", "started")
+    __slots__ = ("cache", "ex", "extra", "quota", "send", "started")
 
     def __init__(self, send: Any, ex: Exchange) -> None:
         self.send = send
@@ -111,6 +115,7 @@ class Responder:
         self.started = False
         self.extra: list[tuple[bytes, bytes]] = [(b"x-request-id", ex.request_id.encode())]
         self.quota: list[tuple[bytes, bytes]] = []  # the key's x-ratelimit-* headers
+        self.cache: tuple[tuple[bytes, bytes], ...] = ()  # X-Gateway-Cache
 
     def set_route(self, entry: ModelEntry, task: str, header: str, node: str | None = None) -> None:
         self.extra = [
@@ -123,7 +128,7 @@ class Responder:
             self.extra.append((b"x-gateway-node", node.encode("ascii", "replace")))
 
     async def start(self, status: int, content_type: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-        headers = [(b"content-type", content_type), *self.extra, *self.quota]
+        headers = [(b"content-type", content_type), *self.extra, *self.quota, *self.cache]
         if content_type.startswith(b"text/event-stream"):
             headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
         if extra:
@@ -170,7 +175,13 @@ def record(ex: Exchange, metrics: Metrics, access_log: IO[str] | None, log_promp
     if ex.tpot:
         series.tpot.observe(ex.tpot)
     usage = ex.usage
-    if usage:
+    if ex.cache is not None:
+        metrics.cache_results[ex.cache].inc()
+    if ex.cache in ("hit", "coalesced"):  # not generated: saved
+        total = (usage or {}).get("total_tokens")
+        if isinstance(total, int) and total > 0:
+            metrics.cache_tokens_saved.inc(total)
+    elif usage:
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if isinstance(prompt, int) and prompt > 0:
             series.input_tokens.inc(prompt)
@@ -207,6 +218,8 @@ def _log(ex: Exchange, out: IO[str], elapsed: float, overhead: float, status_cla
     }
     if usage.get("estimated"):
         line["usage_estimated"] = True  # the stream was cut before the upstream's usage came
+    if ex.cache is not None:
+        line["cache"] = ex.cache
     if ex.error:
         line["error"] = ex.error[:300]
     if log_prompts and ex.body is not None:

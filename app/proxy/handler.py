@@ -3,9 +3,10 @@
 Every request pays for this code, so it avoids FastAPI's routing and dependency machinery, reads the body once and
 relays the upstream's bytes as they arrive. The flow:
 
-  read body → parse and check (the endpoint) → route (task, RAM, inventory, breaker) and the key's allow-lists and
-  quotas → places in order (``fallback``) → per place one attempt (``attempt``: admit, load, send, relay) → metrics,
-  access log, the key charged
+  read body → parse and check (the endpoint) → route (task, RAM, inventory, breaker) within the key's allow-lists
+  → the response cache: a kept answer, or an identical request's generation to follow (``caching``) → the key's
+  quotas → places in order (``fallback``) → per place one attempt (``attempt``: admit, load, send, relay) →
+  the answer kept → metrics, access log, the key charged
 
 Who is calling was decided before (``app.access.middleware``); where attempts run — this gateway's runtime or the
 nodes of a front — is the backend's business (``app.proxy.backend``). ``GATEWAY_TOTAL_TIMEOUT`` bounds all of it.
@@ -29,12 +30,16 @@ from app.core.registry import ModelEntry
 from app.core.tokens import estimate
 from app.gateway import Gateway
 from app.openai import Endpoint
+from app.openai.embeddings import Embeddings
+from app.openai.endpoint import Memory
 from app.openai.inspector import generated_texts
 from app.policy.limiter import PRIORITIES
 from app.policy.routing import latency_budget
 from app.proxy.backend import LocalBackend, NodeBackend
+from app.proxy.caching import Caching
 from app.proxy.exchange import Exchange, Responder, clock, record
 from app.proxy.fallback import Fallback
+from app.proxy.semantic import embedder
 from app.state import StoreDown
 
 Scope = MutableMapping[str, Any]
@@ -55,6 +60,9 @@ class Proxy:
         self.single_choice = gateway.upstream.kind == "foundry"  # Foundry Local silently ignores n > 1
         backend = NodeBackend(gateway) if gateway.fleet is not None else LocalBackend(gateway)
         self.fallback = Fallback(gateway, backend)
+        self.caching = Caching(gateway.settings, gateway.cache, gateway.access)
+        if self.caching.semantic is not None:
+            self.caching.embed = embedder(self, Embeddings(), self.task_header)
         self.out = sys.stderr
 
     async def __call__(self, scope: Scope, receive: Any, send: Any, endpoint: Endpoint) -> None:
@@ -102,7 +110,8 @@ class Proxy:
     async def _serve(self, ex: Exchange, reply: Responder, endpoint: Endpoint, raw: bytes,
                      headers: dict[bytes, bytes], caller: Caller) -> None:
         """Parse and check the body, bring in what it refers to (a stored conversation), route it within what the
-        key may use and spend, try the places, and keep what later requests may refer to."""
+        key may use, answer it from the cache or an identical request in flight (``app.proxy.caching``), else
+        admit it within the key's quotas and try the places; keep what later requests may refer to."""
         gw = self.gw
         body = await endpoint.parse(raw, _text(headers.get(b"content-type")) or "")
         endpoint.validate(body, single_choice=self.single_choice)
@@ -126,13 +135,27 @@ class Proxy:
                                 allowed)
         gw.access.check_route(ex.key, route, allowed)
         ex.route, ex.task, ex.entry = route, route.task, route.model
-        if ex.key is not None:
-            ex.metered = ex.key.limited  # before the await: a request cancelled mid-admission still frees its slot
-            tokens = await self._reservation(endpoint, body, route.model) if ex.key.counts_tokens else 0
-            reply.quota = await gw.access.admit(ex.key, ex.slot, tokens)
-        self.metrics.routing.labels(self.metrics.task_label(route.task), route.model.name, route.reason).inc()
-        reply.set_route(route.model, route.task, route.header)
-        await self.fallback.run(ex, reply, endpoint, body, route)
+        plan = self.caching.plan(endpoint, body, headers.get(b"cache-control"), route.model,
+                                 gw.inventory.upstream_id(route.model), ex, reply) if self.caching.on else None
+        if plan is not None and plan.read and await self.caching.answered(ex, reply, plan):
+            await self._remember(ex, endpoint, body, memory)
+            return
+        flight = self.caching.lead(plan, ex, reply) if plan is not None else None
+        try:
+            if ex.key is not None:
+                ex.metered = ex.key.limited  # before the await: a request cancelled mid-admission frees its slot
+                tokens = await self._reservation(endpoint, body, route.model) if ex.key.counts_tokens else 0
+                reply.quota = await gw.access.admit(ex.key, ex.slot, tokens)
+            self.metrics.routing.labels(self.metrics.task_label(route.task), route.model.name, route.reason).inc()
+            reply.set_route(route.model, route.task, route.header)
+            await self.fallback.run(ex, reply, endpoint, body, route)
+        finally:
+            if flight is not None and plan is not None:
+                await self.caching.land(flight, plan, ex)  # kept if whole; followers told it ended
+        await self._remember(ex, endpoint, body, memory)
+
+    async def _remember(self, ex: Exchange, endpoint: Endpoint, body: dict[str, Any], memory: Memory) -> None:
+        """Keep what later requests may refer to (a stored response), once the client has the whole answer."""
         if ex.answer is not None and not (ex.broken or ex.aborted):
             try:
                 await endpoint.remember(body, ex.answer, memory)
@@ -181,8 +204,12 @@ class Proxy:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                if not ex.finished and owner is not None:
-                    ex.aborted = True
+                if ex.finished or owner is None:
+                    return
+                ex.aborted = True
+                if ex.flight is not None and ex.flight.followers > 0:
+                    ex.flight.leader_gone = True  # identical requests follow this generation: it goes on for them
+                else:
                     owner.cancel()
                 return
 
@@ -192,7 +219,8 @@ class Proxy:
         """Usage counted if the upstream's never came, the key charged, metrics, the access log, the console."""
         if ex.relayed and not isinstance((ex.usage or {}).get("completion_tokens"), int):
             await self._estimate_usage(ex, endpoint)
-        if ex.key is not None:
+        free = ex.cache in ("hit", "coalesced") and not self.caching.charge  # not generated: not spent
+        if ex.key is not None and not free:
             usage = ex.usage or {}
             prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
             with contextlib.suppress(Exception):  # a quota store failing now is logged and counted by Access

@@ -65,9 +65,19 @@ class SqliteStore:
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
-        db.executescript(_SCHEMA)
+        deadline = time.monotonic() + 5.0
+        while True:
+            try:
+                # switching a new file to WAL takes it whole, and SQLite answers "locked" at once, without waiting
+                # out the busy timeout, to the second of two workers opening it together: that one tries again
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
+                db.executescript(_SCHEMA)
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)  # a back-off in the store's own thread
         self._forget_dead_processes(db)
         return db
 

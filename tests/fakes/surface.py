@@ -21,7 +21,7 @@ import orjson
 if TYPE_CHECKING:
     from tests.fakes.upstream import Connection
 
-DIMENSIONS = 8
+DIMENSIONS = 64
 _FILENAME = re.compile(rb'name="file"; filename="([^"]*)"\r\nContent-Type: [^\r\n]*\r\n\r\n', re.IGNORECASE)
 
 
@@ -137,10 +137,16 @@ async def responses(conn: Connection, raw: bytes) -> None:
 
 
 def vector(text: str) -> list[float]:
-    """A unit vector that depends only on the text."""
-    digest = hashlib.sha256(text.encode()).digest()
-    values = [b - 127.5 for b in digest[:DIMENSIONS]]
-    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    """A unit vector that depends only on the text's words (bag of words, case and punctuation ignored): texts
+    with the same words point the same way, texts sharing most words nearly so — a deterministic stand-in for an
+    embedding model's sense of "close"."""
+    values = [0.0] * DIMENSIONS
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        digest = hashlib.sha256(word.encode()).digest()
+        values[digest[0] % DIMENSIONS] += 1.0 if digest[1] & 1 else -1.0
+    if not any(values):
+        values[0] = 1.0
+    norm = math.sqrt(sum(v * v for v in values))
     return [v / norm for v in values]
 
 

@@ -20,8 +20,8 @@ proportion (throughput flat past the knee), like a CPU-bound model server.
   GET  /_stats                                                        what it saw
 
 Fault modes: slow_first_byte(seconds), slow_first_event(seconds: the head at once, the first event
-late: prompt processing), stall(after), reset(after), status(status, retry_after), garbage_sse, wrong_content_type,
-huge(bytes), stream_error, close, delay_chunks(ms).
+late: prompt processing), stall(after), reset(after), status(status, retry_after, seconds), garbage_sse,
+wrong_content_type, huge(bytes), stream_error, close, delay_chunks(ms).
 
 Run: ``python -m tests.fakes.upstream --port 0 --models a,b [--foundry] [--tls-cert C --tls-key K]
 [--silent]``; it prints ``READY http://127.0.0.1:PORT`` once listening. ``--silent`` accepts connections
@@ -309,6 +309,7 @@ async def infer(conn: Connection, chat: bool, raw: bytes) -> None:
             return
         state.stats["streams_started"] -= 1  # counted again below
     elif mode == "status":
+        await asyncio.sleep(float(fault.get("seconds", 0)))  # a failure that takes a while (prompt processing)
         status = int(fault.get("status", 500))
         extra = {"retry-after": str(fault["retry_after"])} if "retry_after" in fault else None
         return conn.write_json(status, error(f"injected HTTP {status}", "api_error" if status >= 500 else

@@ -1,0 +1,135 @@
+"""The response cache's storage: answers by key, kept for ``GATEWAY_CACHE_TTL`` within ``GATEWAY_CACHE_MAX_BYTES``.
+
+In this process by default — a dict in least-recently-used order, so a hit costs a dictionary lookup — or, with
+``GATEWAY_REDIS_URL``, in the state store's Redis (compressed, Redis's own expiry), shared by every replica and
+front. An entry is what a client got: a JSON body, or a stream's data events as sent, with the id and creation time
+in it (replaced by fresh ones on every replay), the route that answered, and its usage.
+
+A model's entries are dropped when its registry entry changes (its fingerprint is also part of every key, so
+entries in a shared Redis are never served for a changed model either). Which requests may use the cache, the
+keys, and joining identical requests in flight are ``app.proxy.caching``'s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from app.core.metrics import Metrics
+from app.core.registry import ModelEntry, Registry
+from app.core.settings import Settings
+from app.state import StateStore, StoreDown
+
+log = logging.getLogger("foundry_gateway.cache")
+SPACE = "cache"
+_TRIM_EVERY = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    stream: bool
+    body: bytes  # the JSON answer, or the stream's data events (comments left out)
+    model: str  # the registry model that answered
+    headers: list[tuple[str, str]]  # X-Gateway-* of the answer that was kept
+    answer_id: str = ""  # the id inside ``body`` (replaced on replay); "" when the answer has none
+    created: int = 0  # its creation time inside ``body`` (replaced on replay); 0 when none
+    usage: dict[str, Any] | None = None
+    answer: dict[str, Any] | None = None  # the whole answer parsed (what a stored response keeps), if any
+    kept_at: float = field(default_factory=time.time)
+
+    def pack(self) -> bytes:
+        """One bytes object: what Redis holds, and what this process holds (no objects for the collector to walk)."""
+        head = {"stream": self.stream, "model": self.model, "headers": self.headers, "answer_id": self.answer_id,
+                "created": self.created, "usage": self.usage, "answer": self.answer, "kept_at": self.kept_at}
+        return orjson.dumps(head) + b"\n" + self.body
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Entry:
+        head, _, body = raw.partition(b"\n")
+        fields = orjson.loads(head)
+        fields["headers"] = [tuple(pair) for pair in fields["headers"]]
+        return cls(body=body, **fields)
+
+
+def fingerprint(entry: ModelEntry) -> str:
+    """What in a model's registry entry changes its answers (a cache key carries it)."""
+    return hashlib.sha1(orjson.dumps(entry.to_dict(), option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+
+
+class ResponseCache:
+    def __init__(self, settings: Settings, metrics: Metrics, store: StateStore | None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.ttl = settings.cache_ttl
+        self.max_bytes = settings.cache_max_bytes
+        self.metrics = metrics
+        self.shared = store if settings.redis_url else None  # Redis: the replicas' cache; else this process's
+        self.clock = clock
+        self.fingerprints: dict[str, str] = {}
+        self._entries: OrderedDict[str, tuple[bytes, str]] = OrderedDict()  # key: (packed entry, its model)
+        self._bytes = 0
+        self._puts = 0
+
+    def apply(self, registry: Registry) -> None:
+        """A new registry: the entries of models that changed or left are dropped."""
+        now = {entry.name: fingerprint(entry) for entry in registry}
+        for name in [n for n, old in self.fingerprints.items() if now.get(n) != old]:
+            self.drop_model(name)
+        self.fingerprints = now
+
+    async def get(self, key: str, max_age: float | None = None) -> Entry | None:
+        if self.shared is not None:
+            try:
+                record = await self.shared.get(SPACE, key)
+            except StoreDown as exc:
+                log.warning("cache unavailable: %s", exc)
+                return None
+            entry = Entry.unpack(record.value) if record is not None else None
+        else:
+            held = self._entries.get(key)
+            entry = Entry.unpack(held[0]) if held is not None else None
+            if held is not None:
+                self._entries.move_to_end(key)
+        if entry is None:
+            return None
+        age = self.clock() - entry.kept_at
+        if age > self.ttl:
+            self._forget(key)
+            return None
+        return entry if max_age is None or age <= max_age else None
+
+    async def put(self, key: str, entry: Entry) -> None:
+        packed = entry.pack()
+        if len(packed) > self.max_bytes:
+            return  # bigger than the whole cache (0: the cache keeps nothing)
+        if self.shared is not None:
+            try:
+                await self.shared.put(SPACE, key, packed, owner=entry.model, ttl=self.ttl)
+                self._puts += 1
+                if self._puts % _TRIM_EVERY == 1:
+                    await self.shared.trim(SPACE, self.max_bytes)
+            except StoreDown as exc:
+                log.warning("cache unavailable: %s", exc)
+            return
+        self._forget(key)
+        self._entries[key] = (packed, entry.model)
+        self._bytes += len(packed)
+        while self._bytes > self.max_bytes and self._entries:
+            self._forget(next(iter(self._entries)))
+        self.metrics.cache_bytes.set(self._bytes)
+
+    def drop_model(self, name: str) -> None:
+        for key in [k for k, (_, model) in self._entries.items() if model == name]:
+            self._forget(key)
+        self.metrics.cache_bytes.set(self._bytes)
+
+    def _forget(self, key: str) -> None:
+        gone = self._entries.pop(key, None)
+        if gone is not None:
+            self._bytes -= len(gone[0])
