@@ -7,7 +7,7 @@ PORT ?= $(or $(GATEWAY_PORT),8080)
 MODEL := models/tiny-chat/genai_config.json
 BUILDER := .venv-model/.installed
 
-.PHONY: help install model builder prometheus redis chromium run test lint typecheck unit bench bench-real bench-surface bench-fleet bench-transport bench-toolcalls bench-cache clean
+.PHONY: help install model builder prometheus redis chromium run test lint typecheck unit bench bench-real bench-surface bench-fleet bench-transport bench-toolcalls bench-cache bench-batch clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
@@ -78,5 +78,7 @@ bench-toolcalls: install  ## CPU to rebuild a streamed tool call of 5, 20 and 50
 
 bench-cache: install model  ## the response cache on the real runtime: hit latency, hits vs misses, 32 identical streams, miss CPU A/B (~3 min)
 	$(PY) scripts/bench_cache.py --seconds 6 --rounds 4 --max-tokens 32,256
+bench-batch: install model  ## a 500-line batch beside 4 interactive clients on the real runtime: their TTFT and the batch's lines/s (~3 min)
+	$(PY) scripts/bench_batch.py --lines 500
 clean:  ## remove the venv and run state
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

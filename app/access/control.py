@@ -120,6 +120,10 @@ class Access:
                                headers={"retry-after": str(wait), **{k.decode(): v.decode() for k, v in headers}})
         return [(k, v) for k, v in headers]
 
+    def key_named(self, name: str) -> ApiKey | None:
+        """The team key of that name in the keys file now (a batch runs as the key that created it)."""
+        return next((key for key in self.keyring if key.name == name), None)
+
     async def charge(self, key: ApiKey | None, slot: str, prompt_tokens: int, completion_tokens: int, *,
                      metered: bool) -> None:
         """A request ended: its tokens in the key's metrics and, if it was admitted against quotas, its reservation

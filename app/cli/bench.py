@@ -35,6 +35,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-tokens", type=int, default=64, help="max_tokens per request (default %(default)s)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default %(default)s)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default %(default)s)")
+    p.add_argument("--batch", action="store_true", help="send the prompt set as one batch (/v1/batches): answers "
+                   "and tokens per prompt, the batch's lines/s; no per-request latency")
     p.add_argument("--direct", action="store_true", help="bypass the gateway: send to --upstream")
     p.add_argument("--upstream", help="with --direct: the upstream's OpenAI base URL (…/v1)")
     p.add_argument("--out", default="results", help="folder for the CSV/JSON/PNG (default %(default)s)")
@@ -55,10 +57,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     options = Options(gateway=remote.normalize(args.gateway), models=tuple(args.model or ()), prompts=args.prompts,
                       repeat=args.repeat, max_tokens=args.max_tokens, temperature=args.temperature,
-                      timeout=args.timeout, direct=args.direct, upstream=args.upstream, api_key=remote.api_key(args))
+                      timeout=args.timeout, direct=args.direct, upstream=args.upstream, api_key=remote.api_key(args),
+                      batch=args.batch)
     try:
         with _ProgressBar() as bar:
-            doc = bench.run_bench(options, bar.update)
+            doc = (bench.run_bench_batch if options.batch else bench.run_bench)(options, bar.update)
     except BenchError as exc:
         raise CliError(str(exc)) from None
     json_path, csv_path = bench.write_results(doc, Path(args.out))
@@ -67,6 +70,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         output.json_out(doc)
     else:
         print_summary(doc["summary"])
+    if options.batch:
+        meta = doc["meta"]
+        output.note(f"batch {meta['batch_id']} {meta['batch_status']}: {meta['batch_lines_per_s']} lines/s")
     output.note(f"wrote {csv_path} and {json_path}" + (f", plot {plot}" if plot else ""))
     if args.update_registry is not None:
         _update_registry(doc, args.update_registry)

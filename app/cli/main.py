@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from app import __version__
 from app.access.keys import KeysError
-from app.cli import bench, cache, compile, keys, models, output, registry, serve, settings, status
+from app.cli import batches, bench, cache, compile, keys, models, output, registry, serve, settings, status
 from app.cli.output import CliError
 from app.core.errors import GatewayError
 from app.core.registry import RegistryError
@@ -26,11 +26,12 @@ EPILOG = """examples:
   foundry-gateway status                     # what the running gateway is doing
   foundry-gateway registry validate          # check models.json
   foundry-gateway bench --repeat 3 --plot    # latency/TTFT/tokens per model into results/
+  foundry-gateway batches ls                 # batches on the running gateway, with their progress
 
 In a pipe every table is printed as tab-separated lines (a header, then one line a row); --json everywhere.
 """
 
-GROUPS = (serve, models, status, registry, compile, cache, settings, bench, keys)
+GROUPS = (serve, models, status, registry, compile, cache, settings, bench, keys, batches)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,9 +39,19 @@ def api_key(args: argparse.Namespace) -> str | None:
 
 def get(url: str, path: str, key: str | None, *, timeout: float = 10.0) -> Any:
     """GET a gateway's JSON; any failure is a one-line CliError."""
+    return _ask("GET", url, path, key, timeout)
+
+
+def post(url: str, path: str, key: str | None, *, timeout: float = 10.0) -> Any:
+    """POST to a gateway (no body) and read its JSON; any failure is a one-line CliError."""
+    return _ask("POST", url, path, key, timeout)
+
+
+def _ask(method: str, url: str, path: str, key: str | None, timeout: float) -> Any:
     base = normalize(url)
     try:
-        response = httpx.get(base + path, timeout=timeout, headers={"Authorization": f"Bearer {key}"} if key else {})
+        response = httpx.request(method, base + path, timeout=timeout,
+                                 headers={"Authorization": f"Bearer {key}"} if key else {})
     except httpx.ConnectError:
         raise CliError(f"no gateway answers at {base} (is `foundry-gateway serve` running there?)") from None
     except httpx.TimeoutException:

@@ -216,6 +216,19 @@ class Cache(BaseModel):
     )
 
 
+class Batches(BaseModel):
+    """The Batch API: files of requests run in the capacity interactive traffic leaves."""
+
+    max_file_bytes: int = Field(
+        200 * 1024 * 1024, ge=1024, description="Largest file `POST /v1/files` takes (a batch's input).",
+    )
+    batch_max_lines: int = Field(50_000, ge=1, description="Most requests in one batch's input file.")
+    batch_max_concurrency: int = Field(
+        8, ge=1, description="Most lines of a batch in flight at once, reached only while no interactive request "
+        "runs (with interactive traffic: one, or none while it is in flight).",
+    )
+
+
 class Timeouts(BaseModel):
     """How long each phase of a request may take."""
 
@@ -318,8 +331,8 @@ class Observability(BaseModel):
     )
 
 
-class Settings(Observability, AccessControl, Resilience, Timeouts, Cache, State, Routing, UpstreamSettings, Fleet,
-               Listening, BaseSettings):
+class Settings(Observability, AccessControl, Resilience, Timeouts, Batches, Cache, State, Routing,
+               UpstreamSettings, Fleet, Listening, BaseSettings):
     """Gateway configuration, read once at start; field descriptions double as the README's settings table. The
     groups are listed last to first: pydantic collects fields from the bases in reverse, so the table reads in
     the order the groups are defined above."""

@@ -50,6 +50,7 @@ class Options:
     direct: bool = False  # straight to the upstream, not through the gateway
     upstream: str | None = None
     api_key: str | None = None
+    batch: bool = False  # the prompt set as one batch (/v1/batches), not request by request
 
     @property
     def headers(self) -> dict[str, str]:
@@ -203,7 +204,7 @@ def summarize(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     summary = []
     for model, rows in by_model.items():
         ok = [r for r in rows if r["status"] == "ok"]
-        latency = [r["latency_s"] for r in ok]
+        latency = [r["latency_s"] for r in ok if r["latency_s"] is not None]  # none in a batch
         ttft = [r["ttft_s"] for r in ok if r["ttft_s"] is not None]
         speed = [r["tokens_per_s"] for r in ok if r["tokens_per_s"]]
         summary.append({
@@ -301,3 +302,95 @@ def update_registry(doc: dict[str, Any], file: str) -> tuple[list[str], list[str
     found = bench_records.records(doc)
     written = annotate(path, found)
     return written, sorted(set(found) - set(written)), path
+
+
+# --- as a batch ---------------------------------------------------------------------------------------------
+
+
+def run_bench_batch(options: Options, progress: Progress = lambda done, total, what: None,
+                    poll: float = 0.5) -> dict[str, Any]:
+    """The same prompt set sent as one batch (``/v1/batches``): per line the answer, its tokens and status, into
+    the same results as a streamed run; latency and TTFT are not per request in a batch, so the meta has the
+    batch's own time and lines per second instead."""
+    if options.direct:
+        raise BenchError("--batch runs through the gateway's Batch API: it cannot be --direct")
+    prompts = load_prompts(Path(options.prompts))
+    models = pick_models(options)
+    plan = [(m, p, r) for m in models for p in prompts if p["task"] in m["tasks"] for r in range(options.repeat)]
+    if not plan:
+        raise BenchError("no prompt has a task that the selected models serve")
+    lines = []
+    for i, (model, prompt, _) in enumerate(plan):
+        messages = prompt.get("messages") or [{"role": "user", "content": prompt["prompt"]}]
+        lines.append(json.dumps({"custom_id": str(i), "method": "POST", "url": "/v1/chat/completions",
+                                 "task": prompt["task"], "body": {"model": model["id"], "messages": messages,
+                                                                  "max_tokens": options.max_tokens,
+                                                                  "temperature": options.temperature}}))
+    started = datetime.now(UTC)
+    with httpx.Client(base_url=options.gateway, headers=options.headers, timeout=options.timeout) as client:
+        uploaded = _checked(client.post("/v1/files", files={"file": ("bench.jsonl", "\n".join(lines).encode())},
+                                        data={"purpose": "batch"}))
+        batch = _checked(client.post("/v1/batches", json={
+            "input_file_id": uploaded["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h",
+            "metadata": {"source": "foundry-gateway bench --batch"}}))
+        while batch["status"] not in ("completed", "failed", "cancelled", "expired"):
+            counts = batch["request_counts"]
+            progress(counts["completed"] + counts["failed"], len(plan), f"batch {batch['id']}: {batch['status']}")
+            time.sleep(poll)
+            batch = _checked(client.get(f"/v1/batches/{batch['id']}"))
+        if batch["status"] == "failed":
+            problems = "; ".join(e["message"] for e in (batch.get("errors") or {}).get("data") or [])
+            raise BenchError(f"the batch failed: {problems}")
+        answers: dict[str, dict[str, Any]] = {}
+        for file_id in (batch["output_file_id"], batch["error_file_id"]):
+            if file_id:
+                content = client.get(f"/v1/files/{file_id}/content")
+                for line in content.text.splitlines():
+                    if line.strip():
+                        item = json.loads(line)
+                        answers[item["custom_id"]] = item
+    progress(len(plan), len(plan), "done")
+    results = []
+    for i, (model, prompt, repetition) in enumerate(plan):
+        results.append({"model": model["id"], "task": prompt["task"], "prompt_id": prompt["id"],
+                        "repetition": repetition + 1, **_batch_row(answers.get(str(i))),
+                        "reference": prompt.get("reference", ""), **dict.fromkeys(SCORES, "")})
+    seconds = (batch.get("completed_at") or batch.get("cancelled_at") or time.time()) - (
+        batch.get("in_progress_at") or batch["created_at"])
+    meta = {"started": started.isoformat(timespec="seconds"), "target": "batch", "batch_id": batch["id"],
+            "batch_status": batch["status"], "batch_seconds": seconds,
+            "batch_lines_per_s": round(len(plan) / max(seconds, 1e-9), 2), "url": f"{options.gateway}/v1/batches",
+            "repeat": options.repeat, "max_tokens": options.max_tokens, "temperature": options.temperature,
+            "prompts": str(options.prompts), "host": platform.node(), "python": platform.python_version(),
+            "prompt_set": bench_records.prompt_set(Path(options.prompts)),
+            "host_summary": bench_records.host_summary(), "gateway_version": __version__,
+            "ram_gb": _measured_ram(options)}
+    return {"meta": meta, "results": results, "summary": summarize(results)}
+
+
+def _checked(response: httpx.Response) -> dict[str, Any]:
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:200]
+        raise BenchError(f"{response.request.method} {response.request.url.path}: {response.status_code}: {message}")
+    found: dict[str, Any] = response.json()
+    return found
+
+
+def _batch_row(item: dict[str, Any] | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"status": "ok", "latency_s": None, "ttft_s": None, "completion_tokens": None,
+                           "tokens_per_s": None, "routed_model": "", "output": ""}
+    if item is None:
+        return {**row, "status": "error: not in the batch's output"}
+    if item.get("error"):
+        return {**row, "status": f"error: {item['error'].get('message', item['error'])}"}
+    response = item["response"]
+    body = response.get("body") or {}
+    if response["status_code"] >= 400:
+        message = (body.get("error") or {}).get("message", "")
+        return {**row, "status": f"error: HTTP {response['status_code']}: {message}"}
+    choices = body.get("choices") or [{}]
+    return {**row, "completion_tokens": (body.get("usage") or {}).get("completion_tokens"),
+            "routed_model": body.get("model", ""), "output": (choices[0].get("message") or {}).get("content") or ""}

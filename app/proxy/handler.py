@@ -35,6 +35,7 @@ from app.openai.endpoint import Memory
 from app.openai.inspector import generated_texts
 from app.policy.limiter import PRIORITIES
 from app.policy.routing import latency_budget
+from app.proxy.activity import Activity
 from app.proxy.backend import LocalBackend, NodeBackend
 from app.proxy.caching import Caching
 from app.proxy.exchange import Exchange, Responder, clock, record
@@ -63,6 +64,7 @@ class Proxy:
         self.caching = Caching(gateway.settings, gateway.cache, gateway.access)
         if self.caching.semantic is not None:
             self.caching.embed = embedder(self, Embeddings(), self.task_header)
+        self.activity = Activity()  # requests running by priority: what batches pace themselves by
         self.out = sys.stderr
 
     async def __call__(self, scope: Scope, receive: Any, send: Any, endpoint: Endpoint) -> None:
@@ -86,7 +88,11 @@ class Proxy:
                     return
                 ex.priority = _priority(headers.get(b"x-priority"), ex.key.priority if ex.key else None)
                 watcher = asyncio.ensure_future(self._watch(receive, ex, asyncio.current_task()))
-                await self._serve(ex, reply, endpoint, raw, headers, caller)
+                self.activity.begin(ex.priority)
+                try:
+                    await self._serve(ex, reply, endpoint, raw, headers, caller)
+                finally:
+                    self.activity.end(ex.priority)
             except GatewayError as err:
                 if not ex.upstream_id:  # refused by the gateway itself, before any upstream call
                     self.metrics.rejections.labels(self.metrics.rejection_label(err.code)).inc()

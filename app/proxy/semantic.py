@@ -10,19 +10,17 @@ entry the cache has since dropped is forgotten when it is found missing.
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import numpy as np
 import orjson
 from numpy.typing import NDArray
 
 from app.openai import Endpoint
+from app.proxy.inprocess import Handle, ask
 
 Vector = NDArray[np.float32]
-Handle = Callable[[dict[str, Any], Any, Any, Endpoint], Awaitable[None]]
 MAX_GROUPS = 4096
 MAX_PER_GROUP = 256
 
@@ -83,32 +81,15 @@ class SemanticIndex:
 
 
 def embedder(handle: Handle, endpoint: Endpoint, task_header: bytes) -> Callable[[str], Awaitable[list[float] | None]]:
-    """Embeddings asked of this gateway itself: ``handle`` is the proxy's request handler, so the question goes
-    to the registry's embedding model as any ``/v1/embeddings`` request would (routed, admitted, logged, cached)."""
+    """Embeddings asked of this gateway itself (``app.proxy.inprocess``): the question goes to the registry's
+    embedding model as any ``/v1/embeddings`` request would (routed, admitted, logged, cached)."""
 
     async def embed(text: str) -> list[float] | None:
-        body = orjson.dumps({"model": "auto", "input": text})
-        sent: list[dict[str, Any]] = []
-        asked = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal asked
-            if not asked:
-                asked = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.Future()  # this "client" never leaves; the request's watcher is cancelled at its end
-            raise AssertionError("unreachable")
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        scope = {"type": "http", "method": "POST", "path": endpoint.path,
-                 "headers": [(b"content-type", b"application/json"), (task_header, b"embeddings")]}
-        await handle(scope, receive, send, endpoint)
-        if not sent or sent[0].get("status") != 200:
+        answer = await ask(handle, endpoint, orjson.dumps({"model": "auto", "input": text}),
+                           [(task_header, b"embeddings")])
+        if answer.status != 200:
             return None
-        answer = orjson.loads(b"".join(m.get("body", b"") for m in sent[1:]))
-        values = answer["data"][0]["embedding"]
+        values = orjson.loads(answer.body)["data"][0]["embedding"]
         return values if isinstance(values, list) else None
 
     return embed

@@ -24,13 +24,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
 from app.access.middleware import AuthMiddleware, send_error
+from app.batches import Batches
 from app.core import logs
 from app.core.errors import GatewayError, error_body
 from app.core.settings import Settings, load_settings
 from app.gateway import Gateway
 from app.openai import BY_PATH, Endpoint
 from app.proxy.handler import Proxy
-from app.server import admin, console, models, openapi, probes, stored
+from app.server import admin, batches, console, files, models, openapi, probes, stored
 
 log = logging.getLogger("foundry_gateway")
 
@@ -100,13 +101,17 @@ def _install_error_handlers(api: FastAPI) -> None:
 
 def build_app(settings: Settings, gateway: Gateway | None = None) -> ASGIApp:
     gw = gateway or Gateway(settings)
+    proxy = Proxy(gw)
+    batch_api = Batches(gw, proxy)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gw.start()
+        await batch_api.runner.start()
         try:
             yield
         finally:
+            await batch_api.runner.stop()  # first: a line must not meet a draining proxy and fail for it
             gw.draining = True
             await gw.stop()
 
@@ -117,7 +122,9 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> ASGIApp:
         lifespan=lifespan,
     )
     api.state.gateway = gw
-    for part in (models.router, stored.router, console.router, probes.router, admin.router,
+    api.state.batches = batch_api
+    for part in (models.router, stored.router, files.router, batches.router, console.router, probes.router,
+                 admin.router,
                  openapi.router(settings.task_header)):
         api.include_router(part)
     _install_error_handlers(api)
@@ -127,7 +134,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> ASGIApp:
         return JSONResponse({"name": "foundry-gateway", "version": __version__, "openai_base_url": "/v1",
                              "docs": "/docs"})
 
-    app: ASGIApp = Dispatch(api, Proxy(gw))
+    app: ASGIApp = Dispatch(api, proxy)
     app = AuthMiddleware(app, gw.access, settings, gw.metrics)
     app = HeaderLimit(app, settings.max_header_bytes)
     if settings.cors_origins:

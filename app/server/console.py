@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from app.server.batches import batches
 from app.server.context import caller, gateway
 from app.server.views import console_state
 
@@ -18,7 +19,9 @@ _PAGE = Path(__file__).parent / "static" / "console.html"
 
 @router.get("/v1/console", summary="Everything the console (/ui) and `foundry-gateway status` show")
 async def console(request: Request) -> dict[str, Any]:
-    return console_state(gateway(request), caller(request))
+    state = console_state(gateway(request), caller(request))
+    state["batches"] = await batches(request).recent(caller(request))
+    return state
 
 
 @router.get("/ui", include_in_schema=False)

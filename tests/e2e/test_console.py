@@ -135,3 +135,21 @@ def test_status_command_shares_the_consoles_json(gateway: tuple[GatewayProcess, 
                                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=60).stdout)
     assert state == {**state, "admin": True, "ready": True} and state["decisions"][0]["model"] == "alpha"
     assert "messages" not in json.dumps(state["decisions"])  # no prompt text, ever
+
+
+def test_batches_show_with_their_progress(gateway: tuple[GatewayProcess, UpstreamProcess], page: Any) -> None:
+    gw, _ = gateway
+    body = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    lines = b"\n".join(json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+                                    "body": body}).encode() for i in range(3))
+    uploaded = httpx.post(f"{gw.base_url}/files", files={"file": ("in.jsonl", lines)}, data={"purpose": "batch"},
+                          timeout=30).json()
+    batch = httpx.post(f"{gw.base_url}/batches", timeout=30, json={
+        "input_file_id": uploaded["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}).json()
+    page.goto(f"{gw.url}/ui")
+    row = f'#batches tbody tr[data-batch="{batch["id"]}"]'
+    page.wait_for_selector(row)
+    page.wait_for_function(f"document.querySelector('{row}').innerText.includes('completed')")
+    text = page.inner_text(row)
+    assert "3 / 3" in text and "/v1/chat/completions" in text
+    assert float(page.eval_on_selector(f"{row} .bar .ok", "e => e.style.width").rstrip("%")) == 100

@@ -74,6 +74,7 @@ class State:
         self.foundry = foundry
         self.loaded: set[str] = set()
         self.in_progress = 0  # streams being written now (survives /_reset: they are still running)
+        self.json_in_progress = 0  # JSON answers being prepared now
         self.active_by_model: dict[str, int] = {}  # the same, per model (Foundry Local will not unload those)
         self.reset()
 
@@ -84,7 +85,7 @@ class State:
         self.stats: dict[str, Any] = {
             "requests": 0, "by_path": {}, "last_bodies": deque(maxlen=50), "streams_started": 0,
             "streams_completed": 0, "streams_cancelled": 0, "load_calls": 0, "unload_calls": 0, "by_model": {},
-            "cancelled_models": [],
+            "cancelled_models": [], "max_in_progress_json": 0,
         }
         self.open_connections = 0
 
@@ -345,7 +346,12 @@ async def infer(conn: Connection, chat: bool, raw: bytes) -> None:
     created = int(time.time())
     rid = f"chatcmpl-{state.stats['requests']}"
     if not stream:
-        await asyncio.sleep(float(cfg["delay_ms"]) / 1000)
+        state.json_in_progress += 1
+        state.stats["max_in_progress_json"] = max(state.stats["max_in_progress_json"], state.json_in_progress)
+        try:
+            await asyncio.sleep(float(cfg["delay_ms"]) / 1000)
+        finally:
+            state.json_in_progress -= 1
         if chat:
             payload: dict[str, Any] = {"id": rid, "object": "chat.completion", "created": created, "model": model,
                                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
