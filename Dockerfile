@@ -17,7 +17,7 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 # the project itself, whose dependencies are pinned in pyproject.toml
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir '.[foundry]'
+RUN pip install --no-cache-dir '.[foundry,otel]'
 COPY models.json ./
 COPY models ./models
 COPY config ./config

@@ -15,7 +15,7 @@ help:  ## list targets
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[foundry,plot,bench,dev]'
+	$(VENV)/bin/pip install -q -e '.[foundry,plot,bench,dev,otel]'
 	touch $@
 
 install: $(VENV)/.installed  ## create .venv with the gateway, Foundry Local SDK and dev tools

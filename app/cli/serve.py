@@ -14,6 +14,7 @@ from typing import Any
 
 from app import __version__
 from app.cli import output
+from app.core import tracing
 from app.core.portable import event_loop
 from app.core.registry import load_registry
 from app.core.settings import Settings, load_settings
@@ -46,6 +47,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["GATEWAY_REGISTRY_PATH"] = args.registry
     settings = load_settings()
     registry = load_registry(settings.registry_path)  # fail fast, with the precise message, before binding
+    problem = tracing.problem()
+    if problem:
+        output.error(problem)
+        return 2
     if settings.workers > 1:
         problem = workers_problem(settings, [e.max_concurrency for e in registry if e.max_concurrency])
         if problem:

@@ -22,6 +22,7 @@ _COMPLETION_ONLY = ("prompt", "echo", "suffix", "best_of", "logprobs")
 
 class Completions(Chat):
     name = "completions"
+    operation = "text_completion"
     path = "/v1/completions"
     upstream_path = "/completions"
     summary = "OpenAI completions (translated to chat for Foundry Local)"

@@ -24,6 +24,7 @@ JSON = dict[str, Any]
 
 class Embeddings(Endpoint):
     name = "embeddings"
+    operation = "embeddings"
     path = "/v1/embeddings"
     upstream_path = "/embeddings"
     capability = "embeddings"

@@ -52,6 +52,7 @@ class Endpoint:
     capability: ClassVar[str]  # what a model must be able to do
     streams: ClassVar[bool] = True  # it takes "stream": true
     summary: ClassVar[str]  # its line in the OpenAPI document
+    operation: ClassVar[str] = "chat"  # gen_ai.operation.name in traces
     example: ClassVar[JSON] = {}
     # a stream may end without ever deciding how it started (the Responses API's typed events)
     ends_undecided: ClassVar[bool] = False

@@ -26,6 +26,7 @@ _PLAIN_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,7}")
 
 class Transcriptions(Endpoint):
     name = "transcriptions"
+    operation = "transcription"
     path = "/v1/audio/transcriptions"
     upstream_path = "/audio/transcriptions"
     capability = "transcription"

@@ -46,6 +46,10 @@ class Attempt:
         ex.node = where.node
         ex.sent = False  # of this attempt: the breaker's verdict is about this model only
         held = Held()
+        trace = ex.trace
+        if trace is not None:
+            trace.attempt_begin(where.entry.name, where.node)
+        failure: BaseException | None = None
         counting: asyncio.Future[int | None] | None = None
         texts = endpoint.counted_inputs(body)
         if texts is not None:  # the upstream reports no usage: counted meanwhile, off the event loop
@@ -71,14 +75,23 @@ class Attempt:
                 await relay_json(ex, reply, response, chunks, idle_timeout=self.settings.idle_timeout, finish=finish,
                                  usage_of=endpoint.usage, as_text=endpoint.as_text(body))
             self.backend.completed(ex, where, held)
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             await held.give_back()
+            if trace is not None:
+                trace.attempt_end(ex, failure)
 
     async def _open(self, ex: Exchange, endpoint: Endpoint, body: dict[str, Any], where: Place, held: Held,
                     timer: asyncio.Timeout) -> tuple[httpx.Response, AsyncIterator[bytes], bytes, Target]:
         """Admit, load, send; return the response (already ``held``), its byte iterator, for streams the bytes up
         to the first decisive event (Foundry Local may answer 200 with a lone error event), and the target."""
+        trace = ex.trace
+        queued = clock() if trace is not None else 0.0
         await self.backend.admit(ex, where, held)
+        if trace is not None:
+            trace.phase("queue", queued, clock())
         backend = self.backend
         upstream = backend.upstream(where)
         staged = endpoint.staged(body)  # an upload a runtime on this host reads from a file (None for most)
@@ -88,7 +101,10 @@ class Attempt:
         loop = asyncio.get_running_loop()
         while True:
             timer.reschedule(ex.deadline)
+            loading, waited = (clock() if trace is not None else 0.0), ex.load_wait
             await backend.ready(ex, where, sending)
+            if trace is not None and ex.load_wait > waited:
+                trace.phase("model load", loading, clock())
             ex.upstream_id = backend.upstream_id(where)
             target = Target(ex.upstream_id, stream=ex.stream, default_max_tokens=backend.default_max_tokens(where),
                             has_completions=upstream.has_completions, parse_tool_calls=where.entry.parse_tool_calls,
@@ -99,8 +115,10 @@ class Attempt:
             error: dict[str, Any] | None = None
             raw = first = b""
             try:
-                response = await upstream.open(endpoint.upstream_route(target), payload, content_type,
-                                               backend.forwarded(ex))
+                extra = backend.forwarded(ex)
+                if trace is not None:
+                    extra = [*(extra or ()), ("traceparent", trace.traceparent())]
+                response = await upstream.open(endpoint.upstream_route(target), payload, content_type, extra)
                 ex.sent = True
                 held.responses.append(response)  # owned from its first byte
                 chunks = aiter(cast(httpx.AsyncByteStream, response.stream))  # raw bytes, no decoding layer

@@ -17,6 +17,7 @@ from app.core.errors import GatewayError
 from app.core.metrics import Metrics
 from app.core.metrics import status_class as status_class_of
 from app.core.registry import ModelEntry
+from app.core.tracing import RequestTrace
 from app.openai.sse import error_event
 from app.policy.routing import Route
 from app.proxy.flights import Flight
@@ -35,7 +36,7 @@ class Exchange:
         "aborted", "answer", "body", "broken", "cache", "cause", "deadline", "entry", "error", "fallbacks", "finished",
         "flight", "key",
         "load_wait", "metered", "node", "priority", "queue_wait", "relayed", "request_id", "route", "route_name",
-        "sent", "sent_at", "slot", "started", "status", "stream", "task", "tpot", "ttft", "upstream_id",
+        "sent", "sent_at", "slot", "started", "status", "stream", "task", "tpot", "trace", "ttft", "upstream_id",
         "upstream_wait", "usage",
     )
 
@@ -74,6 +75,7 @@ class Exchange:
         self.error = ""
         self.cause = ""
         self.fallbacks = 0
+        self.trace: RequestTrace | None = None  # its OpenTelemetry trace (None: tracing off)
 
 
 class Transcript:
@@ -169,7 +171,7 @@ def record(ex: Exchange, metrics: Metrics, access_log: IO[str] | None, log_promp
     series = metrics.series(ex.route_name, ex.task, ex.entry.name if ex.entry else None)
     status_class = status_class_of(ex.status, ex.aborted)
     series.status[status_class].inc()
-    series.duration.observe(elapsed)
+    series.duration.observe(elapsed, ex.trace.exemplar if ex.trace is not None else None)
     if ex.upstream_wait:
         series.upstream.observe(ex.upstream_wait)
     if ex.tpot:
@@ -220,6 +222,8 @@ def _log(ex: Exchange, out: IO[str], elapsed: float, overhead: float, status_cla
         line["usage_estimated"] = True  # the stream was cut before the upstream's usage came
     if ex.cache is not None:
         line["cache"] = ex.cache
+    if ex.trace is not None:
+        line["trace_id"] = ex.trace.trace_id
     if ex.error:
         line["error"] = ex.error[:300]
     if log_prompts and ex.body is not None:

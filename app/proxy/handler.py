@@ -25,6 +25,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from app.access.middleware import Caller, caller_of
+from app.core import tracing
 from app.core.errors import GatewayError, body_too_large, shutting_down
 from app.core.registry import ModelEntry
 from app.core.tokens import estimate
@@ -64,6 +65,7 @@ class Proxy:
         self.caching = Caching(gateway.settings, gateway.cache, gateway.access)
         if self.caching.semantic is not None:
             self.caching.embed = embedder(self, Embeddings(), self.task_header)
+        self.tracer = tracing.configure(gateway.settings)  # None unless OTEL_EXPORTER_OTLP_ENDPOINT is set
         self.activity = Activity()  # requests running by priority: what batches pace themselves by
         self.out = sys.stderr
 
@@ -73,6 +75,8 @@ class Proxy:
         request_id = rid.decode("ascii") if rid and _VISIBLE_ID.fullmatch(rid) else f"{_ID_PREFIX}-{next(_ids)}"
         ex = Exchange(endpoint.name, request_id)
         ex.deadline = asyncio.get_running_loop().time() + self.settings.total_timeout
+        if self.tracer is not None:
+            ex.trace = self.tracer.request(headers, endpoint.operation, endpoint.path, request_id)
         caller = caller_of(scope)
         ex.key = caller.key
         reply = Responder(send, ex)
@@ -241,6 +245,8 @@ class Proxy:
                                why=ex.error if failed and ex.error else ex.route.explanation if ex.route else None,
                                node=ex.node, duration_s=clock() - ex.started, request_id=ex.request_id,
                                key=ex.key.name if ex.key else None)
+        if ex.trace is not None:
+            ex.trace.finish(ex)
 
     async def _estimate_usage(self, ex: Exchange, endpoint: Endpoint) -> None:
         """A stream cut before the upstream's usage came (the client left, the upstream broke): what was

@@ -142,7 +142,7 @@ async def relay_stream(
                         ttft_pending = False
                         ex.ttft = inspector.first_content - ex.started
                         metrics.series(ex.route_name, ex.task, ex.entry.name if ex.entry else None
-                                       ).ttft.observe(ex.ttft)
+                                       ).ttft.observe(ex.ttft, ex.trace.exemplar if ex.trace is not None else None)
                 idle.touch()
                 idle.sending = False
                 waited = clock()

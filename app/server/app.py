@@ -114,6 +114,8 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> ASGIApp:
             await batch_api.runner.stop()  # first: a line must not meet a draining proxy and fail for it
             gw.draining = True
             await gw.stop()
+            if proxy.tracer is not None:
+                proxy.tracer.shutdown()  # the spans still batched go out before the process ends
 
     api = FastAPIOffline(  # /docs with Swagger UI served from the package, not a CDN
         title="foundry-gateway",

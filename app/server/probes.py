@@ -46,7 +46,7 @@ async def readyz(request: Request) -> JSONResponse:
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    data, content_type = gateway(request).metrics.render()
+    data, content_type = gateway(request).metrics.render(request.headers.get("accept", ""))
     return Response(data, media_type=content_type)
 
 

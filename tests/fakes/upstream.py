@@ -85,7 +85,7 @@ class State:
         self.stats: dict[str, Any] = {
             "requests": 0, "by_path": {}, "last_bodies": deque(maxlen=50), "streams_started": 0,
             "streams_completed": 0, "streams_cancelled": 0, "load_calls": 0, "unload_calls": 0, "by_model": {},
-            "cancelled_models": [], "max_in_progress_json": 0,
+            "cancelled_models": [], "max_in_progress_json": 0, "traceparents": deque(maxlen=200),
         }
         self.open_connections = 0
 
@@ -141,6 +141,8 @@ class Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if name.lower() == b"content-type":
             self.content_type = value.decode("latin-1")
+        elif name.lower() == b"traceparent":
+            self.state.stats["traceparents"].append(value.decode("latin-1"))
 
     def on_message_complete(self) -> None:
         method = self.parser.get_method().decode()
@@ -239,6 +241,7 @@ def control(conn: Connection, method: str, path: str, raw: bytes) -> None:
         state.reset()
     elif path == "/_stats":
         return conn.write_json(200, {**state.stats, "last_bodies": list(state.stats["last_bodies"]),
+                                     "traceparents": list(state.stats["traceparents"]),
                                      "open_connections": state.open_connections, "loaded": sorted(state.loaded),
                                      "in_progress": state.in_progress})
     conn.write_json(200, {"ok": True})

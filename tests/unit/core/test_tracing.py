@@ -1,0 +1,124 @@
+"""``app.core.tracing`` and ``app.core.otel`` on their own: when the environment turns traces on, and what one
+request's trace holds — spans, parents, GenAI attributes, the traceparent for the next hop, the exemplar — exported
+to the SDK's in-memory exporter."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from app.core import tracing
+from app.core.settings import Settings
+from tests.helpers import require_module
+
+require_module("opentelemetry.sdk")
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
+
+from app.core.otel import OtelTracer  # noqa: E402
+
+CALLER_TRACE, CALLER_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+
+@pytest.mark.parametrize(("env", "on"), [
+    ({}, False),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, True),
+    ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, True),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_SDK_DISABLED": "true"}, False),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_TRACES_EXPORTER": "none"}, False),
+    ({"OTEL_SERVICE_NAME": "gateway"}, False),  # a name alone exports nothing
+])
+def test_traces_are_on_only_when_an_endpoint_is_set(env: dict[str, str], on: bool) -> None:
+    assert tracing.enabled(env) is on
+
+
+def exchange(**changes: Any) -> SimpleNamespace:
+    """What the proxy's Exchange holds at the end of a streamed request that worked."""
+    fields: dict[str, Any] = {
+        "upstream_id": "tiny-chat-cpu", "ttft": 0.012, "sent_at": 100.001, "started": 100.0, "status": 200,
+        "stream": True, "usage": {"prompt_tokens": 9, "completion_tokens": 6}, "task": "chat",
+        "route": SimpleNamespace(reason="auto"), "entry": SimpleNamespace(name="tiny-chat"), "node": None,
+        "key": SimpleNamespace(name="team-a"), "cache": "miss", "priority": "interactive", "fallbacks": 0,
+        "queue_wait": 0.0005, "load_wait": 0.0, "error": "", "cause": "", "aborted": False,
+        "body": {"model": "auto", "max_tokens": 20, "temperature": 0, "messages": [{"role": "user",
+                                                                                    "content": "secret prompt"}]}}
+    return SimpleNamespace(**{**fields, **changes})
+
+
+def traced(log_prompts: bool = False, flags: str = "01") -> tuple[OtelTracer, InMemorySpanExporter, Any]:
+    exporter = InMemorySpanExporter()
+    tracer = OtelTracer(Settings(_env_file=None, log_prompts=log_prompts), exporter)  # type: ignore[call-arg]
+    request = tracer.request({b"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-{flags}".encode()}, "chat",
+                             "/v1/chat/completions", "req-1")
+    return tracer, exporter, request
+
+
+def test_one_request_is_a_server_span_over_an_attempt_and_its_phases() -> None:
+    tracer, exporter, request = traced()
+    assert request.trace_id == CALLER_TRACE and request.exemplar == {"trace_id": CALLER_TRACE}
+    request.attempt_begin("tiny-chat", None)
+    request.phase("queue", 100.0002, 100.0007)
+    hop = request.traceparent()  # what the runtime is sent: the attempt's span
+    request.attempt_end(exchange(), None)
+    request.finish(exchange())
+    tracer.shutdown()
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert set(spans) == {"chat tiny-chat", "attempt tiny-chat", "queue", "first token"}
+    server, attempt = spans["chat tiny-chat"], spans["attempt tiny-chat"]
+    assert server.kind is SpanKind.SERVER and attempt.kind is SpanKind.CLIENT
+    assert server.parent is not None and format(server.parent.span_id, "016x") == CALLER_SPAN
+    assert attempt.parent is not None and attempt.parent.span_id == server.context.span_id
+    for name in ("queue", "first token"):
+        parent = spans[name].parent
+        assert parent is not None and parent.span_id == attempt.context.span_id
+    assert hop == f"00-{CALLER_TRACE}-{attempt.context.span_id:016x}-01"
+    first = spans["first token"]
+    assert first.start_time is not None and first.end_time is not None
+    assert first.end_time - first.start_time == pytest.approx(11_000_000, abs=2_000)  # sent at +1 ms, first at +12
+    attributes = dict(server.attributes or {})
+    assert attributes["gen_ai.operation.name"] == "chat" and attributes["gen_ai.request.model"] == "auto"
+    assert attributes["gen_ai.response.model"] == "tiny-chat-cpu" and attributes["gen_ai.request.max_tokens"] == 20
+    assert attributes["gen_ai.usage.input_tokens"] == 9 and attributes["gen_ai.usage.output_tokens"] == 6
+    assert attributes["gateway.key"] == "team-a" and attributes["gateway.route.reason"] == "auto"
+    assert attributes["gateway.cache"] == "miss" and "gateway.fallbacks" not in attributes
+    assert not any("secret prompt" in str(value) for value in attributes.values())
+
+
+def test_a_failed_attempt_is_an_error_span_and_the_prompt_only_with_log_prompts() -> None:
+    tracer, exporter, request = traced(log_prompts=True)
+    request.attempt_begin("tiny-chat", "node-1")
+    request.attempt_end(exchange(ttft=0.0), RuntimeError("upstream 500"))
+    request.finish(exchange(status=502, error="all models failed", cause="http_500"))
+    tracer.shutdown()
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    attempt, server = spans["attempt tiny-chat"], spans["chat tiny-chat"]
+    assert attempt.status.status_code is StatusCode.ERROR and (attempt.attributes or {})["gateway.node"] == "node-1"
+    assert "first token" not in spans  # no content came
+    assert server.status.status_code is StatusCode.ERROR and (server.attributes or {})["error.type"] == "http_500"
+    assert "secret prompt" in str((server.attributes or {})["gen_ai.prompt"])
+
+
+def test_a_trace_the_caller_did_not_sample_records_nothing_but_still_propagates() -> None:
+    tracer, exporter, request = traced(flags="00")
+    assert request.exemplar is None  # no exemplar points at a trace nobody keeps
+    request.attempt_begin("tiny-chat", None)
+    assert request.traceparent().startswith(f"00-{CALLER_TRACE}-") and request.traceparent().endswith("-00")
+    request.attempt_end(exchange(), None)
+    request.finish(exchange())
+    tracer.shutdown()
+    assert exporter.get_finished_spans() == ()
+
+
+def test_a_client_that_left_is_said_not_an_error() -> None:
+    tracer, exporter, request = traced()
+    request.attempt_begin("tiny-chat", None)
+    request.attempt_end(exchange(), asyncio.CancelledError())
+    request.finish(exchange(status=0, aborted=True))
+    tracer.shutdown()
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    for name in ("chat tiny-chat", "attempt tiny-chat"):
+        assert spans[name].status.status_code is not StatusCode.ERROR
+        assert (spans[name].attributes or {})["gateway.client_left"] is True
