@@ -27,6 +27,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from app import __version__
 from app.core.settings import Settings
 
+_INT64 = 2**63
 _SYSTEMS = {"foundry": "foundry_local", "openai": "openai"}
 
 
@@ -53,8 +54,9 @@ def exporter_type() -> type[SpanExporter]:
 
 class OtelTracer:
     def __init__(self, settings: Settings, exporter: SpanExporter | None = None) -> None:
-        resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME") or "foundry-gateway",
-                                    "service.version": __version__})
+        resource = Resource.create({"service.version": __version__})  # + OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
+        if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+            resource = resource.merge(Resource({"service.name": "foundry-gateway"}))
         self.provider = TracerProvider(resource=resource)  # the sampler from OTEL_TRACES_SAMPLER
         self.provider.add_span_processor(BatchSpanProcessor(exporter or exporter_type()()))
         self.tracer = self.provider.get_tracer("foundry-gateway", __version__)
@@ -92,9 +94,12 @@ class OtelRequest:
     def _ns(self, clock: float) -> int:
         return self.offset + int(clock * 1e9)
 
-    def traceparent(self) -> str:
+    def headers(self) -> list[tuple[str, str]]:
         context = (self.attempt or self.span).get_span_context()
-        return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+        found = [("traceparent", f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}")]
+        if context.trace_state:
+            found.append(("tracestate", context.trace_state.to_header()))
+        return found
 
     def attempt_begin(self, model: str, node: str | None) -> None:
         if not self.span.is_recording():
@@ -116,7 +121,7 @@ class OtelRequest:
         attempt, self.attempt = self.attempt, None
         if attempt is None:
             return
-        if ex.upstream_id:
+        if ex.sent and ex.upstream_id:  # ex.sent is this attempt's (an earlier one's upstream_id may linger)
             attempt.set_attribute("gen_ai.response.model", ex.upstream_id)
         if ex.ttft and ex.sent_at:
             first = self.owner.tracer.start_span("first token", context=trace.set_span_in_context(attempt),
@@ -127,6 +132,9 @@ class OtelRequest:
         elif error is not None:
             attempt.set_attribute("error.type", getattr(error, "cause", "") or type(error).__name__)
             attempt.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+        elif ex.broken:  # the upstream failed after content reached the client
+            attempt.set_attribute("error.type", "broken")
+            attempt.set_status(Status(StatusCode.ERROR, ex.error[:200] or "the upstream failed mid-response"))
         attempt.end()
 
     def finish(self, ex: Any) -> None:
@@ -149,7 +157,7 @@ def _attributes(ex: Any, log_prompts: bool) -> dict[str, Any]:
     if isinstance(requested, str):
         found["gen_ai.request.model"] = requested
     for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-        if isinstance(body.get(name), int):
+        if isinstance(body.get(name), int) and -_INT64 <= body[name] < _INT64:  # OTLP ints are 64-bit
             found["gen_ai.request.max_tokens"] = body[name]
             break
     if isinstance(body.get("temperature"), int | float):

@@ -29,7 +29,8 @@ class RequestTrace(Protocol):
     trace_id: str
     exemplar: dict[str, str] | None  # for Prometheus histograms: the trace id, when the trace is kept
 
-    def traceparent(self) -> str: ...
+    def headers(self) -> list[tuple[str, str]]:
+        """``traceparent`` (and ``tracestate``) for the next hop: the current attempt as its parent."""
 
     def attempt_begin(self, model: str, node: str | None) -> None: ...
 

@@ -79,9 +79,11 @@ class Attempt:
             failure = exc
             raise
         finally:
-            await held.give_back()
-            if trace is not None:
-                trace.attempt_end(ex, failure)
+            try:
+                await held.give_back()
+            finally:
+                if trace is not None:
+                    trace.attempt_end(ex, failure)
 
     async def _open(self, ex: Exchange, endpoint: Endpoint, body: dict[str, Any], where: Place, held: Held,
                     timer: asyncio.Timeout) -> tuple[httpx.Response, AsyncIterator[bytes], bytes, Target]:
@@ -117,7 +119,7 @@ class Attempt:
             try:
                 extra = backend.forwarded(ex)
                 if trace is not None:
-                    extra = [*(extra or ()), ("traceparent", trace.traceparent())]
+                    extra = [*(extra or ()), *trace.headers()]
                 response = await upstream.open(endpoint.upstream_route(target), payload, content_type, extra)
                 ex.sent = True
                 held.responses.append(response)  # owned from its first byte

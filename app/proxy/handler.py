@@ -115,7 +115,11 @@ class Proxy:
         finally:
             if watcher is not None:
                 watcher.cancel()
-            await self._finish(ex, endpoint)
+            try:
+                await self._finish(ex, endpoint)
+            finally:
+                if ex.trace is not None:
+                    ex.trace.finish(ex)  # last: it carries the usage _finish may have counted
 
     async def _serve(self, ex: Exchange, reply: Responder, endpoint: Endpoint, raw: bytes,
                      headers: dict[bytes, bytes], caller: Caller) -> None:
@@ -245,8 +249,6 @@ class Proxy:
                                why=ex.error if failed and ex.error else ex.route.explanation if ex.route else None,
                                node=ex.node, duration_s=clock() - ex.started, request_id=ex.request_id,
                                key=ex.key.name if ex.key else None)
-        if ex.trace is not None:
-            ex.trace.finish(ex)
 
     async def _estimate_usage(self, ex: Exchange, endpoint: Endpoint) -> None:
         """A stream cut before the upstream's usage came (the client left, the upstream broke): what was

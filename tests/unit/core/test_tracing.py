@@ -43,16 +43,20 @@ def exchange(**changes: Any) -> SimpleNamespace:
         "route": SimpleNamespace(reason="auto"), "entry": SimpleNamespace(name="tiny-chat"), "node": None,
         "key": SimpleNamespace(name="team-a"), "cache": "miss", "priority": "interactive", "fallbacks": 0,
         "queue_wait": 0.0005, "load_wait": 0.0, "error": "", "cause": "", "aborted": False,
+        "sent": True, "broken": False,
         "body": {"model": "auto", "max_tokens": 20, "temperature": 0, "messages": [{"role": "user",
                                                                                     "content": "secret prompt"}]}}
     return SimpleNamespace(**{**fields, **changes})
 
 
-def traced(log_prompts: bool = False, flags: str = "01") -> tuple[OtelTracer, InMemorySpanExporter, Any]:
+def traced(log_prompts: bool = False, flags: str = "01", state: bytes = b"") -> tuple[OtelTracer,
+                                                                                         InMemorySpanExporter, Any]:
     exporter = InMemorySpanExporter()
     tracer = OtelTracer(Settings(_env_file=None, log_prompts=log_prompts), exporter)  # type: ignore[call-arg]
-    request = tracer.request({b"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-{flags}".encode()}, "chat",
-                             "/v1/chat/completions", "req-1")
+    headers = {b"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-{flags}".encode()}
+    if state:
+        headers[b"tracestate"] = state
+    request = tracer.request(headers, "chat", "/v1/chat/completions", "req-1")
     return tracer, exporter, request
 
 
@@ -61,7 +65,7 @@ def test_one_request_is_a_server_span_over_an_attempt_and_its_phases() -> None:
     assert request.trace_id == CALLER_TRACE and request.exemplar == {"trace_id": CALLER_TRACE}
     request.attempt_begin("tiny-chat", None)
     request.phase("queue", 100.0002, 100.0007)
-    hop = request.traceparent()  # what the runtime is sent: the attempt's span
+    hop = dict(request.headers())  # what the runtime is sent: the attempt's span
     request.attempt_end(exchange(), None)
     request.finish(exchange())
     tracer.shutdown()
@@ -74,7 +78,7 @@ def test_one_request_is_a_server_span_over_an_attempt_and_its_phases() -> None:
     for name in ("queue", "first token"):
         parent = spans[name].parent
         assert parent is not None and parent.span_id == attempt.context.span_id
-    assert hop == f"00-{CALLER_TRACE}-{attempt.context.span_id:016x}-01"
+    assert hop == {"traceparent": f"00-{CALLER_TRACE}-{attempt.context.span_id:016x}-01"}
     first = spans["first token"]
     assert first.start_time is not None and first.end_time is not None
     assert first.end_time - first.start_time == pytest.approx(11_000_000, abs=2_000)  # sent at +1 ms, first at +12
@@ -105,7 +109,8 @@ def test_a_trace_the_caller_did_not_sample_records_nothing_but_still_propagates(
     tracer, exporter, request = traced(flags="00")
     assert request.exemplar is None  # no exemplar points at a trace nobody keeps
     request.attempt_begin("tiny-chat", None)
-    assert request.traceparent().startswith(f"00-{CALLER_TRACE}-") and request.traceparent().endswith("-00")
+    [(name, value)] = request.headers()
+    assert name == "traceparent" and value.startswith(f"00-{CALLER_TRACE}-") and value.endswith("-00")
     request.attempt_end(exchange(), None)
     request.finish(exchange())
     tracer.shutdown()
@@ -122,3 +127,27 @@ def test_a_client_that_left_is_said_not_an_error() -> None:
     for name in ("chat tiny-chat", "attempt tiny-chat"):
         assert spans[name].status.status_code is not StatusCode.ERROR
         assert (spans[name].attributes or {})["gateway.client_left"] is True
+
+
+def test_the_callers_tracestate_travels_on_and_the_service_is_named() -> None:
+    tracer, exporter, request = traced(state=b"vendor=abc,other=1")
+    request.attempt_begin("tiny-chat", None)
+    assert dict(request.headers())["tracestate"] == "vendor=abc,other=1"
+    request.attempt_end(exchange(), None)
+    request.finish(exchange())
+    tracer.shutdown()
+    assert {span.resource.attributes["service.name"] for span in exporter.get_finished_spans()} == {"foundry-gateway"}
+
+
+def test_odd_requests_and_attempts_are_told_as_they_were() -> None:
+    tracer, exporter, request = traced()
+    request.attempt_begin("model-a", None)  # refused before it reached the upstream: no response model
+    request.attempt_end(exchange(sent=False, upstream_id="model-a-old"), RuntimeError("breaker open"))
+    request.attempt_begin("model-b", None)  # content went out, then the upstream broke
+    request.attempt_end(exchange(broken=True, error="the upstream closed the stream"), None)
+    request.finish(exchange(body={"model": "auto", "max_tokens": 2**64 - 1}))  # valid JSON, too big for OTLP
+    tracer.shutdown()
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert "gen_ai.response.model" not in (spans["attempt model-a"].attributes or {})
+    assert spans["attempt model-b"].status.status_code is StatusCode.ERROR
+    assert "gen_ai.request.max_tokens" not in (spans["chat tiny-chat"].attributes or {})
