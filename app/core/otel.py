@@ -53,6 +53,9 @@ def exporter_type() -> type[SpanExporter]:
 
 
 class OtelTracer:
+    """The gateway's own TracerProvider (not the global one: FastAPI's and other libraries' telemetry stays as
+    the user set it), batching spans to the OTLP exporter on a background thread."""
+
     def __init__(self, settings: Settings, exporter: SpanExporter | None = None) -> None:
         resource = Resource.create({"service.version": __version__})  # + OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
         if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
@@ -79,6 +82,9 @@ class OtelTracer:
 
 
 class OtelRequest:
+    """One request's spans. Phases are recorded after the fact with the proxy's own timestamps, so the hot path
+    only reads the clock; nothing is recorded for a trace the sampler dropped, but its ids still propagate."""
+
     __slots__ = ("attempt", "exemplar", "offset", "operation", "owner", "span", "trace_id")
 
     def __init__(self, owner: OtelTracer, span: trace.Span, operation: str) -> None:
