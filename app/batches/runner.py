@@ -36,6 +36,7 @@ from app.gateway import Gateway
 from app.openai import BY_PATH
 from app.proxy.handler import Proxy
 from app.proxy.inprocess import ask
+from app.state import StoreDown
 
 log = logging.getLogger("foundry_gateway.batches")
 JSON = dict[str, Any]
@@ -90,7 +91,10 @@ class Runner:
                 await self._advance(batch)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a store that failed, a bug: logged, and the batch tried again shortly
+            except StoreDown as exc:  # an outage, not a bug: one line, and the batch tried again shortly
+                log.warning("running batches: %s; trying again", exc)
+                await self._idle()
+            except Exception:  # a bug: logged whole, and the batch tried again shortly
                 log.exception("running batches failed; trying again")
                 await self._idle()
 

@@ -32,6 +32,7 @@ from app.gateway import Gateway
 from app.openai import BY_PATH, Endpoint
 from app.proxy.handler import Proxy
 from app.server import admin, batches, console, files, models, openapi, probes, stored
+from app.state import StoreDown
 
 log = logging.getLogger("foundry_gateway")
 
@@ -85,6 +86,12 @@ def _install_error_handlers(api: FastAPI) -> None:
         elif exc.status_code == 405:
             message = f"Method {request.method} is not allowed on {request.url.path}."
         return _error_response(GatewayError(exc.status_code, message, headers=dict(exc.headers or {})))
+
+    @api.exception_handler(StoreDown)
+    async def store_down(_: Request, exc: StoreDown) -> JSONResponse:
+        return _error_response(GatewayError(503, "The state store is unavailable (stored responses, files, batches "
+                                            "cannot be read or written now); try again shortly.",
+                                            code="state_store_unavailable", headers={"retry-after": "2"}))
 
     @api.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -9,9 +9,8 @@ import orjson
 from fastapi import APIRouter, Path, Query, Request
 
 from app.batches import Batches
-from app.core.errors import GatewayError, bad_request
-from app.server.context import caller
-from app.state import StoreDown
+from app.core.errors import bad_request
+from app.server.context import caller, listing
 
 router = APIRouter()
 _BATCH_ID = Path(..., max_length=200, pattern=r"^[A-Za-z0-9_-]+$")
@@ -31,39 +30,20 @@ async def create_batch(request: Request) -> dict[str, Any]:
             from None
     if not isinstance(body, dict):
         raise bad_request("The body must be a JSON object.")
-    try:
-        return await batches(request).create(caller(request), body)
-    except StoreDown:
-        raise _unavailable() from None
+    return await batches(request).create(caller(request), body)
 
 
 @router.get("/v1/batches", summary="This key's batches, newest first")
 async def list_batches(request: Request, after: str | None = Query(None, max_length=200),
                        limit: int = Query(20, ge=1, le=100)) -> dict[str, Any]:
-    try:
-        data, more = await batches(request).page(caller(request), after, limit)
-    except StoreDown:
-        raise _unavailable() from None
-    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": more}
+    return listing(*await batches(request).page(caller(request), after, limit))
 
 
 @router.get("/v1/batches/{batch_id}", summary="A batch, with its progress")
 async def get_batch(request: Request, batch_id: str = _BATCH_ID) -> dict[str, Any]:
-    try:
-        return await batches(request).get(caller(request), batch_id)
-    except StoreDown:
-        raise _unavailable() from None
+    return await batches(request).get(caller(request), batch_id)
 
 
 @router.post("/v1/batches/{batch_id}/cancel", summary="Cancel a batch (what finished is kept)")
 async def cancel_batch(request: Request, batch_id: str = _BATCH_ID) -> dict[str, Any]:
-    try:
-        return await batches(request).cancel(caller(request), batch_id)
-    except StoreDown:
-        raise _unavailable() from None
-
-
-def _unavailable() -> GatewayError:
-    return GatewayError(503, "The state store is unavailable: batches cannot be read or written now.",
-                        code="state_store_unavailable")
+    return await batches(request).cancel(caller(request), batch_id)

@@ -15,8 +15,7 @@ from app.batches.files import FileCorrupted, public
 from app.core.errors import GatewayError, bad_request
 from app.gateway.conversations import owner_of
 from app.server.batches import batches
-from app.server.context import caller
-from app.state import StoreDown
+from app.server.context import caller, listing
 
 router = APIRouter()
 _FILE_ID = Path(..., max_length=200, pattern=r"^[A-Za-z0-9_-]+$")
@@ -52,8 +51,6 @@ async def upload(request: Request) -> dict[str, Any]:
 
     try:
         record = await files.create(owner_of(caller(request)), upload.filename or "upload.jsonl", "batch", chunks())
-    except StoreDown:
-        raise _unavailable() from None
     finally:
         await form.close()
     return public(record)
@@ -63,12 +60,7 @@ async def upload(request: Request) -> dict[str, Any]:
 async def list_files(request: Request, purpose: str | None = Query(None, max_length=64),
                      limit: int = Query(10000, ge=1, le=10000), after: str | None = Query(None, max_length=200),
                      order: str = Query("desc", pattern="^(asc|desc)$")) -> dict[str, Any]:
-    try:
-        data, more = await batches(request).files.list(caller(request), purpose, after, limit, order)
-    except StoreDown:
-        raise _unavailable() from None
-    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": more}
+    return listing(*await batches(request).files.list(caller(request), purpose, after, limit, order))
 
 
 @router.get("/v1/files/{file_id}", summary="A file's record")
@@ -88,20 +80,13 @@ async def file_content(request: Request, file_id: str = _FILE_ID) -> Response:
 
 @router.delete("/v1/files/{file_id}", summary="Delete a file")
 async def delete_file(request: Request, file_id: str = _FILE_ID) -> dict[str, Any]:
-    try:
-        deleted = await batches(request).files.delete(file_id, caller(request))
-    except StoreDown:
-        raise _unavailable() from None
-    if not deleted:
+    if not await batches(request).files.delete(file_id, caller(request)):
         raise _not_found(file_id)
     return {"id": file_id, "object": "file", "deleted": True}
 
 
 async def _record(request: Request, file_id: str) -> dict[str, Any]:
-    try:
-        found = await batches(request).files.get(file_id, caller(request))
-    except StoreDown:
-        raise _unavailable() from None
+    found = await batches(request).files.get(file_id, caller(request))
     if found is None:
         raise _not_found(file_id)
     return found
@@ -109,8 +94,3 @@ async def _record(request: Request, file_id: str) -> dict[str, Any]:
 
 def _not_found(file_id: str) -> GatewayError:
     return GatewayError(404, f"No file found with id '{file_id}'.", code="not_found", param="file_id")
-
-
-def _unavailable() -> GatewayError:
-    return GatewayError(503, "The state store is unavailable: files cannot be read or written now.",
-                        code="state_store_unavailable")

@@ -9,8 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Path, Query, Request
 
 from app.core.errors import GatewayError
-from app.server.context import caller, gateway
-from app.state import StoreDown
+from app.server.context import caller, gateway, listing
 
 router = APIRouter()
 _RESPONSE_ID = Path(..., max_length=200, pattern=r"^[A-Za-z0-9_:-]+$")
@@ -23,11 +22,7 @@ async def get_response(request: Request, response_id: str = _RESPONSE_ID) -> dic
 
 @router.delete("/v1/responses/{response_id}", summary="Delete a stored response")
 async def delete_response(request: Request, response_id: str = _RESPONSE_ID) -> dict[str, Any]:
-    try:
-        deleted = await gateway(request).conversations.delete(response_id, caller(request))
-    except StoreDown:
-        raise _unavailable() from None
-    if not deleted:
+    if not await gateway(request).conversations.delete(response_id, caller(request)):
         raise _not_found(response_id)
     return {"id": response_id, "object": "response", "deleted": True}
 
@@ -43,16 +38,11 @@ async def response_input_items(request: Request, response_id: str = _RESPONSE_ID
     if after is not None:
         ids = [item.get("id") for item in items]
         items = items[ids.index(after) + 1:] if after in ids else []
-    page = items[:limit]
-    return {"object": "list", "data": page, "first_id": page[0].get("id") if page else None,
-            "last_id": page[-1].get("id") if page else None, "has_more": len(items) > limit}
+    return listing(items[:limit], len(items) > limit)
 
 
 async def _record(request: Request, response_id: str) -> dict[str, Any]:
-    try:
-        found = await gateway(request).conversations.get(response_id, caller(request))
-    except StoreDown:
-        raise _unavailable() from None
+    found = await gateway(request).conversations.get(response_id, caller(request))
     if found is None:
         raise _not_found(response_id)
     return found
@@ -60,8 +50,3 @@ async def _record(request: Request, response_id: str) -> dict[str, Any]:
 
 def _not_found(response_id: str) -> GatewayError:
     return GatewayError(404, f"No response found with id '{response_id}'.", code="not_found", param="response_id")
-
-
-def _unavailable() -> GatewayError:
-    return GatewayError(503, "The state store is unavailable: stored responses cannot be read now.",
-                        code="state_store_unavailable")

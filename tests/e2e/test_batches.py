@@ -267,3 +267,22 @@ def test_bench_sends_the_prompt_set_as_a_batch(gateway: GatewayProcess, tmp_path
     assert len(doc["results"]) == 6 and {r["status"] for r in doc["results"]} == {"ok"}
     assert doc["results"][0]["output"] == "Hello from chat-a." and doc["summary"][0]["requests"] == 6
     assert len(list((tmp_path / "out").glob("bench-*.csv"))) == 1
+
+
+def test_a_store_that_cannot_be_reached_is_a_503_and_one_log_line(upstream: UpstreamProcess,
+                                                                   setup: tuple[Path, dict[str, str]],
+                                                                   tmp_path: Path) -> None:
+    registry, env = setup
+    log = tmp_path / "gateway.log"
+    with GatewayProcess(upstream=upstream.url, registry=registry, log_path=log,
+                        env={**env, "GATEWAY_REDIS_URL": "redis://127.0.0.1:1/0"}) as gw:
+        gw.wait_ready()
+        headers = {"Authorization": "Bearer a-secret"}
+        for method, path in (("GET", "/batches"), ("GET", "/batches/batch_x"), ("POST", "/batches/batch_x/cancel"),
+                             ("GET", "/files"), ("GET", "/files/file-x"), ("DELETE", "/files/file-x"),
+                             ("GET", "/responses/resp_x"), ("DELETE", "/responses/resp_x")):
+            answer = httpx.request(method, f"{gw.base_url}{path}", headers=headers, timeout=30)
+            assert answer.status_code == 503, (path, answer.text)
+            assert answer.json()["error"]["code"] == "state_store_unavailable" and answer.headers["retry-after"]
+        assert wait_for(lambda: "running batches: redis" in log.read_text(), timeout=10)
+    assert "Traceback" not in log.read_text()  # an outage is one line, not a stack
