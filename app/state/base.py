@@ -1,16 +1,22 @@
 """The state store's interface and the quota rules both implementations follow.
 
 Records: values by ``space`` and ``key`` with an owner (the team key's name, for reading back only one's own), a
-creation time, an optional expiry; listed oldest first, trimmed to a size bound oldest first.
+creation time (kept when the record is written again), an optional expiry; listed oldest or newest first. Sizes
+count live records only (expired ones are swept with their index entries); a trim keeps one owner, or the space,
+within a bound by dropping the records that would expire soonest — never another owner's.
 
 Quotas, per key name, in fixed windows (the current UTC minute, the current UTC day): a request is admitted if
 the key is under every limit counting what the requests in flight have reserved; admission reserves the tokens
 the request may spend (its prompt, estimated, plus its output budget — at most the key's whole limit, so a large
 request can still run alone) and holds a slot; :meth:`StateStore.settle` replaces the reservation with the tokens
 really spent (refunding the rest) and frees the slot. So requests admitted together can overspend a token limit
-by at most one request's tokens (an estimate that was short), never by all of them. A process that dies leaves
-its slots behind until they are ``stale_after`` seconds old (the SQLite store also clears the slots of processes
-that are gone when it opens).
+by at most one request's tokens (an estimate that was short), never by all of them. Each slot names its holder
+(one store instance: a process), whose lease :meth:`StateStore.heartbeat` renews: the slots of a holder whose lease
+lapsed (a process SIGKILLed) are freed by the next admission, within ``LEASE`` seconds — ``stale_after`` is only
+the last resort for a holder that stays alive and forgets to settle.
+
+A store out of space (a full disk under SQLite, Redis at ``maxmemory``) raises :class:`StoreFull`, a kind of
+:class:`StoreDown` that callers turn into a 507 for writes that would need the room.
 """
 
 from __future__ import annotations
@@ -23,8 +29,16 @@ REASONS = {1: "requests_per_minute", 2: "tokens_per_minute", 3: "tokens_per_day"
 _PLAIN, _PACKED = b"r", b"z"
 
 
+LEASE = 6.0  # seconds a holder's slots outlive its last heartbeat (renewed every third of that)
+FAR = 1e12  # the expiry order of a record that never expires: after every one that does
+
+
 class StoreDown(Exception):
     """The store could not be reached (Redis down, a SQLite file locked for too long)."""
+
+
+class StoreFull(StoreDown):
+    """The store has no room for the write (a full disk, Redis at ``maxmemory``): nothing of it was kept."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,20 +116,45 @@ def unpack(stored: bytes) -> bytes:
 
 class StateStore(Protocol):
     name: str  # "sqlite" or "redis"
+    lease: float  # seconds this holder's quota slots outlive its last heartbeat
 
-    async def put(self, space: str, key: str, value: bytes, *, owner: str = "", ttl: float | None = None) -> None: ...
+    async def put(self, space: str, key: str, value: bytes, *, owner: str = "", ttl: float | None = None) -> None:
+        """Write a record (written again: its value, owner and expiry replaced, its creation time kept)."""
+        ...
 
     async def get(self, space: str, key: str) -> Record | None: ...
 
-    async def delete(self, space: str, key: str) -> bool: ...
-
-    async def scan(self, space: str, *, owner: str | None = None, after: str | None = None,
-                   limit: int = 100) -> list[Record]:
-        """Records oldest first (``after``: from the one after that key), of one owner if given."""
+    async def get_many(self, space: str, keys: list[str]) -> dict[str, Record]:
+        """The live records of these keys (missing ones left out), in one round trip."""
         ...
 
-    async def trim(self, space: str, max_bytes: int) -> int:
-        """Delete the oldest records until the space holds at most ``max_bytes``; returns how many went."""
+    async def delete(self, space: str, key: str) -> bool: ...
+
+    async def touch(self, space: str, keys: list[str], ttl: float) -> None:
+        """Expire these records ``ttl`` seconds from now (a conversation's earlier turns live as long as its last)."""
+        ...
+
+    async def scan(self, space: str, *, owner: str | None = None, after: str | None = None, limit: int = 100,
+                   newest_first: bool = False) -> list[Record]:
+        """Records by creation, oldest first unless ``newest_first`` (``after``: from the one after that key), of
+        one owner if given."""
+        ...
+
+    async def size(self, space: str, owner: str | None = None) -> int:
+        """Bytes the live records of the space (of one owner) hold, as stored."""
+        ...
+
+    async def trim(self, space: str, max_bytes: int, *, owner: str | None = None) -> int:
+        """Delete live records of ``owner`` (None: of the space), those that would expire soonest first, until
+        they hold at most ``max_bytes``; returns how many went. Nobody else's records are touched."""
+        ...
+
+    async def sweep(self, space: str) -> int:
+        """Drop the records that expired and every index entry of theirs; returns how many."""
+        ...
+
+    async def heartbeat(self) -> None:
+        """Renew this holder's lease on its quota slots (a live process calls it every few seconds)."""
         ...
 
     async def admit(self, name: str, limits: Limits, slot: str, tokens: int, stale_after: float) -> Decision: ...

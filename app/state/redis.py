@@ -1,56 +1,165 @@
 """The state store in Redis (``GATEWAY_REDIS_URL``): what every replica and front behind one URL shares.
 
-A record is a hash (value, owner, created, size) with Redis's own expiry, listed through a sorted set by age per
-space (and per owner); the space's size is kept beside it, so trimming to a bound is a walk from the oldest. An
-index entry whose record expired is dropped when a walk meets it. A quota admission is one Lua script: checked,
-counted and reserved atomically across replicas, one round trip.
+A record is a hash (value, owner, created) with Redis's own expiry. Beside it, per space: two sorted sets by
+creation (the space's, the owner's) for listing; two by expiry (the space's, the owner's) for sweeping and trimming;
+a hash of each record's size and owner; and byte counters (the space's, the owner's). Redis expires a record on its
+own, but not those entries: a sweep (run before every size, trim and by the gateway's sweeper) drops the records
+whose time passed together with every entry of theirs, so the counters count live records only and no index keeps a
+dead id. Every change to a record and its entries is one Lua script: atomic across replicas, one round trip. A
+quota admission is one too: checked, counted and reserved together; a slot names its holder, whose lease key the
+holder's heartbeat renews, and the script frees the slots of holders whose lease is gone.
+
+Redis at ``maxmemory`` refuses writes ("OOM command not allowed"): that is :class:`~app.state.base.StoreFull`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast
 
-from app.state.base import REASONS, Decision, Limits, Record, StoreDown, Usage, pack, unpack, windows
+from app.state.base import (
+    FAR,
+    LEASE,
+    REASONS,
+    Decision,
+    Limits,
+    Record,
+    StoreDown,
+    StoreFull,
+    Usage,
+    pack,
+    unpack,
+    windows,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
+SCHEMA_VERSION = 2
+_SWEEP_BATCH = 500
 
 
 def _down(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    """Redis's own errors (refused, timed out, gone mid-call) as the store being down: one kind of failure for the
-    callers, whichever store is behind."""
+    """Redis's own errors (refused, timed out, gone mid-call) as the store being down — or full, at maxmemory: one
+    kind of failure for the callers, whichever store is behind."""
     import redis
 
     @functools.wraps(method)
     async def call(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(*args, **kwargs)
+        except redis.exceptions.OutOfMemoryError as exc:
+            raise StoreFull(f"redis: out of memory (maxmemory): {exc}") from exc
         except (redis.RedisError, OSError) as exc:
+            if "OOM" in str(exc):
+                raise StoreFull(f"redis: out of memory (maxmemory): {exc}") from exc
             raise StoreDown(f"redis: {exc.__class__.__name__}: {exc}") from exc
 
     return call
 
-_PUT = """
-local old = redis.call('HGET', KEYS[1], 's')
-if old then redis.call('DECRBY', KEYS[4], old) end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'o', ARGV[2], 'c', ARGV[3], 's', ARGV[5])
-if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) else redis.call('PERSIST', KEYS[1]) end
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[6])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[6])
-redis.call('INCRBY', KEYS[4], ARGV[5])
+
+# Shared by the record scripts. ARGV[1] is always the space's key prefix ``fgw:s:<space>``; a record's entries:
+# P:rec:<key> (hash v, o, c), P:idx and P:idx:o:<owner> (by creation), P:exp and P:exp:o:<owner> (by expiry),
+# P:meta (key -> "size:owner"), P:bytes and P:bytes:o:<owner>.
+_FORGET = """
+local P = ARGV[1]
+local function forget(key)
+  local meta = redis.call('HGET', P .. ':meta', key)
+  if meta then
+    local size, owner = string.match(meta, '^(%d+):(.*)$')
+    redis.call('DECRBY', P .. ':bytes', size)
+    redis.call('DECRBY', P .. ':bytes:o:' .. owner, size)
+    redis.call('ZREM', P .. ':idx:o:' .. owner, key)
+    redis.call('ZREM', P .. ':exp:o:' .. owner, key)
+    redis.call('HDEL', P .. ':meta', key)
+  end
+  redis.call('ZREM', P .. ':idx', key)
+  redis.call('ZREM', P .. ':exp', key)
+  return redis.call('DEL', P .. ':rec:' .. key)
+end
+local function sweep(now)
+  local gone = 0
+  while true do
+    local due = redis.call('ZRANGEBYSCORE', P .. ':exp', '-inf', now, 'LIMIT', 0, BATCH)
+    for _, key in ipairs(due) do forget(key) end
+    gone = gone + #due
+    if #due < BATCH then return gone end
+  end
+end
+""".replace("BATCH", str(_SWEEP_BATCH))
+
+# ARGV: prefix, key, value, owner, now, ttl ms (0: none), size, expiry score
+_PUT = _FORGET + """
+local key, owner, now = ARGV[2], ARGV[4], ARGV[5]
+local rec = P .. ':rec:' .. key
+local created = redis.call('HGET', rec, 'c') or now  -- written again: it keeps its creation time
+local old = redis.call('HGET', P .. ':meta', key)
+if old then
+  local size, was = string.match(old, '^(%d+):(.*)$')
+  redis.call('DECRBY', P .. ':bytes', size)
+  redis.call('DECRBY', P .. ':bytes:o:' .. was, size)
+  if was ~= owner then
+    redis.call('ZREM', P .. ':idx:o:' .. was, key)
+    redis.call('ZREM', P .. ':exp:o:' .. was, key)
+  end
+end
+redis.call('HSET', rec, 'v', ARGV[3], 'o', owner, 'c', created)
+if tonumber(ARGV[6]) > 0 then redis.call('PEXPIRE', rec, ARGV[6]) else redis.call('PERSIST', rec) end
+redis.call('HSET', P .. ':meta', key, ARGV[7] .. ':' .. owner)
+redis.call('ZADD', P .. ':idx', created, key)
+redis.call('ZADD', P .. ':idx:o:' .. owner, created, key)
+redis.call('ZADD', P .. ':exp', ARGV[8], key)
+redis.call('ZADD', P .. ':exp:o:' .. owner, ARGV[8], key)
+redis.call('INCRBY', P .. ':bytes', ARGV[7])
+redis.call('INCRBY', P .. ':bytes:o:' .. owner, ARGV[7])
 return 1
 """
 
-_DELETE = """
-local size = redis.call('HGET', KEYS[1], 's')
-local owner = redis.call('HGET', KEYS[1], 'o')
-redis.call('ZREM', KEYS[2], ARGV[1])
-if owner then redis.call('ZREM', ARGV[2] .. owner, ARGV[1]) end
-if size then redis.call('DECRBY', KEYS[3], size) end
-return redis.call('DEL', KEYS[1])
+# ARGV: prefix, key
+_DELETE = _FORGET + "return forget(ARGV[2])"
+
+# ARGV: prefix, now, ttl ms, expiry score, keys...
+_TOUCH = _FORGET + """
+for i = 5, #ARGV do
+  local key = ARGV[i]
+  local meta = redis.call('HGET', P .. ':meta', key)
+  if meta and redis.call('PEXPIRE', P .. ':rec:' .. key, ARGV[3]) == 1 then
+    local owner = string.match(meta, '^%d+:(.*)$')
+    redis.call('ZADD', P .. ':exp', ARGV[4], key)
+    redis.call('ZADD', P .. ':exp:o:' .. owner, ARGV[4], key)
+  end
+end
+return 1
+"""
+
+# ARGV: prefix, now
+_SWEEP = _FORGET + "return sweep(ARGV[2])"
+
+# ARGV: prefix, now, owner ("" with no owner: the space), has owner (0/1)
+_SIZE = _FORGET + """
+sweep(ARGV[2])
+local counter = ARGV[4] == '1' and (P .. ':bytes:o:' .. ARGV[3]) or (P .. ':bytes')
+return tonumber(redis.call('GET', counter) or '0')
+"""
+
+# ARGV: prefix, now, owner, has owner (0/1), max bytes
+_TRIM = _FORGET + """
+sweep(ARGV[2])
+local counter, order = P .. ':bytes', P .. ':exp'
+if ARGV[4] == '1' then counter, order = P .. ':bytes:o:' .. ARGV[3], P .. ':exp:o:' .. ARGV[3] end
+local removed = 0
+while tonumber(redis.call('GET', counter) or '0') > tonumber(ARGV[5]) do
+  local soonest = redis.call('ZRANGE', order, 0, 0)
+  if #soonest == 0 then redis.call('SET', counter, 0) break end
+  forget(soonest[1])
+  removed = removed + 1
+end
+return removed
 """
 
 _ADMIT = """
@@ -58,11 +167,13 @@ local requests = tonumber(redis.call('GET', KEYS[1]) or '0')
 local tokens_minute = tonumber(redis.call('GET', KEYS[2]) or '0')
 local tokens_day = tonumber(redis.call('GET', KEYS[3]) or '0')
 local stale = tonumber(ARGV[7])
+redis.call('SET', ARGV[10] .. ARGV[11], '1', 'PX', ARGV[12])  -- this holder is alive
 local reserved, running = 0, 0
 local slots = redis.call('HGETALL', KEYS[4])
 for i = 1, #slots, 2 do
-  local tokens, started = string.match(slots[i + 1], '(%d+):([%d.]+)')
-  if tonumber(started) < stale then redis.call('HDEL', KEYS[4], slots[i])
+  local tokens, started, holder = string.match(slots[i + 1], '^(%d+):([%d.]+):?(.*)$')
+  if tonumber(started) < stale or (holder ~= '' and redis.call('EXISTS', ARGV[10] .. holder) == 0) then
+    redis.call('HDEL', KEYS[4], slots[i])
   else reserved = reserved + tonumber(tokens); running = running + 1 end
 end
 local rpm, tpm, tpd, most, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
@@ -75,13 +186,14 @@ elseif most > 0 and running >= most then verdict = 4 end
 if verdict == 0 then
   requests = redis.call('INCR', KEYS[1])
   redis.call('EXPIRE', KEYS[1], 120)
-  redis.call('HSET', KEYS[4], ARGV[6], ARGV[8] .. ':' .. ARGV[5])
+  redis.call('HSET', KEYS[4], ARGV[6], ARGV[8] .. ':' .. ARGV[5] .. ':' .. ARGV[11])
   redis.call('EXPIRE', KEYS[4], ARGV[9])
   reserved = reserved + want
   running = running + 1
 end
 return {verdict, requests, tokens_minute, tokens_day, reserved, running}
 """
+_LEASES = "fgw:lease:"
 
 
 class RedisStore:
@@ -92,72 +204,115 @@ class RedisStore:
 
         self.client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
         self.clock = clock
+        self.lease = LEASE
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._put = self.client.register_script(_PUT)
         self._delete = self.client.register_script(_DELETE)
+        self._touch = self.client.register_script(_TOUCH)
+        self._sweep = self.client.register_script(_SWEEP)
+        self._size = self.client.register_script(_SIZE)
+        self._trim = self.client.register_script(_TRIM)
         self._admit = self.client.register_script(_ADMIT)
+        self._migrated = False
+
+    async def _ready(self) -> None:
+        if not self._migrated:
+            await _migrate(self)
+            self._migrated = True
 
     # --- records ----------------------------------------------------------------------------------------------
 
     @_down
     async def put(self, space: str, key: str, value: bytes, *, owner: str = "", ttl: float | None = None) -> None:
+        await self._ready()
         stored = pack(value)
-        await self._put(keys=[_record(space, key), _index(space), _index(space, owner), _size(space)],
-                        args=[stored, owner, self.clock(), int(ttl * 1000) if ttl else 0, len(stored), key])
+        now = self.clock()
+        await self._put(args=[_prefix(space), key, stored, owner, now, int(ttl * 1000) if ttl else 0, len(stored),
+                              now + ttl if ttl else FAR + now])
 
     @_down
     async def get(self, space: str, key: str) -> Record | None:
-        found = cast(dict[bytes, bytes], await self.client.hgetall(_record(space, key)))
-        if not found:
-            return None
-        ttl = await self.client.pttl(_record(space, key))
-        created = float(found[b"c"])
-        return Record(key, found[b"o"].decode(), unpack(found[b"v"]), created,
-                      self.clock() + ttl / 1000 if ttl and ttl > 0 else None)
+        found = await self.get_many(space, [key])
+        return found.get(key)
+
+    @_down
+    async def get_many(self, space: str, keys: list[str]) -> dict[str, Record]:
+        if not keys:
+            return {}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(_record(space, key))
+                pipe.pttl(_record(space, key))
+            replies = await pipe.execute()
+        now = self.clock()
+        out: dict[str, Record] = {}
+        for i, key in enumerate(keys):
+            found, ttl = cast(dict[bytes, bytes], replies[2 * i]), replies[2 * i + 1]
+            if found and b"v" in found:
+                out[key] = Record(key, found[b"o"].decode(), unpack(found[b"v"]), float(found[b"c"]),
+                                  now + ttl / 1000 if ttl and ttl > 0 else None)
+        return out
 
     @_down
     async def delete(self, space: str, key: str) -> bool:
-        gone = await self._delete(keys=[_record(space, key), _index(space), _size(space)],
-                                  args=[key, _index(space, "")])
-        return bool(gone)
+        await self._ready()
+        return bool(await self._delete(args=[_prefix(space), key]))
 
     @_down
-    async def scan(self, space: str, *, owner: str | None = None, after: str | None = None,
-                   limit: int = 100) -> list[Record]:
-        index = _index(space, owner) if owner is not None else _index(space)
+    async def touch(self, space: str, keys: list[str], ttl: float) -> None:
+        if keys:
+            await self._ready()
+            now = self.clock()
+            await self._touch(args=[_prefix(space), now, int(ttl * 1000), now + ttl, *keys])
+
+    @_down
+    async def scan(self, space: str, *, owner: str | None = None, after: str | None = None, limit: int = 100,
+                   newest_first: bool = False) -> list[Record]:
+        await self._ready()
+        index = f"{_prefix(space)}:idx" if owner is None else f"{_prefix(space)}:idx:o:{owner}"
+        rank, span = (self.client.zrevrank, self.client.zrevrange) if newest_first else \
+            (self.client.zrank, self.client.zrange)
         start = 0
         if after is not None:
-            rank = cast(int | None, await self.client.zrank(index, after))
-            start = rank + 1 if rank is not None else await self.client.zcard(index)
+            found = cast(int | None, await rank(index, after))
+            start = found + 1 if found is not None else await self.client.zcard(index)
         out: list[Record] = []
         while len(out) < limit:
-            keys = cast(list[bytes], await self.client.zrange(index, start, start + limit - 1))
+            keys = [k.decode() for k in cast(list[bytes], await span(index, start, start + limit - 1))]
             if not keys:
                 break
+            records = await self.get_many(space, keys)
             start += len(keys)
-            for raw in keys:
-                record = await self.get(space, raw.decode())
-                if record is None:
-                    await self.client.zrem(index, raw)  # expired: its index entry goes too
+            for key in keys:
+                record = records.get(key)
+                if record is None:  # gone (expired, evicted): its entries go too, so the next pages shift down
+                    await self._delete(args=[_prefix(space), key])
                     start -= 1
                 elif len(out) < limit:
                     out.append(record)
         return out
 
     @_down
-    async def trim(self, space: str, max_bytes: int) -> int:
-        removed = 0
-        while int(await self.client.get(_size(space)) or 0) > max_bytes:
-            oldest = cast(list[bytes], await self.client.zrange(_index(space), 0, 0))
-            if not oldest:
-                await self.client.set(_size(space), 0)  # only expired records were counted
-                break
-            if await self.delete(space, oldest[0].decode()):
-                removed += 1
-            else:
-                await self.client.zrem(_index(space), oldest[0])
-        return removed
+    async def size(self, space: str, owner: str | None = None) -> int:
+        await self._ready()
+        return int(await self._size(args=[_prefix(space), self.clock(), owner or "", int(owner is not None)]))
+
+    @_down
+    async def trim(self, space: str, max_bytes: int, *, owner: str | None = None) -> int:
+        await self._ready()
+        return int(await self._trim(args=[_prefix(space), self.clock(), owner or "", int(owner is not None),
+                                          max_bytes]))
+
+    @_down
+    async def sweep(self, space: str) -> int:
+        await self._ready()
+        return int(await self._sweep(args=[_prefix(space), self.clock()]))
 
     # --- quotas -------------------------------------------------------------------------------------------------
+
+    @_down
+    async def heartbeat(self) -> None:
+        await self.client.set(_LEASES + self.holder, b"1", px=int(self.lease * 1000))
 
     @_down
     async def admit(self, name: str, limits: Limits, slot: str, tokens: int, stale_after: float) -> Decision:
@@ -167,7 +322,8 @@ class RedisStore:
         result = await self._admit(
             keys=[f"{prefix}:req:{minute}", f"{prefix}:tok:{minute}", f"{prefix}:tokd:{day}", f"{prefix}:slots"],
             args=[limits.requests_per_minute, limits.tokens_per_minute, limits.tokens_per_day, limits.max_concurrency,
-                  now, slot, now - stale_after, limits.clamp(tokens), int(stale_after) + 60])
+                  now, slot, now - stale_after, limits.clamp(tokens), int(stale_after) + 60, _LEASES, self.holder,
+                  int(self.lease * 1000)])
         found, requests, tokens_minute, tokens_day, reserved, running = (int(x) for x in result)
         usage = Usage(requests, tokens_minute, tokens_day, reserved, running, minute_resets, day_resets)
         return Decision(found == 0, REASONS.get(found), usage)
@@ -185,16 +341,45 @@ class RedisStore:
             await pipe.execute()
 
     async def aclose(self) -> None:
+        import redis
+
+        with contextlib.suppress(redis.RedisError, OSError):  # a clean stop: this holder's slots are free at once
+            await self.client.delete(_LEASES + self.holder)
         await self.client.aclose()
 
 
+def _prefix(space: str) -> str:
+    return f"fgw:s:{space}"
+
+
 def _record(space: str, key: str) -> str:
-    return f"fgw:rec:{space}:{key}"
+    return f"{_prefix(space)}:rec:{key}"
 
 
-def _index(space: str, owner: str | None = None) -> str:
-    return f"fgw:idx:{space}" if owner is None else f"fgw:idx:{space}:owner:{owner}"
-
-
-def _size(space: str) -> str:
-    return f"fgw:bytes:{space}"
+async def _migrate(store: RedisStore) -> None:
+    """Records of an earlier version (``fgw:rec:<space>:<key>``, one index by age and a byte counter that kept
+    counting expired records) are moved into this layout once; the old keys go."""
+    client = store.client
+    if int(await client.get("fgw:schema") or 0) >= SCHEMA_VERSION:
+        return
+    async for raw in client.scan_iter(match="fgw:idx:*", count=500):
+        index = raw.decode()
+        if ":owner:" in index:
+            await client.delete(index)
+            continue
+        space = index.removeprefix("fgw:idx:")
+        for member in cast(list[bytes], await client.zrange(index, 0, -1)):
+            key = member.decode()
+            old = f"fgw:rec:{space}:{key}"
+            found = cast(dict[bytes, bytes], await client.hgetall(old))
+            ttl = await client.pttl(old)
+            if found and b"v" in found:
+                now = store.clock()
+                seconds = ttl / 1000 if ttl and ttl > 0 else None
+                expiry = now + seconds if seconds else FAR + now
+                await store._put(args=[_prefix(space), key, found[b"v"], found.get(b"o", b"").decode(), now,
+                                       ttl if seconds else 0, len(found[b"v"]), expiry])
+                await client.hset(_record(space, key), "c", found.get(b"c", str(now).encode()))
+            await client.delete(old)
+        await client.delete(index, f"fgw:bytes:{space}")
+    await client.set("fgw:schema", SCHEMA_VERSION)

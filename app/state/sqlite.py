@@ -4,7 +4,8 @@ every worker process of one host.
 One thread owns the connection and runs every statement, in order, so the event loop never waits on the disk
 and there is one writer per process; across processes (workers) SQLite's own locking serialises writers (WAL
 mode, ``BEGIN IMMEDIATE`` for read-modify-write, a busy timeout). A quota admission is one transaction: checked
-and counted together, so two workers never both take the last request of a minute.
+and counted together, so two workers never both take the last request of a minute. A full disk is
+:class:`~app.state.base.StoreFull` (SQLite rolls the statement back: nothing half-written).
 """
 
 from __future__ import annotations
@@ -12,28 +13,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
+import socket
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-import psutil
-
-from app.state.base import REASONS, Decision, Limits, Record, StoreDown, Usage, pack, unpack, verdict, windows
+from app.state.base import (
+    FAR,
+    LEASE,
+    REASONS,
+    Decision,
+    Limits,
+    Record,
+    StoreDown,
+    StoreFull,
+    Usage,
+    pack,
+    unpack,
+    verdict,
+    windows,
+)
 
 T = TypeVar("T")
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (space TEXT NOT NULL, key TEXT NOT NULL, owner TEXT NOT NULL, created REAL NOT NULL,
     expires REAL, size INTEGER NOT NULL, value BLOB NOT NULL, PRIMARY KEY (space, key)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS records_by_age ON records (space, created);
+CREATE INDEX IF NOT EXISTS records_by_owner ON records (space, owner, created);
+CREATE INDEX IF NOT EXISTS records_by_expiry ON records (space, owner, expires);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL, expires REAL NOT NULL)
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS slots (name TEXT NOT NULL, slot TEXT NOT NULL, tokens INTEGER NOT NULL,
-    started REAL NOT NULL, pid INTEGER NOT NULL, pid_started REAL NOT NULL, PRIMARY KEY (name, slot)) WITHOUT ROWID;
+    started REAL NOT NULL, holder TEXT NOT NULL, PRIMARY KEY (name, slot)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (holder TEXT PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID;
 """
-_PURGE_EVERY = 500  # writes between purges of expired records and counters
+_COLUMNS = "key, owner, value, created, expires"
+_LIVE = "(expires IS NULL OR expires >= ?)"
+_PURGE_EVERY = 500  # writes between purges of expired records, counters and leases
+_IN = 500  # keys per IN (...) list
 
 
 class SqliteStore:
@@ -42,11 +64,11 @@ class SqliteStore:
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self.clock = clock
+        self.lease = LEASE
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-sqlite")
         self._db: sqlite3.Connection | None = None
         self._writes = 0
-        self._pid = os.getpid()
-        self._pid_started = psutil.Process().create_time()
 
     # --- the one thread -----------------------------------------------------------------------------------
 
@@ -55,6 +77,8 @@ class SqliteStore:
         try:
             return await loop.run_in_executor(self._thread, self._in_thread, work)
         except sqlite3.Error as exc:
+            if _is_full(exc):
+                raise StoreFull(f"{self.path}: the disk is full ({exc})") from exc
             raise StoreDown(f"{self.path}: {exc}") from exc
 
     def _in_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -72,27 +96,20 @@ class SqliteStore:
                 # out the busy timeout, to the second of two workers opening it together: that one tries again
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
-                db.executescript(_SCHEMA)
+                with self._transaction(db):  # two workers opening a file of an earlier version migrate it once
+                    _migrate(db)
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
                 break
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.01)  # a back-off in the store's own thread
-        self._forget_dead_processes(db)
         return db
 
-    def _forget_dead_processes(self, db: sqlite3.Connection) -> None:
-        """Slots held by processes that are gone (a worker or a gateway that crashed) are freed at once."""
-        for pid, started in db.execute("SELECT DISTINCT pid, pid_started FROM slots").fetchall():
-            try:
-                alive = abs(psutil.Process(pid).create_time() - started) < 1.0
-            except psutil.Error:
-                alive = False
-            if not alive:
-                db.execute("DELETE FROM slots WHERE pid = ? AND pid_started = ?", (pid, started))
-
     @contextlib.contextmanager
-    def _transaction(self, db: sqlite3.Connection) -> Any:
+    def _transaction(self, db: sqlite3.Connection) -> Iterator[None]:
         db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -106,6 +123,7 @@ class SqliteStore:
         if self._writes % _PURGE_EVERY == 0:
             db.execute("DELETE FROM records WHERE expires IS NOT NULL AND expires < ?", (now,))
             db.execute("DELETE FROM counters WHERE expires < ?", (now,))
+            db.execute("DELETE FROM leases WHERE expires < ?", (now - 60,))
 
     # --- records ----------------------------------------------------------------------------------------------
 
@@ -114,7 +132,11 @@ class SqliteStore:
         stored = pack(value)
 
         def work(db: sqlite3.Connection) -> None:
-            db.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?, ?)",
+            # written again: the creation time stays (a list keeps its order), unless the old record had expired
+            db.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (space, key) DO UPDATE SET "
+                       "owner = excluded.owner, expires = excluded.expires, size = excluded.size, "
+                       "value = excluded.value, created = CASE WHEN records.expires IS NOT NULL AND "
+                       "records.expires < excluded.created THEN excluded.created ELSE records.created END",
                        (space, key, owner, now, now + ttl if ttl else None, len(stored), stored))
             self._maybe_purge(db, now)
 
@@ -124,11 +146,24 @@ class SqliteStore:
         now = self.clock()
 
         def work(db: sqlite3.Connection) -> Any:
-            return db.execute("SELECT key, owner, value, created, expires FROM records WHERE space = ? AND key = ? "
-                              "AND (expires IS NULL OR expires >= ?)", (space, key, now)).fetchone()
+            return db.execute(f"SELECT {_COLUMNS} FROM records WHERE space = ? AND key = ? AND {_LIVE}",
+                              (space, key, now)).fetchone()
 
         row = await self._run(work)
-        return Record(row[0], row[1], unpack(row[2]), row[3], row[4]) if row else None
+        return _record(row) if row else None
+
+    async def get_many(self, space: str, keys: list[str]) -> dict[str, Record]:
+        now = self.clock()
+
+        def work(db: sqlite3.Connection) -> list[Any]:
+            rows: list[Any] = []
+            for start in range(0, len(keys), _IN):
+                part = keys[start:start + _IN]
+                rows += db.execute(f"SELECT {_COLUMNS} FROM records WHERE space = ? AND key IN "
+                                   f"({','.join('?' * len(part))}) AND {_LIVE}", (space, *part, now)).fetchall()
+            return rows
+
+        return {row[0]: _record(row) for row in await self._run(work)} if keys else {}
 
     async def delete(self, space: str, key: str) -> bool:
         def work(db: sqlite3.Connection) -> int:
@@ -136,42 +171,88 @@ class SqliteStore:
 
         return await self._run(work) > 0
 
-    async def scan(self, space: str, *, owner: str | None = None, after: str | None = None,
-                   limit: int = 100) -> list[Record]:
+    async def touch(self, space: str, keys: list[str], ttl: float) -> None:
         now = self.clock()
 
+        def work(db: sqlite3.Connection) -> None:
+            for start in range(0, len(keys), _IN):
+                part = keys[start:start + _IN]
+                db.execute(f"UPDATE records SET expires = ? WHERE space = ? AND key IN ({','.join('?' * len(part))}) "
+                           f"AND {_LIVE}", (now + ttl, space, *part, now))
+
+        if keys:
+            await self._run(work)
+
+    async def scan(self, space: str, *, owner: str | None = None, after: str | None = None, limit: int = 100,
+                   newest_first: bool = False) -> list[Record]:
+        now = self.clock()
+        later, order = ("<", "DESC") if newest_first else (">", "")
+
         def work(db: sqlite3.Connection) -> list[Any]:
-            start = (-1.0, "")
+            start: tuple[float, str] = (float("inf"), "\uffff") if newest_first else (-1.0, "")
             if after is not None:
                 found = db.execute("SELECT created, key FROM records WHERE space = ? AND key = ?",
                                    (space, after)).fetchone()
-                start = found if found else (float("inf"), "")
-            sql = ("SELECT key, owner, value, created, expires FROM records WHERE space = ? "
-                   "AND (expires IS NULL OR expires >= ?) AND (created > ? OR (created = ? AND key > ?))")
+                start = found if found else ((-1.0, "") if newest_first else (float("inf"), ""))
+            sql = (f"SELECT {_COLUMNS} FROM records WHERE space = ? AND {_LIVE} "
+                   f"AND (created {later} ? OR (created = ? AND key {later} ?))")
             args: list[Any] = [space, now, start[0], start[0], start[1]]
             if owner is not None:
                 sql += " AND owner = ?"
                 args.append(owner)
-            return db.execute(sql + " ORDER BY created, key LIMIT ?", (*args, limit)).fetchall()
+            return db.execute(f"{sql} ORDER BY created {order}, key {order} LIMIT ?", (*args, limit)).fetchall()
 
-        return [Record(r[0], r[1], unpack(r[2]), r[3], r[4]) for r in await self._run(work)]
+        return [_record(r) for r in await self._run(work)]
 
-    async def trim(self, space: str, max_bytes: int) -> int:
+    async def size(self, space: str, owner: str | None = None) -> int:
+        now = self.clock()
+
         def work(db: sqlite3.Connection) -> int:
-            total = db.execute("SELECT COALESCE(SUM(size), 0) FROM records WHERE space = ?", (space,)).fetchone()[0]
-            removed = 0
-            for key, size in db.execute("SELECT key, size FROM records WHERE space = ? ORDER BY created, key",
-                                        (space,)).fetchall():
+            sql, args = _of(space, owner, now)
+            return int(db.execute(f"SELECT COALESCE(SUM(size), 0) FROM records WHERE {sql}", args).fetchone()[0])
+
+        return await self._run(work)
+
+    async def trim(self, space: str, max_bytes: int, *, owner: str | None = None) -> int:
+        now = self.clock()
+
+        def work(db: sqlite3.Connection) -> int:
+            sql, args = _of(space, owner, now)
+            with self._transaction(db):
+                total = db.execute(f"SELECT COALESCE(SUM(size), 0) FROM records WHERE {sql}", args).fetchone()[0]
+                removed = 0
                 if total <= max_bytes:
-                    break
-                db.execute("DELETE FROM records WHERE space = ? AND key = ?", (space, key))
-                total -= size
-                removed += 1
-            return removed
+                    return 0
+                rows = db.execute(f"SELECT key, size FROM records WHERE {sql} ORDER BY COALESCE(expires, ? + created),"
+                                  " created, key", (*args, FAR))
+                for key, size in rows.fetchall():
+                    if total <= max_bytes:
+                        break
+                    db.execute("DELETE FROM records WHERE space = ? AND key = ?", (space, key))
+                    total -= size
+                    removed += 1
+                return removed
+
+        return await self._run(work)
+
+    async def sweep(self, space: str) -> int:
+        now = self.clock()
+
+        def work(db: sqlite3.Connection) -> int:
+            return db.execute("DELETE FROM records WHERE space = ? AND expires IS NOT NULL AND expires < ?",
+                              (space, now)).rowcount
 
         return await self._run(work)
 
     # --- quotas -------------------------------------------------------------------------------------------------
+
+    async def heartbeat(self) -> None:
+        now = self.clock()
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?)", (self.holder, now + self.lease))
+
+        await self._run(work)
 
     async def admit(self, name: str, limits: Limits, slot: str, tokens: int, stale_after: float) -> Decision:
         now = self.clock()
@@ -181,7 +262,10 @@ class SqliteStore:
 
         def work(db: sqlite3.Connection) -> Decision:
             with self._transaction(db):
-                db.execute("DELETE FROM slots WHERE name = ? AND started < ?", (name, now - stale_after))
+                db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?)", (self.holder, now + self.lease))
+                # slots of holders whose lease lapsed (a process that died) and, last resort, of forgetful ones
+                db.execute("DELETE FROM slots WHERE name = ? AND (started < ? OR holder NOT IN "
+                           "(SELECT holder FROM leases WHERE expires >= ?))", (name, now - stale_after, now))
                 requests, tokens_minute, tokens_day = (_counter(db, counter) for counter in names)
                 reserved, running = db.execute("SELECT COALESCE(SUM(tokens), 0), COUNT(*) FROM slots WHERE name = ?",
                                                (name,)).fetchone()
@@ -189,8 +273,8 @@ class SqliteStore:
                 if not found:
                     requests += 1
                     db.execute("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)", (names[0], requests, now + 120))
-                    db.execute("INSERT OR REPLACE INTO slots VALUES (?, ?, ?, ?, ?, ?)",
-                               (name, slot, tokens, now, self._pid, self._pid_started))
+                    db.execute("INSERT OR REPLACE INTO slots VALUES (?, ?, ?, ?, ?)",
+                               (name, slot, tokens, now, self.holder))
                     reserved, running = reserved + tokens, running + 1
                 self._maybe_purge(db, now)
             usage = Usage(requests, tokens_minute, tokens_day, reserved, running, minute_resets, day_resets)
@@ -214,6 +298,8 @@ class SqliteStore:
 
     async def aclose(self) -> None:
         def close(db: sqlite3.Connection) -> None:
+            with contextlib.suppress(sqlite3.Error):  # a clean stop: this holder's slots are free at once
+                db.execute("DELETE FROM leases WHERE holder = ?", (self.holder,))
             db.close()
 
         if self._db is not None:
@@ -223,6 +309,30 @@ class SqliteStore:
         self._thread.shutdown(wait=False)
 
 
+def _record(row: Any) -> Record:
+    return Record(row[0], row[1], unpack(row[2]), row[3], row[4])
+
+
+def _of(space: str, owner: str | None, now: float) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause of a space's (an owner's) live records."""
+    if owner is None:
+        return f"space = ? AND {_LIVE}", (space, now)
+    return f"space = ? AND owner = ? AND {_LIVE}", (space, owner, now)
+
+
 def _counter(db: sqlite3.Connection, name: str) -> int:
     row = db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
     return int(row[0]) if row else 0
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """A file of an earlier version: its quota slots (held by processes, not leases) are dropped — they are only
+    ever seconds old; its records stay."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version < SCHEMA_VERSION:
+        db.execute("DROP TABLE IF EXISTS slots")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)

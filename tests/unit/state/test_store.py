@@ -193,3 +193,182 @@ def test_concurrent_admissions_from_two_stores_hold_the_limit(make: Callable[[Cl
                 await store.aclose()
 
     assert sum(run(scenario())) == 10  # type: ignore[arg-type]
+
+
+# --- what is live, per owner, in order (issue 31) ---------------------------------------------------------------
+
+
+async def _wait_gone(store: StateStore, space: str, key: str) -> None:
+    """Redis expires records by its own clock: wait for that event, bounded."""
+    for _ in range(300):
+        if await store.get(space, key) is None:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{space}/{key} never expired")
+
+
+def test_a_trim_counts_only_live_records_and_keeps_every_live_one(make: Callable[[Clock], StateStore]) -> None:
+    """Finding 2: records that expired are not counted against the bound, so a trim under a bound the live
+    records fit in removes none of them; the indexes of the dead ones are pruned."""
+    clock = Clock()
+    clock.now = time.time()
+
+    async def scenario() -> None:
+        store = make(clock)
+        try:
+            for i in range(50):
+                await store.put("responses", f"dead{i}", bytes([i]) * 300, owner="team-a", ttl=0.2)
+            for i in range(50):
+                await store.put("responses", f"live{i}", bytes([i]) * 300, owner="team-a", ttl=3600)
+            clock.now += 1.0
+            await _wait_gone(store, "responses", "dead49")
+            assert await store.size("responses") == 50 * 301
+            assert await store.trim("responses", 50 * 301) == 0
+            assert len(await store.scan("responses", limit=1000)) == 50
+            assert await store.sweep("responses") >= 0
+            assert len(await store.scan("responses", owner="team-a", limit=1000)) == 50
+            assert await store.size("responses", owner="team-a") == 50 * 301
+            if isinstance(store, RedisStore):  # no index keeps a dead id
+                client = store.client
+                for index in (b"fgw:s:responses:idx", b"fgw:s:responses:idx:o:team-a", b"fgw:s:responses:exp"):
+                    assert await client.zcard(index) == 50
+        finally:
+            await store.aclose()
+
+    run(scenario())
+
+
+def test_a_trim_by_owner_never_touches_another_owner(make: Callable[[Clock], StateStore]) -> None:
+    """Finding 4: the bound is per owner; one owner's writes trim only its own oldest."""
+    clock = Clock()
+
+    async def scenario() -> None:
+        store = make(clock)
+        try:
+            for i in range(3):
+                clock.now += 1
+                await store.put("responses", f"b{i}", bytes([i]) * 300, owner="team-b", ttl=3600)
+            for i in range(5):
+                clock.now += 1
+                await store.put("responses", f"a{i}", bytes([i]) * 300, owner="team-a", ttl=3600)
+            assert await store.trim("responses", 2 * 301, owner="team-a") == 3
+            assert [r.key for r in await store.scan("responses", owner="team-a")] == ["a3", "a4"]
+            assert [r.key for r in await store.scan("responses", owner="team-b")] == ["b0", "b1", "b2"]
+            assert await store.size("responses", owner="team-b") == 3 * 301
+            assert await store.size("responses") == 5 * 301
+        finally:
+            await store.aclose()
+
+    run(scenario())
+
+
+def test_a_rewrite_keeps_the_creation_time_and_scans_go_both_ways(make: Callable[[Clock], StateStore]) -> None:
+    """Finding 15: a record written again (a batch after each line) keeps its place; newest first pages too."""
+    clock = Clock()
+
+    async def scenario() -> None:
+        store = make(clock)
+        try:
+            for i in range(4):
+                clock.now += 1
+                await store.put("batches", f"k{i}", b"v", owner="team-a")
+            clock.now += 1
+            await store.put("batches", "k0", b"updated", owner="team-a")
+            found = await store.get("batches", "k0")
+            assert found is not None and found.value == b"updated" and found.created == clock.now - 4
+            assert [r.key for r in await store.scan("batches")] == ["k0", "k1", "k2", "k3"]
+            assert [r.key for r in await store.scan("batches", newest_first=True, limit=2)] == ["k3", "k2"]
+            assert [r.key for r in await store.scan("batches", owner="team-a", newest_first=True, after="k2")] == \
+                ["k1", "k0"]
+            many = await store.get_many("batches", ["k1", "nope", "k3"])
+            assert sorted(many) == ["k1", "k3"] and many["k3"].value == b"v"
+        finally:
+            await store.aclose()
+
+    run(scenario())
+
+
+def test_touch_extends_the_life_of_records(make: Callable[[Clock], StateStore]) -> None:
+    clock = Clock()
+    clock.now = time.time()
+
+    async def scenario() -> None:
+        store = make(clock)
+        try:
+            await store.put("responses", "old", b"v", owner="o", ttl=0.3)
+            await store.put("responses", "other", b"v", owner="o", ttl=0.3)
+            await store.touch("responses", ["old"], ttl=3600)
+            clock.now += 1.0
+            await _wait_gone(store, "responses", "other")
+            found = await store.get("responses", "old")
+            assert found is not None and found.expires is not None and found.expires > clock.now + 3000
+        finally:
+            await store.aclose()
+
+    run(scenario())
+
+
+def test_a_dead_holders_slots_are_freed_within_seconds(make: Callable[[Clock], StateStore],
+                                                       tmp_path: Path) -> None:
+    """Finding 8: a gateway SIGKILLed while holding a key's only slot does not lock the key out for
+    GATEWAY_TOTAL_TIMEOUT: its lease lapses (no heartbeat) and another holder's admission frees its slots."""
+    clock = Clock()
+    clock.now = time.time()
+
+    async def scenario() -> None:
+        dead, alive = make(clock), make(clock)
+        for store in (dead, alive):
+            store.lease = 0.3  # type: ignore[attr-defined]
+        try:
+            limits = Limits(max_concurrency=1)
+            assert (await dead.admit("team", limits, "held", 0, 900)).admitted
+            await alive.heartbeat()
+            assert not (await alive.admit("team", limits, "s1", 0, 900)).admitted
+            clock.now += 1.0  # the dead one's lease runs out (Redis: by its own clock)
+            for _ in range(300):
+                await alive.heartbeat()
+                decision = await alive.admit("team", limits, "s2", 0, 900)
+                if decision.admitted:
+                    break
+                await asyncio.sleep(0.01)
+            assert decision.admitted
+            await alive.settle("team", "s2", 0)
+            await alive.heartbeat()  # a live holder's slot is never taken
+            assert (await alive.admit("team", limits, "s3", 0, 900)).admitted
+            clock.now += 0.1
+            assert not (await alive.admit("team", limits, "s4", 0, 900)).admitted
+        finally:
+            for store in (dead, alive):
+                await store.aclose()
+
+    run(scenario())
+
+
+def test_redis_records_of_the_earlier_layout_are_moved_once(redis_url: str) -> None:
+    """A Redis written by the version before (one index by age, a byte counter that counted expired records)
+    is read after the upgrade, with live sizes."""
+    import redis
+
+    from app.state.base import pack
+
+    old = redis.Redis.from_url(redis_url)
+    old.flushall()
+    for i, owner in enumerate(("team-a", "team-b")):
+        old.hset(f"fgw:rec:responses:r{i}", mapping={"v": pack(b"x" * 10), "o": owner, "c": 100 + i, "s": 11})
+        old.zadd("fgw:idx:responses", {f"r{i}": 100 + i})
+        old.zadd(f"fgw:idx:responses:owner:{owner}", {f"r{i}": 100 + i})
+    old.zadd("fgw:idx:responses", {"expired-long-ago": 50})
+    old.set("fgw:bytes:responses", 99_999)
+
+    async def scenario() -> None:
+        store = RedisStore(redis_url)
+        try:
+            assert [r.key for r in await store.scan("responses")] == ["r0", "r1"]
+            assert (await store.get("responses", "r1")).owner == "team-b"  # type: ignore[union-attr]
+            assert await store.size("responses") == 2 * 11
+            assert await store.size("responses", owner="team-a") == 11
+        finally:
+            await store.aclose()
+
+    run(scenario())
+    assert not old.exists("fgw:idx:responses", "fgw:bytes:responses", "fgw:rec:responses:r0")
