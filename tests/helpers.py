@@ -84,8 +84,10 @@ class GatewayProcess:
         env: dict[str, str] | None = None,
         ready_timeout: float = 60.0,
         log_path: Path | None = None,
+        wrap: list[str] | None = None,
     ) -> None:
         self.port = free_port()
+        self.wrap = wrap or []  # a command the gateway runs under (its own mounts, limits)
         self.url = f"http://127.0.0.1:{self.port}"
         self.base_url = f"{self.url}/v1"
         self.env = {
@@ -119,7 +121,7 @@ class GatewayProcess:
     def start(self) -> GatewayProcess:
         self._log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=self.env,
+            [*self.wrap, sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=self.env,
             stdout=self._log, stderr=self._log, start_new_session=True,
         )
         deadline = time.monotonic() + self.ready_timeout

@@ -40,6 +40,7 @@ ADMIN = Caller(admin=True)
 
 
 SCOPE_KEY = "foundry_gateway.caller"  # where the decision travels with the request (an ASGI scope extension)
+CONNECTION_KEY = "foundry_gateway.connection"  # the server's connection, told when a request of it passed
 
 
 def caller_of(scope: MutableMapping[str, Any]) -> Caller:
@@ -74,6 +75,10 @@ class AuthMiddleware:
             await send_error(err, send)
             return
         scope[SCOPE_KEY] = caller
+        if path.startswith("/v1/") or caller.admin:  # a key that opens the API (or an open API): a real client
+            connection = scope.get(CONNECTION_KEY)
+            if connection is not None:
+                connection.authenticated()
         await self.app(scope, receive, send)
 
     def identify(self, path: str, token: bytes) -> Caller:

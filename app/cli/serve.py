@@ -36,6 +36,8 @@ def add_parser(sub: Any) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.server.protocol import GuardedProtocol
+
     for key in ("host", "port", "workers"):
         value = getattr(args, key)
         if value is not None:
@@ -67,7 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sys.stderr.flush()
     uvicorn.run(
         "app.server.app:create_app", factory=True, host=settings.host, port=settings.port, workers=settings.workers,
-        loop=loop, http="httptools", log_level="warning", access_log=False, proxy_headers=False,
+        loop=loop, http=GuardedProtocol, log_level="warning", access_log=False, proxy_headers=False,
         timeout_graceful_shutdown=round(settings.shutdown_grace) or None, timeout_keep_alive=30,
     )
     return 0

@@ -95,6 +95,24 @@ def body_too_large(limit: int) -> GatewayError:
     return GatewayError(413, f"Request body is larger than {limit} bytes.", code="body_too_large")
 
 
+def file_too_large(limit: int) -> GatewayError:
+    return GatewayError(413, f"The file is larger than {limit} bytes (GATEWAY_MAX_FILE_BYTES).", code="file_too_large",
+                        param="file")
+
+
+def insufficient_storage(what: str) -> GatewayError:
+    """The state directory's disk (or Redis's memory) has no room for ``what``: nothing of it was kept."""
+    return GatewayError(507, f"The gateway's state store is full: {what} cannot be kept now. Free space under "
+                        "GATEWAY_STATE_DIR (or Redis's memory) and try again.", code="insufficient_storage",
+                        type="server_error", headers={"retry-after": "30"})
+
+
+def request_timeout(seconds: float) -> GatewayError:
+    """The client stopped sending its request body (``GATEWAY_BODY_TIMEOUT``)."""
+    return GatewayError(408, f"The request body did not arrive: nothing came for {seconds:g}s "
+                        "(GATEWAY_BODY_TIMEOUT).", code="request_timeout", headers={"connection": "close"})
+
+
 def shutting_down() -> GatewayError:
     return GatewayError(503, "The gateway is shutting down.", code="shutting_down")
 

@@ -43,6 +43,7 @@ REJECTION_REASONS = frozenset({
     "invalid_json", "invalid_type", "invalid_value", "missing_required_parameter", "unsupported_value",
     "unknown_task", "model_not_found", "no_viable_model", "insufficient_ram", "model_unavailable",
     "overloaded", "invalid_api_key", "body_too_large", "headers_too_large", "shutting_down",
+    "request_timeout", "insufficient_storage", "conversation_too_large", "previous_response_not_found",
 })
 ROUTES = ("chat", "completions", "responses", "embeddings", "transcriptions")
 STATUS_CLASSES = ("2xx", "4xx", "5xx", "aborted")
@@ -195,6 +196,15 @@ class Metrics:
         self.cache_bytes = Gauge(
             "gateway_cache_bytes", "Bytes of answers the cache holds in this process.", registry=r,
             multiprocess_mode="livesum",
+        )
+        self.state_free_bytes = Gauge(
+            "gateway_state_free_bytes", "Free bytes on the disk of GATEWAY_STATE_DIR (state, files).", registry=r,
+            multiprocess_mode="min",
+        )
+        self.state_full = Gauge(
+            "gateway_state_full", "1 while the state store has no room (free space under "
+            "GATEWAY_STATE_MIN_FREE_BYTES, or a write just ran out of it): uploads, stored responses and batches "
+            "are refused with 507.", registry=r, multiprocess_mode="max",
         )
         self._models: frozenset[str] = frozenset()
         self._tasks: frozenset[str] = frozenset()

@@ -173,21 +173,33 @@ class Routing(BaseModel):
 
 
 class State(BaseModel):
-    """What the gateway remembers: stored responses, quota counters."""
+    """What the gateway remembers: stored responses, quota counters, files and batches (docs/state.md)."""
 
     state_dir: Path = Field(
         Path(".run/state"), description="Where the gateway keeps what it must remember (stored responses, quota "
-        "counters) in one SQLite file, shared by the workers of this host. With `GATEWAY_REDIS_URL` set, Redis "
-        "holds it instead (replicas and fronts share it).",
+        "counters, files, batches) in one SQLite file and a `files/` folder, shared by the workers of this host. "
+        "With `GATEWAY_REDIS_URL` set, Redis holds the records instead (replicas and fronts share them); files stay "
+        "on this disk.",
+    )
+    state_min_free_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, description="Free space the state directory's disk keeps: below it uploads, "
+        "stored responses and new batches are refused with 507 `insufficient_storage` (before anything is "
+        "written), and `/readyz` and `gateway_state_full` say so.",
     )
     responses_ttl: float = Field(
         30 * 86400.0, gt=0, description="Seconds a stored response (`store`, OpenAI's default) is kept for "
-        "`previous_response_id` and `GET /v1/responses/{id}`.",
+        "`previous_response_id` and `GET /v1/responses/{id}`; a conversation's earlier turns live as long as its "
+        "latest.",
     )
     responses_max_bytes: int = Field(
-        256 * 1024 * 1024, ge=1024, description="Bound on the stored responses (compressed); the oldest go first.",
+        256 * 1024 * 1024, ge=1024, description="Bound on each key's stored responses (compressed; a key's "
+        "`storage_bytes` in the keys file overrides it): past it the key's own responses that would expire soonest "
+        "go first — never another key's.",
     )
-
+    sweep_interval: float = Field(
+        300.0, gt=0, description="Seconds between sweeps of what expired: records and their index entries, "
+        "files whose record went, temporary files of uploads a crash cut off (also once at start).",
+    )
 
 class Cache(BaseModel):
     """Answers kept for requests that come again, and identical requests joined while they run."""
@@ -220,7 +232,15 @@ class Batches(BaseModel):
     """The Batch API: files of requests run in the capacity interactive traffic leaves."""
 
     max_file_bytes: int = Field(
-        200 * 1024 * 1024, ge=1024, description="Largest file `POST /v1/files` takes (a batch's input).",
+        200 * 1024 * 1024, ge=1024, description="Largest file `POST /v1/files` takes (a batch's input); the "
+        "output and error files the gateway writes for a batch are not bound by it.",
+    )
+    files_ttl: float = Field(
+        30 * 86400.0, gt=0, description="Seconds a file is kept when its upload names no `expires_after` (a "
+        "batch's output and error files: unless the batch named `output_expires_after`).",
+    )
+    batches_ttl: float = Field(
+        30 * 86400.0, gt=0, description="Seconds a batch's record is kept after its last change (it ended).",
     )
     batch_max_lines: int = Field(50_000, ge=1, description="Most requests in one batch's input file.")
     batch_max_concurrency: int = Field(
@@ -241,6 +261,13 @@ class Timeouts(BaseModel):
     )
     idle_timeout: float = Field(60.0, gt=0, description="Longest gap between two chunks of a stream.")
     total_timeout: float = Field(900.0, gt=0, description="Longest a whole request may take.")
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a connection may take to send a request's headers (a client that "
+        "trickles them is closed).",
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="Longest wait for the next piece of a request body (an upload that stalls is a 408).",
+    )
     keepalive_interval: float = Field(
         10.0, gt=0, description="While a stream waits for its first token, send `: keep-alive` this often."
     )
@@ -305,6 +332,11 @@ class AccessControl(BaseModel):
     )
     max_header_bytes: int = Field(
         64 * 1024, ge=1024, description="Largest total size of request headers (431 above)."
+    )
+    max_unauthenticated_connections: int = Field(
+        256, ge=1, description="Connections that have not yet sent a request with a valid key (still sending "
+        "headers, or idle) a worker keeps: past it the oldest of them is closed, so slow or idle sockets cannot "
+        "crowd out real clients; at most a quarter of the process's open-file limit.",
     )
     cors_origins: CsvList = Field(default_factory=list, description="Comma-separated CORS origins (empty = off).")
 

@@ -27,7 +27,8 @@ from app.gateway.router import Router
 from app.gateway.runtime import Runtime
 from app.policy.breaker import Breaker
 from app.policy.residency import Residency
-from app.state import open_store
+from app.state import StoreDown, open_store
+from app.state.disk import DiskSpace
 from app.upstream.client import Upstream
 from app.upstream.fleet import Fleet
 from app.upstream.footprint import FILE_NAME as FOOTPRINTS
@@ -60,8 +61,9 @@ class Gateway:
         self.admission = Admission(settings, metrics)
         self.residency = Residency(self.router.fit_together, hold=settings.swap_hold)
         self.state = open_store(settings)  # what must outlive a request: quotas, stored responses (SQLite or Redis)
+        self.disk = DiskSpace(settings.state_dir, settings.state_min_free_bytes, on_reading=self._disk_reading)
         self.access = Access(settings, metrics, self.state)  # team keys and quotas (GATEWAY_KEYS_FILE)
-        self.conversations = Conversations(self.state, settings)  # stored responses (the Responses API)
+        self.conversations = Conversations(self.state, settings, self.disk)  # stored responses (the Responses API)
         self.cache = ResponseCache(settings, metrics, self.state)  # answers kept for requests that come again
         self.recent = Recent()  # the last minutes, for the console
         self.draining = False
@@ -76,6 +78,10 @@ class Gateway:
     def registry(self) -> Registry:
         return self.live.registry
 
+    def _disk_reading(self, free: int, full: bool) -> None:
+        self.metrics.state_free_bytes.set(free)
+        self.metrics.state_full.set(int(full))
+
     def _registry_changed(self, registry: Registry) -> None:
         self.metrics.set_vocabulary((e.name for e in registry), registry.tasks)
         self.metrics.registry_models.set(len(registry))
@@ -85,6 +91,8 @@ class Gateway:
     async def start(self) -> None:
         for warning in exposure_warnings(self.settings):
             log.warning("%s", warning)
+        self.disk.free()  # the gauges from the start
+        self.spawn(self._heartbeat())
         if self.settings.registry_watch_interval > 0:  # the registry and the keys file
             self.spawn(self.live.watch(self.settings.registry_watch_interval, also=self.access.reload_if_changed))
         if self.fleet is not None:  # a front: its nodes run the runtimes
@@ -111,6 +119,15 @@ class Gateway:
             await self.fleet.aclose()
         await self.state.aclose()
         await self.runtime.stop()
+
+    async def _heartbeat(self) -> None:
+        """Renew this process's lease on its quota slots, so a process that dies frees them within a lease."""
+        while True:
+            try:
+                await self.state.heartbeat()
+            except StoreDown as exc:
+                log.debug("state store heartbeat: %s", exc)
+            await asyncio.sleep(self.state.lease / 3)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """A background task of the gateway's, cancelled at stop."""

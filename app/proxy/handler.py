@@ -26,7 +26,7 @@ from typing import Any
 
 from app.access.middleware import Caller, caller_of
 from app.core import tracing
-from app.core.errors import GatewayError, body_too_large, shutting_down
+from app.core.errors import GatewayError, body_too_large, request_timeout, shutting_down
 from app.core.registry import ModelEntry
 from app.core.tokens import estimate
 from app.gateway import Gateway
@@ -130,7 +130,8 @@ class Proxy:
         body = await endpoint.parse(raw, _text(headers.get(b"content-type")) or "")
         endpoint.validate(body, single_choice=self.single_choice)
         ex.body = endpoint.logged(body)
-        memory = gw.conversations.memory(caller)
+        memory = gw.conversations.memory(caller, endpoint.body_limit(self.settings))
+        asked = body  # as the client sent it: what a stored turn keeps
         try:
             body = await endpoint.recall(body, memory)
         except StoreDown:
@@ -152,7 +153,7 @@ class Proxy:
         plan = self.caching.plan(endpoint, body, headers.get(b"cache-control"), route.model,
                                  gw.inventory.upstream_id(route.model), ex, reply) if self.caching.on else None
         if plan is not None and plan.read and await self.caching.answered(ex, reply, plan):
-            await self._remember(ex, endpoint, body, memory)
+            await self._remember(ex, endpoint, asked, memory)
             return
         flight = self.caching.lead(plan, ex, reply) if plan is not None else None
         try:
@@ -166,7 +167,7 @@ class Proxy:
         finally:
             if flight is not None and plan is not None:
                 await self.caching.land(flight, plan, ex)  # kept if whole; followers told it ended
-        await self._remember(ex, endpoint, body, memory)
+        await self._remember(ex, endpoint, asked, memory)
 
     async def _remember(self, ex: Exchange, endpoint: Endpoint, body: dict[str, Any], memory: Memory) -> None:
         """Keep what later requests may refer to (a stored response), once the client has the whole answer."""
@@ -179,38 +180,48 @@ class Proxy:
     async def _reservation(self, endpoint: Endpoint, body: dict[str, Any], entry: ModelEntry) -> int:
         """The tokens a request may spend, reserved against its key's token quota at admission: its prompt
         (counted with the model's tokenizer where the gateway has it, in a thread; else ~4 bytes a token) and its
-        output budget (as asked, else the model's default)."""
+        output budget (as asked, else the model's default) for each answer it asks for (``n``)."""
         texts = endpoint.prompt_texts(body)
         if entry.path is not None and (entry.path / "tokenizer.json").is_file():
             prompt = await asyncio.to_thread(estimate, entry.path, texts)
         else:
             prompt = estimate(None, texts)
         budget = endpoint.output_budget(body)
-        return prompt + (budget if budget is not None else entry.max_tokens_default(self.settings.default_max_tokens))
+        if budget is None:
+            budget = entry.max_tokens_default(self.settings.default_max_tokens)
+        return prompt + budget * endpoint.choices(body)
 
     # --- the request's body and its client ---------------------------------------------------------------------
 
     async def _read_body(self, receive: Any, headers: dict[bytes, bytes], limit: int) -> bytes | None:
+        """The whole body (None: the client left meanwhile): 413 past ``limit``, 408 when a piece takes longer
+        than ``GATEWAY_BODY_TIMEOUT``."""
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise body_too_large(limit)
-        message = await receive()
-        body = message.get("body", b"")
-        if not message.get("more_body"):
-            if len(body) > limit:
-                raise body_too_large(limit)
-            return body  # type: ignore[no-any-return]
-        parts = [body]
-        size = len(body)
-        while message.get("more_body"):
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None  # the client left while sending its body
-            part = message.get("body", b"")
-            size += len(part)
-            if size > limit:
-                raise body_too_large(limit)
-            parts.append(part)
+        wait = self.settings.body_timeout
+        try:
+            async with asyncio.timeout(wait) as window:
+                message = await receive()
+                body = message.get("body", b"")
+                if not message.get("more_body"):
+                    if len(body) > limit:
+                        raise body_too_large(limit)
+                    return body  # type: ignore[no-any-return]
+                parts = [body]
+                size = len(body)
+                while message.get("more_body"):
+                    window.reschedule(asyncio.get_running_loop().time() + wait)
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None  # the client left while sending its body
+                    part = message.get("body", b"")
+                    size += len(part)
+                    if size > limit:
+                        raise body_too_large(limit)
+                    parts.append(part)
+        except TimeoutError:
+            raise request_timeout(wait) from None
         return b"".join(parts)
 
     async def _watch(self, receive: Any, ex: Exchange, owner: asyncio.Task[Any] | None) -> None:
@@ -221,9 +232,7 @@ class Proxy:
                 if ex.finished or owner is None:
                     return
                 ex.aborted = True
-                if ex.flight is not None and ex.flight.followers > 0:
-                    ex.flight.leader_gone = True  # identical requests follow this generation: it goes on for them
-                else:
+                if ex.flight is None or not ex.flight.client_left():  # a flight goes on while others listen
                     owner.cancel()
                 return
 

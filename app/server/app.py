@@ -26,32 +26,51 @@ from app import __version__
 from app.access.middleware import AuthMiddleware, send_error
 from app.batches import Batches
 from app.core import logs
-from app.core.errors import GatewayError, error_body
+from app.core.errors import GatewayError, body_too_large, error_body, file_too_large, insufficient_storage
 from app.core.settings import Settings, load_settings
 from app.gateway import Gateway
 from app.openai import BY_PATH, Endpoint
 from app.proxy.handler import Proxy
 from app.server import admin, batches, console, files, models, openapi, probes, stored
-from app.state import StoreDown
+from app.server.bodies import bounded, declared_length
+from app.server.multipart import FIELDS_LIMIT
+from app.server.protocol import GuardedProtocol
+from app.state import StoreDown, StoreFull
 
 log = logging.getLogger("foundry_gateway")
 
 
 class Dispatch:
-    """The proxied ``POST`` endpoints go to the proxy, before FastAPI's routing; the rest to FastAPI."""
+    """The proxied ``POST`` endpoints go to the proxy, before FastAPI's routing; the rest to FastAPI, their bodies
+    bounded in size and in time (``app.server.bodies``)."""
 
-    def __init__(self, api: FastAPI, proxy: Proxy) -> None:
+    def __init__(self, api: FastAPI, proxy: Proxy, settings: Settings) -> None:
         self.api = api
         self.proxy = proxy
         self.proxied: dict[str, Endpoint] = dict(BY_PATH)
+        self.body_limit = settings.max_body_bytes
+        self.file_limit = settings.max_file_bytes
+        self.upload_limit = settings.max_file_bytes + FIELDS_LIMIT + 64 * 1024  # the form's boundaries besides
+        self.body_timeout = settings.body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = self.proxied.get(scope["path"].rstrip("/") or "/")
+        if scope["type"] != "http":
+            await self.api(scope, receive, send)
+            return
+        path = scope["path"].rstrip("/") or "/"
+        if scope["method"] == "POST":
+            endpoint = self.proxied.get(path)
             if endpoint is not None:
                 await self.proxy(scope, receive, send, endpoint)
                 return
-        await self.api(scope, receive, send)
+        upload = path == "/v1/files"
+        limit = self.upload_limit if upload else self.body_limit
+        too_large = file_too_large(self.file_limit) if upload else body_too_large(limit)
+        declared = declared_length(scope["headers"])
+        if declared is not None and declared > limit:
+            await send_error(too_large, send)
+            return
+        await self.api(scope, bounded(receive, limit, self.body_timeout, too_large), send)
 
 
 class HeaderLimit:
@@ -86,6 +105,10 @@ def _install_error_handlers(api: FastAPI) -> None:
         elif exc.status_code == 405:
             message = f"Method {request.method} is not allowed on {request.url.path}."
         return _error_response(GatewayError(exc.status_code, message, headers=dict(exc.headers or {})))
+
+    @api.exception_handler(StoreFull)
+    async def store_full(_: Request, exc: StoreFull) -> JSONResponse:
+        return _error_response(insufficient_storage("the record"))
 
     @api.exception_handler(StoreDown)
     async def store_down(_: Request, exc: StoreDown) -> JSONResponse:
@@ -143,7 +166,7 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> ASGIApp:
         return JSONResponse({"name": "foundry-gateway", "version": __version__, "openai_base_url": "/v1",
                              "docs": "/docs"})
 
-    app: ASGIApp = Dispatch(api, proxy)
+    app: ASGIApp = Dispatch(api, proxy, settings)
     app = AuthMiddleware(app, gw.access, settings, gw.metrics)
     app = HeaderLimit(app, settings.max_header_bytes)
     if settings.cors_origins:
@@ -157,4 +180,5 @@ def create_app(**overrides: Any) -> ASGIApp:
     """uvicorn factory: settings from the environment (``GATEWAY_*``)."""
     settings = load_settings(**overrides)
     logs.configure(settings.log_level)
+    GuardedProtocol.configure(settings.header_timeout, settings.max_unauthenticated_connections)
     return build_app(settings)

@@ -38,6 +38,7 @@ async def readyz(request: Request) -> JSONResponse:
         "status": "ready" if ready else "not_ready",
         "upstream": upstream,
         "registry": {"models": len(gw.registry), "tasks": list(gw.registry.tasks), "rejected": gw.live.rejected},
+        "state": {"store": gw.state.name, **gw.disk.describe()},  # full: uploads and stored responses are 507s
         "draining": gw.draining,
         "preload": {"running": runtime.preloading, "models": runtime.preload},
     }

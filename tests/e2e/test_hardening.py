@@ -236,3 +236,64 @@ def test_a_silent_upstream_cannot_hang_start_up_or_requests(registry_file: Path,
             r = chat(g, timeout=15)
             assert r.status_code in (503, 504) and time.monotonic() - began < 6, r.text
             assert r.json()["error"]["message"]
+
+
+# --- slow clients (issue 31, finding 12) ----------------------------------------------------------------------
+
+
+def _half_sent(gw: GatewayProcess, data: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=15)
+    sock.sendall(data)
+    return sock
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the gateway closed the socket (what it said before, if anything, read and dropped)."""
+    try:
+        while chunk := sock.recv(65536):
+            if not chunk:
+                break
+        return True
+    except (ConnectionResetError, TimeoutError, OSError):
+        return True
+
+
+def test_headers_and_bodies_that_stall_are_timed_out(upstream: UpstreamProcess, registry_file: Path,
+                                                     tmp_path: Path) -> None:
+    """A connection that trickles its headers is closed after GATEWAY_HEADER_TIMEOUT; a body that stops coming is a
+    408 after GATEWAY_BODY_TIMEOUT — on the proxied routes and on the others (an upload). Keys on: none of it needs
+    one."""
+    env = {**FAKE_ENV, "GATEWAY_HEADER_TIMEOUT": "1", "GATEWAY_BODY_TIMEOUT": "1", "GATEWAY_API_KEYS": "k-secret-1"}
+    with GatewayProcess(upstream=upstream.url, registry=registry_file, env=env, log_path=tmp_path / "gw.log") as gw:
+        started = time.monotonic()
+        heads = _half_sent(gw, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        assert _closed(heads) and time.monotonic() - started < 8
+        for path, kind in (("/v1/chat/completions", "application/json"), ("/v1/files", "multipart/form-data; "
+                                                                                     "boundary=b")):
+            body = _half_sent(gw, f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k-secret-1\r\n"
+                                  f"Content-Type: {kind}\r\nContent-Length: 1000\r\n\r\n--b\r\n".encode())
+            answer = b""
+            while chunk := body.recv(65536):  # the answer, then the gateway closes
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 408"), (path, answer[:200])
+            assert b"request_timeout" in answer
+            body.close()
+        assert httpx.get(f"{gw.url}/healthz", timeout=5).status_code == 200
+
+
+def test_sockets_without_a_key_cannot_take_healthz_down(upstream: UpstreamProcess, registry_file: Path,
+                                                        tmp_path: Path) -> None:
+    """250 sockets that sent half their headers used up a gateway's 256 file descriptors: /healthz and every
+    client were refused. Connections that have not shown a key are capped (a quarter of the descriptors here), the
+    oldest closed to make room."""
+    env = {**FAKE_ENV, "GATEWAY_API_KEYS": "k-secret-1"}
+    with GatewayProcess(upstream=upstream.url, registry=registry_file, env=env, log_path=tmp_path / "gw.log",
+                        wrap=["prlimit", "--nofile=256:256"]) as gw:
+        socks = [_half_sent(gw, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n") for _ in range(250)]
+        try:
+            assert httpx.get(f"{gw.url}/healthz", timeout=5).status_code == 200
+            models = httpx.get(f"{gw.base_url}/models", headers={"Authorization": "Bearer k-secret-1"}, timeout=5)
+            assert models.status_code == 200
+        finally:
+            for sock in socks:
+                sock.close()
