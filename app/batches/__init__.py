@@ -14,7 +14,7 @@ from app.batches.files import Files
 from app.batches.lines import ENDPOINTS
 from app.batches.records import ACTIVE, DONE, BatchStore, new_batch
 from app.batches.runner import Runner
-from app.core.errors import GatewayError, bad_request
+from app.core.errors import GatewayError, bad_request, insufficient_storage
 from app.gateway import Gateway
 from app.gateway.conversations import owner_of
 from app.proxy.handler import Proxy
@@ -29,8 +29,11 @@ class Batches:
     def __init__(self, gw: Gateway, proxy: Proxy) -> None:
         self.gw = gw
         hours = MAX_WINDOW_HOURS * 3600.0
-        self.store = BatchStore(gw.state, results_ttl=hours + 7 * 86400)
-        self.files = Files(gw.state, gw.settings)  # inputs and outputs (/v1/files)
+        settings = gw.settings
+        self.store = BatchStore(gw.state, results_ttl=hours + 7 * 86400, done_ttl=settings.batches_ttl)
+        self.files = Files(gw.state, settings.state_dir, max_bytes=settings.max_file_bytes, ttl=settings.files_ttl,
+                           disk=gw.disk)  # inputs and outputs (/v1/files)
+        self.disk = gw.disk
         self.runner = Runner(gw, proxy, self.store, self.files)
 
     async def create(self, caller: Caller, body: JSON) -> JSON:
@@ -51,6 +54,9 @@ class Batches:
                 for k, v in metadata.items())):
             raise bad_request("'metadata' must be at most 16 string pairs (keys up to 64 characters, values up to "
                               "512).", param="metadata", code="invalid_value")
+        expires_after = _expires_after(body.get("output_expires_after"))
+        if self.disk.full:
+            raise insufficient_storage("a new batch (its results and output files)")
         record = await self.files.get(input_file_id, caller)
         if record is None:
             raise GatewayError(404, f"No file found with id '{input_file_id}'.", code="not_found",
@@ -59,8 +65,8 @@ class Batches:
             raise bad_request(f"File {input_file_id} has purpose '{record['purpose']}'; a batch's input needs "
                               "purpose 'batch'.", param="input_file_id", code="invalid_value")
         batch = new_batch(f"batch_{secrets.token_hex(12)}", owner_of(caller), input_file_id, endpoint, window,
-                          int(found.group(1)) * 3600.0, metadata, self.runner.instance)
-        await self.store.save(batch)
+                          int(found.group(1)) * 3600.0, metadata, self.runner.instance, expires_after)
+        await self.store.create(batch)
         self.runner.wake()
         return self.store.shown(batch, None)
 
@@ -93,3 +99,15 @@ class Batches:
         if record is None:
             raise GatewayError(404, f"No batch found with id '{batch_id}'.", code="not_found", param="batch_id")
         return record
+
+
+def _expires_after(value: Any) -> int | None:
+    """OpenAI's ``output_expires_after`` (``anchor`` ``created_at``, ``seconds`` 3600 to 30 days) for the output and
+    error files, or None (``GATEWAY_FILES_TTL``)."""
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and value.get("anchor") == "created_at" and isinstance(value.get("seconds"), int)
+            and not isinstance(value.get("seconds"), bool) and 3600 <= value["seconds"] <= 30 * 86400):
+        raise bad_request("'output_expires_after' must be {\"anchor\": \"created_at\", \"seconds\": 3600 to 2592000}.",
+                          param="output_expires_after", code="invalid_value")
+    return int(value["seconds"])

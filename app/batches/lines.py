@@ -1,7 +1,8 @@
 """A batch's input file, checked before anything runs: one JSON object a line — ``custom_id`` (unique),
 ``method`` ``POST``, ``url`` the batch's endpoint, ``body`` the request — and optionally ``task`` (this
 gateway's: the line's ``X-Task``, over the batch's ``metadata.task``). Every problem is reported with its line
-number, in OpenAI's batch error shape; a file with any is not run."""
+number, in OpenAI's batch error shape; a file with any is not run. The file is read a line at a time
+(:class:`Checker`), never whole: what is kept is the ids seen and the problems."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import orjson
 JSON = dict[str, Any]
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings")
 MAX_ERRORS = 100  # reported; a file with more is failed all the same
+MAX_CUSTOM_ID = 512
+BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,29 +31,76 @@ def error(code: str, message: str, line: int | None = None, param: str | None = 
     return {"code": code, "message": message, "param": param, "line": line}
 
 
-def read_lines(raw: bytes, endpoint: str, max_lines: int) -> tuple[list[Line], list[JSON]]:
-    """The requests of an input file and its problems (an empty list: it may run)."""
-    lines: list[Line] = []
-    errors: list[JSON] = []
-    seen: set[str] = set()
-    for number, text in enumerate(raw.split(b"\n"), start=1):
+class Lines:
+    """Numbers the lines of a file as they are read (a UTF-8 byte-order mark before the first is no part of it)
+    and parses each; blank lines are skipped and count only toward the line numbers."""
+
+    def __init__(self, endpoint: str, max_line_bytes: int) -> None:
+        self.endpoint = endpoint
+        self.max_line_bytes = max_line_bytes
+        self.number = 0
+        self.count = 0  # requests so far
+
+    def parse(self, text: bytes) -> Line | JSON | None:
+        """The next line's request, its problem, or None for a blank line."""
+        self.number += 1
+        if self.number == 1 and text.startswith(BOM):
+            text = text[len(BOM):]
         if not text.strip():
-            continue
-        found = _line(text, number, endpoint, len(lines), seen)
+            return None
+        if len(text) > self.max_line_bytes:
+            self.count += 1
+            return error("line_too_long", f"Line {self.number} is larger than {self.max_line_bytes} bytes, the most a "
+                         "request body may have (GATEWAY_MAX_BODY_BYTES).", self.number)
+        found = _line(text, self.number, self.endpoint, self.count)
+        self.count += 1
+        return found
+
+
+class Checker:
+    """The checks of a whole file, fed a line at a time: its problems, and how many requests it has."""
+
+    def __init__(self, endpoint: str, max_lines: int, max_line_bytes: int) -> None:
+        self.lines = Lines(endpoint, max_line_bytes)
+        self.max_lines = max_lines
+        self.errors: list[JSON] = []
+        self.problems = 0
+        self._seen: set[str] = set()
+
+    def add(self, text: bytes) -> Line | None:
+        found = self.lines.parse(text)
+        if isinstance(found, Line) and found.custom_id in self._seen:
+            found = error("duplicate_custom_id", f"Line {found.number}: custom_id '{found.custom_id[:100]}' is used by "
+                          "an earlier line; each must be unique.", found.number, "custom_id")
         if isinstance(found, Line):
-            seen.add(found.custom_id)
-            lines.append(found)
-        else:
-            errors.append(found)
-    if not lines and not errors:
-        errors.append(error("empty_file", "The input file has no requests."))
-    if len(lines) > max_lines:
-        errors.append(error("too_many_requests", f"The input file has {len(lines)} requests; a batch takes at most "
-                            f"{max_lines} (GATEWAY_BATCH_MAX_LINES)."))
-    return lines, errors[:MAX_ERRORS]
+            self._seen.add(found.custom_id)
+            return found
+        if found is not None:
+            self.problems += 1
+            if len(self.errors) < MAX_ERRORS:
+                self.errors.append(found)
+        return None
+
+    def finish(self) -> list[JSON]:
+        """Every problem of the file (an empty list: it may run)."""
+        count = self.lines.count
+        if not count:
+            self.errors.append(error("empty_file", "The input file has no requests."))
+        if count > self.max_lines:
+            self.errors.append(error("too_many_requests", f"The input file has {count} requests; a batch takes at "
+                                     f"most {self.max_lines} (GATEWAY_BATCH_MAX_LINES)."))
+        return self.errors[:MAX_ERRORS]
 
 
-def _line(text: bytes, number: int, endpoint: str, index: int, seen: set[str]) -> Line | JSON:
+def read_lines(raw: bytes, endpoint: str, max_lines: int, max_line_bytes: int = 1 << 30) -> tuple[list[Line],
+                                                                                                 list[JSON]]:
+    """The requests of a whole file in memory and its problems (the gateway itself reads files a line at a time)."""
+    checker = Checker(endpoint, max_lines, max_line_bytes)
+    lines = [line for text in raw.split(b"\n") if (line := checker.add(text)) is not None]
+    return lines, checker.finish()
+
+
+def _line(text: bytes, number: int, endpoint: str, index: int) -> Line | JSON:
     try:
         item = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -60,9 +110,9 @@ def _line(text: bytes, number: int, endpoint: str, index: int, seen: set[str]) -
     custom_id = item.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id.strip():
         return error("missing_required_parameter", f"Line {number} has no custom_id.", number, "custom_id")
-    if custom_id in seen:
-        return error("duplicate_custom_id", f"Line {number}: custom_id '{custom_id[:100]}' is used by an earlier "
-                     "line; each must be unique.", number, "custom_id")
+    if len(custom_id) > MAX_CUSTOM_ID:
+        return error("invalid_value", f"Line {number}: custom_id is longer than {MAX_CUSTOM_ID} characters.", number,
+                     "custom_id")
     method = item.get("method", "POST")
     if not isinstance(method, str) or method.upper() != "POST":
         return error("invalid_method", f"Line {number}: method must be POST.", number, "method")

@@ -1,50 +1,74 @@
-"""Running batches: one at a time, oldest first, each line a request to the gateway itself (``app.proxy.inprocess``)
-at the batch priority class, as the key that created the batch (its allow-lists and quotas), paced by the
-interactive traffic (``app.batches.pace``). In front mode the proxy spreads the lines over the nodes.
+"""Running batches: each line a request to the gateway itself (``app.proxy.inprocess``) at the batch priority class,
+as the key that created the batch (its allow-lists and quotas), paced by the interactive traffic
+(``app.batches.pace``). In front mode the proxy spreads the lines over the nodes.
 
 The runner of a state directory is one process: the workers of a host take a lock file in
-``GATEWAY_STATE_DIR`` and the one holding it runs the batches (another takes over if it dies). Each batch is a
-small state machine kept in the state store after every step, so a gateway stopped at any point — SIGTERM or
-SIGKILL — resumes where it was: ``validating`` → ``in_progress`` (each finished line's result kept; a line that
-was running is run again) → ``finalizing`` (the output and error files written under ids fixed by the batch, so
-writing them again replaces them) → ``completed``; or ``failed`` (the input's problems), ``cancelling`` →
-``cancelled`` (what finished is kept), ``expired`` (the completion window ended; the lines not run are errors).
+``GATEWAY_STATE_DIR`` and the one holding it runs the batches (another takes over if it dies). It reads only the
+active batches (an index, not the history) and takes turns between them — a slice of ``SLICE`` seconds each while
+several wait — so one tenant's long batch never holds another's. Each batch is a small state machine kept in the
+state store after every step, so a gateway stopped at any point — SIGTERM or SIGKILL — resumes where it was:
+``validating`` (the input checked a line at a time) → ``in_progress`` (each finished line's result kept; a line that
+was running is run again) → ``finalizing`` (the output and error files written as the results are read, under ids
+fixed by the batch, so writing them again replaces them) → ``completed``; or ``failed`` (the input's problems, or an
+input file that went away mid-batch: what ran is still written out), ``cancelling`` → ``cancelled`` (what finished
+is kept), ``expired`` (the completion window ended; the lines not run are errors). A batch that cannot be moved on
+(a bug) is tried a few times and then failed with the reason — it never stops the others. Files and records are
+never whole in memory: lines are read, and outputs written, a piece at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import secrets
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
 from app.access.middleware import ANYONE, Caller
-from app.batches.files import FileCorrupted, Files
-from app.batches.lines import Line, error, read_lines
+from app.batches.ask import run_line
+from app.batches.files import Files
+from app.batches.finish import Finisher
+from app.batches.inputs import InputGone, input_lines, succeeded
+from app.batches.lines import Checker, Line, Lines, error
 from app.batches.pace import Pace
-from app.batches.records import ACTIVE, BatchStore
+from app.batches.records import BatchStore, index_of
+from app.batches.sweeper import Sweeper
+from app.core.errors import GatewayError
 from app.gateway import Gateway
-from app.openai import BY_PATH
 from app.proxy.handler import Proxy
-from app.proxy.inprocess import ask
 from app.state import StoreDown
 
 log = logging.getLogger("foundry_gateway.batches")
 JSON = dict[str, Any]
 IDLE_POLL = 1.0  # seconds between looks for new or cancelled batches (another worker may have written them)
 REFRESH = 1.0  # seconds between re-reads of a running batch's record (a cancel from another worker)
-_DROPPED = ("stream", "stream_options")  # a batch line's answer is whole, never a stream
-_WAIT_AND_RETRY = (429, 503)  # a quota spent for now, no model ready yet: the line waits (~2 min at most)
-_ATTEMPTS = 8
+SLICE = 10.0  # seconds a batch runs before the next waiting one takes its turn
+MAX_FAILURES = 3  # unexpected errors in a row before a batch is failed with the reason
+
+
+@dataclass(slots=True)
+class Progress:
+    """What this process knows of a running batch between its turns: the lines done and where its input is."""
+
+    done: set[int] = field(default_factory=set)
+    ok: int = 0
+    source: AsyncIterator[Line] | None = None  # the input, read on from where the last turn stopped
+    retry: list[Line] = field(default_factory=list)  # lines stopped mid-flight: run first at the next turn
+
+    async def next_line(self) -> Line:
+        """The next line to run (StopAsyncIteration: none left)."""
+        if self.retry:
+            return self.retry.pop()
+        assert self.source is not None
+        return await anext(self.source)
 
 
 class Runner:
@@ -55,9 +79,15 @@ class Runner:
         self.store = store
         self.settings = gw.settings
         self.instance = instance_id(self.settings.state_dir)
+        self.sweeper = Sweeper(gw.state, files, self.settings.sweep_interval)
+        self.finisher = Finisher(store, files, self.settings.max_body_bytes)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock: IO[bytes] | None = None
+        self._progress: dict[str, Progress] = {}
+        self._failures: dict[str, int] = {}
+        self._last = ""  # the batch that had the last turn
+        self._full_said = 0.0
 
     def wake(self) -> None:
         """A batch was created or cancelled in this process: look now."""
@@ -72,6 +102,9 @@ class Runner:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self.sweeper.stop()
+        for progress in self._progress.values():
+            await _close(progress.source)
         if self._lock is not None:
             self._lock.close()
 
@@ -81,22 +114,61 @@ class Runner:
         while not self._take_lock():
             await self._idle()  # another worker of this host runs the batches; take over if it goes
         log.info("running batches of %s", self.settings.state_dir)
+        self.sweeper.start()
         while True:
             try:
-                batch = next((b for b in await self.store.every()
-                              if b["status"] in ACTIVE and b["x_instance"] == self.instance), None)
-                if batch is None:
+                await self.store.index_earlier_batches(self.instance)
+                break
+            except StoreDown as exc:
+                log.warning("running batches: %s; trying again", exc)
+                await self._idle()
+        while True:
+            batch: JSON | None = None
+            try:
+                batches = await self.store.active(self.instance)
+                if not batches:
                     await self._idle()
                     continue
-                await self._advance(batch)
+                batch = self._next(batches)
+                await self._advance(batch, time.monotonic() + SLICE if len(batches) > 1 else None)
+                self._failures.pop(batch["id"], None)
             except asyncio.CancelledError:
                 raise
             except StoreDown as exc:  # an outage, not a bug: one line, and the batch tried again shortly
                 log.warning("running batches: %s; trying again", exc)
                 await self._idle()
-            except Exception:  # a bug: logged whole, and the batch tried again shortly
-                log.exception("running batches failed; trying again")
+            except GatewayError as err:  # no room for its output files yet: it waits, the others go on
+                if err.status != 507:
+                    raise
+                if time.monotonic() - self._full_said > 60:
+                    self._full_said = time.monotonic()
+                    log.warning("batch %s waits for room on the state disk to write its files", batch and batch["id"])
                 await self._idle()
+            except Exception as exc:  # a bug: logged whole; after a few in a row the batch is failed, with why
+                log.exception("running batch %s failed", batch["id"] if batch else "?")
+                if batch is not None:
+                    await self._count_failure(batch, exc)
+                await self._idle()
+
+    def _next(self, batches: list[JSON]) -> JSON:
+        """The batch whose turn it is: the one after the last to have one (oldest first, round the list)."""
+        ids = [b["id"] for b in batches]
+        at = ids.index(self._last) + 1 if self._last in ids else 0
+        batch = batches[at % len(batches)]
+        self._last = batch["id"]
+        return batch
+
+    async def _count_failure(self, batch: JSON, exc: Exception) -> None:
+        failures = self._failures[batch["id"]] = self._failures.get(batch["id"], 0) + 1
+        if failures < MAX_FAILURES:
+            return
+        self._failures.pop(batch["id"], None)
+        batch.update(status="failed", failed_at=int(time.time()), errors={"object": "list", "data": [error(
+            "internal_error", f"The gateway could not finish this batch ({exc.__class__.__name__}: {exc}); the "
+            "results it kept are not written out.")]})
+        with contextlib.suppress(StoreDown):
+            await self.store.save(batch)
+        await self._forget(batch["id"])
 
     async def _idle(self) -> None:
         self._wake.clear()
@@ -114,72 +186,86 @@ class Runner:
         self._lock = handle
         return True
 
-    async def _advance(self, batch: JSON) -> None:
-        """One step of a batch's state machine, from what the store says it is."""
+    async def _advance(self, batch: JSON, until: float | None) -> None:
+        """One turn of a batch's state machine, from what the store says it is (``until``: when to give the turn
+        to the next batch)."""
         if batch["status"] in ("validating", "in_progress"):
             await self._stopping(batch)
-        lines = await self._lines(batch)
-        if lines is None:
-            return
         if batch["status"] == "validating":
-            batch.update(status="in_progress", in_progress_at=int(time.time()))
-            batch["request_counts"]["total"] = len(lines)
-            await self.store.save(batch)
+            await self._validate(batch)
         if batch["status"] == "in_progress":
-            await self._run(batch, lines)
+            await self._run(batch, until)
         if batch["status"] in ("finalizing", "cancelling"):
-            await self._finish(batch, lines)
+            await self._finish(batch)
 
-    async def _lines(self, batch: JSON) -> list[Line] | None:
-        """The batch's requests, or None when its input cannot run (the batch is then failed)."""
-        problems: list[JSON]
-        record = await self.files.get(batch["input_file_id"], None)
-        if record is None:
-            problems = [error("file_not_found", f"The input file {batch['input_file_id']} no longer exists.")]
+    # --- validating -----------------------------------------------------------------------------------------------
+
+    async def _validate(self, batch: JSON) -> None:
+        """Check the input a line at a time; problems (or no input) fail the batch before anything runs."""
+        checker = Checker(batch["endpoint"], self.settings.batch_max_lines, self.settings.max_body_bytes)
+        try:
+            async for text in await input_lines(self.files, batch, self.settings.max_body_bytes):
+                checker.add(text)
+        except InputGone as exc:
+            problems = [error(exc.code, str(exc))]
         else:
-            try:
-                raw = await self.files.read(record)
-            except (OSError, FileCorrupted) as exc:
-                problems = [error("file_unreadable", f"The input file cannot be read: {exc}.")]
-            else:
-                lines, problems = read_lines(raw, batch["endpoint"], self.settings.batch_max_lines)
-                if not problems:
-                    return lines
-        if batch["status"] in ("validating", "in_progress"):
+            problems = checker.finish()
+        if problems:
             batch.update(status="failed", failed_at=int(time.time()), errors={"object": "list", "data": problems})
-        else:  # finalizing or cancelling with the input gone: what ran is still written out
-            return []
+        else:
+            batch.update(status="in_progress", in_progress_at=int(time.time()))
+            batch["request_counts"]["total"] = checker.lines.count
         await self.store.save(batch)
-        return None
 
     # --- in progress ----------------------------------------------------------------------------------------------
 
-    async def _run(self, batch: JSON, lines: list[Line]) -> None:
-        done = await self.store.results(batch["id"])
-        pending = [line for line in lines if line.index not in done]
+    async def _run(self, batch: JSON, until: float | None) -> None:
+        progress = self._progress.get(batch["id"]) or await self._resume(batch)
+        if progress.source is None:
+            progress.source = self._pending(batch, progress)
         caller = self._caller(batch)
+        task_header = self.settings.task_header
         pace = Pace(self.settings.batch_max_concurrency)
         activity = self.proxy.activity
         running: dict[asyncio.Task[JSON], tuple[Line, float]] = {}
-        progress = refreshed = time.monotonic()
-        self._count(batch, list(done.values()))
+        progress_at = refreshed = time.monotonic()
         counts = batch["request_counts"]
+        exhausted = False
         try:
-            while pending or running:
+            while True:
                 now = time.monotonic()
                 if now - refreshed >= REFRESH:
                     refreshed = now
                     if await self._stopping(batch):
                         return
+                    if until is None and len(await self.store.active_ids(self.instance)) > 1:
+                        until = now + SLICE  # another batch came: this one gives it a turn soon
                 if time.time() >= batch["expires_at"]:
                     batch.update(status="finalizing", finalizing_at=int(time.time()), x_expired=True)
                     await self.store.save(batch)
                     return
-                allowed = pace.allowed(activity.interactive, activity.since_interactive(), now - progress)
-                while pending and len(running) < allowed:
-                    line = pending.pop(0)
-                    started = asyncio.ensure_future(self._line(batch, line, caller))
+                turn_over = until is not None and now >= until
+                allowed = 0 if turn_over else pace.allowed(activity.interactive, activity.since_interactive(),
+                                                           now - progress_at)
+                while not exhausted and len(running) < allowed:
+                    try:
+                        line = await progress.next_line()
+                    except StopAsyncIteration:
+                        exhausted = True
+                        break
+                    except InputGone as exc:  # deleted or altered mid-batch: what ran is written out
+                        batch.update(status="finalizing", finalizing_at=int(time.time()), x_failure=error(
+                            "file_not_found", f"{exc} The batch stopped; the answers it had are in its output "
+                            "and error files."))
+                        await self.store.save(batch)
+                        return
+                    started = asyncio.ensure_future(run_line(self.proxy, task_header, batch, line, caller))
                     running[started] = (line, activity.interactive_changed)
+                if not running:
+                    if exhausted:
+                        break
+                    if turn_over:
+                        return  # the next batch's turn; this one goes on from here at its next
                 waits: set[asyncio.Future[Any]] = set(running)
                 waits.add(asyncio.ensure_future(activity.changed(REFRESH)))
                 finished, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -189,10 +275,12 @@ class Runner:
                     line, since = running.pop(task)
                     result = task.result()
                     await self.store.keep_result(batch["id"], line.index, result)
-                    done[line.index] = result
-                    progress = time.monotonic()
+                    progress.done.add(line.index)
+                    progress_at = time.monotonic()
                     pace.finished(quiet=activity.interactive_changed == since and activity.interactive == 0)
-                    counts["completed" if _succeeded(result) else "failed"] += 1
+                    good = succeeded(result)
+                    progress.ok += good
+                    counts["completed" if good else "failed"] += 1
                     await self.store.save(batch)
                 for waiter in waits - set(running) - finished:
                     waiter.cancel()
@@ -201,8 +289,26 @@ class Runner:
             batch.update(status="finalizing", finalizing_at=int(time.time()))
             await self.store.save(batch)
         finally:
-            for task in running:
+            for task, (line, _) in running.items():
                 task.cancel()  # stopped (cancel, shutdown): run again by whoever resumes, if not cancelled
+                progress.retry.append(line)
+
+    async def _resume(self, batch: JSON) -> Progress:
+        """A batch this process has not run yet (new, or kept by a gateway that stopped): its results so far."""
+        progress = self._progress[batch["id"]] = Progress()
+        async for record in self.store.results(batch["id"]):
+            progress.done.add(index_of(record))
+            progress.ok += succeeded(orjson.loads(record.value))
+        batch["request_counts"].update(completed=progress.ok, failed=len(progress.done) - progress.ok)
+        return progress
+
+    async def _pending(self, batch: JSON, progress: Progress) -> AsyncIterator[Line]:
+        """The input's lines that have no result yet, one at a time."""
+        lines = Lines(batch["endpoint"], self.settings.max_body_bytes)
+        async for text in await input_lines(self.files, batch, self.settings.max_body_bytes):
+            found = lines.parse(text)
+            if isinstance(found, Line) and found.index not in progress.done:
+                yield found
 
     async def _stopping(self, batch: JSON) -> bool:
         """Whether a cancel was asked meanwhile (perhaps through another worker): the batch is then cancelling."""
@@ -221,112 +327,23 @@ class Runner:
         key = self.gw.access.key_named(owner)
         return Caller(key=key) if key is not None else None
 
-    async def _line(self, batch: JSON, line: Line, caller: Caller | None) -> JSON:
-        request_id = f"{batch['id']}-{line.index}"
-        result: JSON = {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": line.custom_id, "response": None,
-                        "error": None}
-        if caller is None:
-            result["error"] = {"code": "invalid_api_key", "message": f"The key that created this batch "
-                               f"('{batch['x_owner']}') is no longer in the keys file."}
-            return result
-        body = {k: v for k, v in line.body.items() if k not in _DROPPED}
-        headers = [(b"x-priority", b"batch"), (b"x-request-id", request_id.encode())]
-        task = line.task or (batch.get("metadata") or {}).get("task")
-        if task:
-            headers.append((self.settings.task_header.lower().encode(), task.encode("latin-1", "replace")))
-        delay = 1.0
-        for attempt in itertools.count(1):
-            try:
-                answer = await ask(self.proxy, BY_PATH[batch["endpoint"]], orjson.dumps(body), headers, caller)
-            except Exception as exc:  # the proxy answers every failure itself: a bug, kept as the line's error
-                log.exception("batch %s line %d failed", batch["id"], line.index)
-                result["error"] = {"code": "internal_error",
-                                   "message": f"Internal gateway error: {exc.__class__.__name__}"}
-                return result
-            if answer.status not in _WAIT_AND_RETRY or attempt >= _ATTEMPTS or \
-                    time.time() + delay >= batch["expires_at"]:
-                break
-            # the key's quota is spent for now, or no model can answer yet: the line waits, it does not fail
-            await asyncio.sleep(_retry_after(answer.headers) or delay)
-            delay = min(delay * 2, 30.0)
-        try:
-            parsed: Any = orjson.loads(answer.body)
-        except orjson.JSONDecodeError:
-            parsed = {"error": {"message": answer.body.decode("utf-8", "replace")[:500], "type": "api_error"}}
-        result["response"] = {"status_code": answer.status, "request_id": request_id, "body": parsed}
-        return result
-
-    @staticmethod
-    def _count(batch: JSON, results: list[JSON]) -> None:
-        ok = sum(1 for r in results if _succeeded(r))
-        batch["request_counts"] = {"total": batch["request_counts"]["total"], "completed": ok,
-                                   "failed": len(results) - ok}
-
     # --- the end --------------------------------------------------------------------------------------------------
 
-    async def _finish(self, batch: JSON, lines: list[Line]) -> None:
-        """Write the output and error files and close the batch (``completed``, ``expired`` or ``cancelled``)."""
-        results = await self.store.results(batch["id"])
-        unfinished = "batch_cancelled" if batch["status"] == "cancelling" else "batch_expired"
-        outputs: list[bytes] = []
-        errors: list[bytes] = []
-        for line in lines:
-            result = results.get(line.index)
-            if result is None:
-                if batch["status"] == "finalizing" and not batch.get("x_expired"):
-                    continue  # cannot happen: a finished run has every line
-                result = {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": line.custom_id, "response": None,
-                          "error": {"code": unfinished, "message": "This request was not run: the batch was "
-                                    + ("cancelled." if unfinished == "batch_cancelled" else "not done in its "
-                                       "completion window.")}}
-                results[line.index] = result
-            (outputs if _succeeded(result) else errors).append(orjson.dumps(result) + b"\n")
-        stem = batch["id"].removeprefix("batch_")
-        owner = batch["x_owner"]
-        if outputs:
-            batch["output_file_id"] = (await self.files.create(
-                owner, f"{batch['id']}_output.jsonl", "batch_output", _chunks(outputs), f"file-{stem}-output"))["id"]
-        if errors:
-            batch["error_file_id"] = (await self.files.create(
-                owner, f"{batch['id']}_error.jsonl", "batch_output", _chunks(errors), f"file-{stem}-errors"))["id"]
-        self._count(batch, list(results.values()))
-        now = int(time.time())
-        if batch["status"] == "cancelling":
-            batch.update(status="cancelled", cancelled_at=now)
-        elif batch.pop("x_expired", False):
-            batch.update(status="expired", expired_at=now)
-        else:
-            batch.update(status="completed", completed_at=now)
-        await self.store.save(batch)
-        await self.store.drop_results(batch["id"], list(results))
+    async def _finish(self, batch: JSON) -> None:
+        await self.finisher.finish(batch)
+        await self._forget(batch["id"])
+
+    async def _forget(self, batch_id: str) -> None:
+        progress = self._progress.pop(batch_id, None)
+        if progress is not None:
+            await _close(progress.source)
 
 
-def _retry_after(headers: list[tuple[bytes, bytes]]) -> float | None:
-    for name, value in headers:
-        if name.lower() == b"retry-after":
-            try:
-                return min(max(float(value), 0.1), 60.0)
-            except ValueError:
-                return None
-    return None
-
-
-def _succeeded(result: JSON) -> bool:
-    response = result.get("response")
-    return result.get("error") is None and isinstance(response, dict) and 200 <= response["status_code"] < 300
-
-
-async def _chunks(parts: list[bytes]) -> AsyncIterator[bytes]:
-    buffer: list[bytes] = []
-    size = 0
-    for part in parts:
-        buffer.append(part)
-        size += len(part)
-        if size >= 1 << 20:
-            yield b"".join(buffer)
-            buffer, size = [], 0
-    if buffer:
-        yield b"".join(buffer)
+async def _close(source: AsyncIterator[Line] | None) -> None:
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
 
 
 def instance_id(state_dir: Path) -> str:

@@ -286,3 +286,217 @@ def test_a_store_that_cannot_be_reached_is_a_503_and_one_log_line(upstream: Upst
             assert answer.json()["error"]["code"] == "state_store_unavailable" and answer.headers["retry-after"]
         assert wait_for(lambda: "running batches: redis" in log.read_text(), timeout=10)
     assert "Traceback" not in log.read_text()  # an outage is one line, not a stack
+
+
+# --- state that holds under real use (issue 31) ------------------------------------------------------------------
+
+
+def test_a_batch_whose_output_is_larger_than_an_upload_ends_and_holds_no_other(gateway: GatewayProcess,
+                                                                              upstream: UpstreamProcess) -> None:
+    """Finding 1: the output and error files are the gateway's own, not uploads — an output over
+    GATEWAY_MAX_FILE_BYTES (200 kB here) is written, and the next key's batch runs after it."""
+    a, b = _client(gateway), _client(gateway, "b-secret")
+    upstream.configure(reply="y" * 20_000)
+    big = run_batch(a, jsonl(15))  # ~300 kB of output
+    small = run_batch(b, jsonl(2, prefix="b"))
+    done = finished(a, big.id)
+    assert done.status == "completed", done
+    assert a.files.retrieve(done.output_file_id).bytes > 200_000
+    assert len(lines_of(a, done.output_file_id)) == 15
+    assert finished(b, small.id).status == "completed"
+
+
+def test_batches_are_listed_newest_first_while_one_runs(gateway: GatewayProcess, upstream: UpstreamProcess) -> None:
+    """Finding 15: a batch written after every line keeps its place; the list is newest first by created_at."""
+    client = _client(gateway)
+    upstream.configure(delay_ms=100)
+    first = run_batch(client, jsonl(30))
+    assert wait_for(lambda: client.batches.retrieve(first.id).request_counts.completed >= 1, timeout=30)
+    later = [run_batch(client, jsonl(1, prefix=f"later{i}")) for i in range(2)]
+    listed = [b.id for b in client.batches.list(limit=100)]
+    mine = [i for i in listed if i in {first.id, *(b.id for b in later)}]
+    assert mine == [later[1].id, later[0].id, first.id]
+    page = client.batches.list(limit=1, after=later[1].id)
+    assert [b.id for b in page.data] == [later[0].id]
+    for batch in (first, *later):
+        finished(client, batch.id)
+
+
+def test_a_byte_order_mark_runs_and_an_empty_upload_is_refused(gateway: GatewayProcess) -> None:
+    """Finding 16."""
+    client = _client(gateway)
+    done = finished(client, run_batch(client, b"\xef\xbb\xbf" + jsonl(2)).id)
+    assert done.status == "completed" and done.request_counts.completed == 2
+    with pytest.raises(openai.BadRequestError, match="empty"):
+        client.files.create(file=("empty.jsonl", b""), purpose="batch")
+
+
+def test_a_large_body_to_batches_is_refused_without_reading_it(gateway: GatewayProcess) -> None:
+    """Finding 3: every route's body has a limit — the declared length is refused at once, a chunked body the
+    moment it passes GATEWAY_MAX_BODY_BYTES."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/batches HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a-secret\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 300000000\r\n\r\n{")
+        head = sock.recv(65536)
+    assert head.startswith(b"HTTP/1.1 413"), head[:200]
+    sent, head = _chunked_until_answered(gateway, b"POST /v1/batches HTTP/1.1\r\nHost: x\r\n"
+                                         b"Authorization: Bearer a-secret\r\nContent-Type: application/json\r\n",
+                                         total=40 << 20)
+    assert head.startswith(b"HTTP/1.1 413") and b"body_too_large" in head, head[:300]
+    assert sent < 24 << 20  # answered at the 4 MiB limit (plus what the sockets buffer), not after all 40 MiB
+
+
+def test_a_chunked_upload_past_the_limit_stops_at_the_limit(gateway: GatewayProcess, tmp_path: Path) -> None:
+    """Finding 3: an upload is not spooled whole before its size is known: the 413 comes at the limit."""
+    boundary = b"xyzzy"
+    start = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--' + boundary +
+             b'\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n'
+             b"Content-Type: application/octet-stream\r\n\r\n")
+    sent, head = _chunked_until_answered(gateway, b"POST /v1/files HTTP/1.1\r\nHost: x\r\n"
+                                         b"Authorization: Bearer a-secret\r\n"
+                                         b"Content-Type: multipart/form-data; boundary=" + boundary + b"\r\n",
+                                         total=40 << 20, first=start)
+    assert head.startswith(b"HTTP/1.1 413") and b"file_too_large" in head, head[:300]
+    assert sent < 20 << 20
+    files = Path(gateway.env["GATEWAY_STATE_DIR"]) / "files"
+    assert wait_for(lambda: not any(p.name.startswith(".") for p in files.iterdir()), timeout=10)
+
+
+def test_a_download_is_streamed_and_a_changed_file_is_an_error_before_any_byte(gateway: GatewayProcess) -> None:
+    client = _client(gateway)
+    content = jsonl(1) * 1000
+    uploaded = client.files.create(file=("in.jsonl", content), purpose="batch")
+    with httpx.stream("GET", f"{gateway.base_url}/files/{uploaded.id}/content", timeout=30,
+                      headers={"Authorization": "Bearer a-secret"}) as answer:
+        assert answer.status_code == 200 and int(answer.headers["content-length"]) == len(content)
+        assert b"".join(answer.iter_bytes()) == content
+    path = Path(gateway.env["GATEWAY_STATE_DIR"]) / "files" / uploaded.id
+    path.write_bytes(b"x" + content[1:])
+    broken = httpx.get(f"{gateway.base_url}/files/{uploaded.id}/content", timeout=30,
+                       headers={"Authorization": "Bearer a-secret"})
+    assert broken.status_code == 500 and broken.json()["error"]["code"] == "file_unreadable"
+
+
+def _chunked_until_answered(gw: GatewayProcess, head: bytes, total: int, first: bytes = b"") -> tuple[int, bytes]:
+    """Send a chunked body of ``total`` bytes until the gateway answers; (bytes sent by then, the answer)."""
+    import select
+    import socket
+
+    piece = b"x" * (256 * 1024)
+    sent = 0
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=30) as sock:
+        sock.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
+        if first:
+            sock.sendall(b"%x\r\n%s\r\n" % (len(first), first))
+        while sent < total:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                break
+            try:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            except OSError:  # the gateway closed after its answer
+                break
+            sent += len(piece)
+        else:
+            sock.sendall(b"0\r\n\r\n")
+        answer = b""
+        while b"}}" not in answer and (more := sock.recv(65536)):  # the whole answer, its JSON last
+            answer += more
+    return sent, answer
+
+
+def test_files_expire_and_their_bytes_are_swept(upstream: UpstreamProcess, setup: tuple[Path, dict[str, str]],
+                                                tmp_path: Path) -> None:
+    """Finding 9: files have OpenAI's expiry (``expires_after``, else GATEWAY_FILES_TTL) and a sweep removes the
+    bytes of those that went."""
+    registry, env = setup
+    with GatewayProcess(upstream=upstream.url, registry=registry, log_path=tmp_path / "gw.log",
+                        env={**env, "GATEWAY_FILES_TTL": "1", "GATEWAY_SWEEP_INTERVAL": "0.3"}) as gw:
+        client = _client(gw)
+        kept = client.files.create(file=("in.jsonl", jsonl(1)), purpose="batch",
+                                   expires_after={"anchor": "created_at", "seconds": 3600})
+        assert kept.expires_at == kept.created_at + 3600
+        short = client.files.create(file=("in.jsonl", jsonl(1)), purpose="batch")
+        assert short.expires_at is not None and short.expires_at <= short.created_at + 2
+        folder = Path(gw.env["GATEWAY_STATE_DIR"]) / "files"
+        assert (folder / short.id).exists()
+
+        def gone() -> bool:
+            try:
+                client.files.retrieve(short.id)
+            except openai.NotFoundError:
+                return True
+            return False
+
+        assert wait_for(gone, timeout=10)
+        assert client.files.retrieve(kept.id).id == kept.id
+        with pytest.raises(openai.BadRequestError, match="expires_after"):
+            client.files.create(file=("in.jsonl", jsonl(1)), purpose="batch",
+                                expires_after={"anchor": "created_at", "seconds": 5})
+
+
+def test_an_upload_cut_by_a_sigkill_leaves_nothing_after_a_restart(
+        upstream: UpstreamProcess, setup: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """Finding 13: the upload is written where it will live, as it arrives, under a temporary name of its
+    writer's; the next gateway's sweep removes it (once at start)."""
+    import socket
+
+    registry, env = setup
+    gw = GatewayProcess(upstream=upstream.url, registry=registry, env=env, log_path=tmp_path / "gw.log")
+    with gw:
+        folder = Path(gw.env["GATEWAY_STATE_DIR"]) / "files"
+        boundary = b"xyzzy"
+        part = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--' +
+                boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="in.jsonl"\r\n\r\n' +
+                jsonl(50))
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a-secret\r\n"
+                         b"Content-Type: multipart/form-data; boundary=" + boundary + b"\r\n"
+                         b"Content-Length: 100000\r\n\r\n" + part)
+            assert wait_for(lambda: folder.is_dir() and any(p.name.startswith(".tmp-") for p in folder.iterdir()),
+                            timeout=10)
+            assert gw.proc is not None
+            gw.proc.kill()
+            gw.proc.wait(10)
+        assert any(p.name.startswith(".tmp-") for p in folder.iterdir())
+        gw.start()
+        assert wait_for(lambda: not any(p.name.startswith(".") for p in folder.iterdir()), timeout=10)
+
+
+def test_deleting_a_running_batchs_input_keeps_the_answers_it_had(
+        upstream: UpstreamProcess, setup: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """Finding 14: the input deleted mid-batch, then a restart: the batch fails saying why, with the answers it
+    had written out (they were lost before)."""
+    registry, env = setup
+    upstream.configure(delay_ms=400)
+    gw = GatewayProcess(upstream=upstream.url, registry=registry, env=env, log_path=tmp_path / "gw.log")
+    with gw:
+        client = _client(gw)
+        batch = run_batch(client, jsonl(60))
+        assert wait_for(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 3, timeout=30)
+        client.files.delete(batch.input_file_id)
+        assert gw.proc is not None
+        gw.proc.kill()
+        gw.proc.wait(10)
+        gw.start()
+        done = finished(client, batch.id)
+        assert done.status == "failed" and done.errors is not None
+        assert done.errors.data[0].code == "file_not_found" and "did not run" in (done.errors.data[0].message or "")
+        output = lines_of(client, done.output_file_id)
+        assert len(output) >= 3 and done.request_counts.completed == len(output)
+        assert all(line["response"]["status_code"] == 200 for line in output)
+
+
+def test_two_keys_batches_take_turns(gateway: GatewayProcess, upstream: UpstreamProcess) -> None:
+    """One tenant's long batch never holds another's: while both wait they take turns (a slice each)."""
+    a, b = _client(gateway), _client(gateway, "b-secret")
+    upstream.configure(delay_ms=300)
+    long = run_batch(a, jsonl(400))
+    assert wait_for(lambda: a.batches.retrieve(long.id).request_counts.completed >= 1, timeout=30)
+    short = run_batch(b, jsonl(3, prefix="b"))
+    assert finished(b, short.id, timeout=40).status == "completed"
+    assert a.batches.retrieve(long.id).status == "in_progress"  # still going: the short one did not wait for it
+    a.batches.cancel(long.id)
+    finished(a, long.id)

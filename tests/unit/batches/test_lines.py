@@ -60,3 +60,14 @@ def test_custom_ids_are_unique_or_reported(ids: list[str]) -> None:
         seen.add(custom_id)
     assert [line.custom_id for line in lines] == list(dict.fromkeys(i for i in ids if i.strip()))
     assert len(errors) == (expected if ids else 1)
+
+
+def test_a_byte_order_mark_before_the_first_line_is_no_part_of_it() -> None:
+    """Finding 16: a file saved by an editor that writes a UTF-8 BOM runs."""
+    lines, errors = read_lines(b"\xef\xbb\xbf" + _line("a") + b"\n" + _line("b"), URL, 10)
+    assert errors == [] and [x.custom_id for x in lines] == ["a", "b"]
+
+
+def test_a_line_longer_than_a_request_body_is_a_problem() -> None:
+    lines, errors = read_lines(_line("a") + b"\n" + _line("b", pad="x" * 500), URL, 10, max_line_bytes=300)
+    assert [x.custom_id for x in lines] == ["a"] and [(e["line"], e["code"]) for e in errors] == [(2, "line_too_long")]
