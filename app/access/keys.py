@@ -1,10 +1,10 @@
 """API keys for teams: who may use which models and tasks, and how much (``GATEWAY_KEYS_FILE``).
 
 The file is JSON or YAML, ``{"keys": [{"name", "key" or "key_sha256", "models", "tasks", "requests_per_minute",
-"tokens_per_minute", "tokens_per_day", "max_concurrency", "priority"}]}``. ``foundry-gateway keys add`` writes
-only the SHA-256 of a key it generated (and prints the key once); a plain ``key`` is accepted for hand-written
-files. A presented key is hashed and compared with every stored hash in constant time; a key is never logged
-(its name is). The file is reloaded when it changes; a broken one is rejected with its reasons and the last
+"tokens_per_minute", "tokens_per_day", "max_concurrency", "priority", "storage_bytes"}]}``. ``foundry-gateway keys
+add`` writes only the SHA-256 of a key it generated (and prints the key once); a plain ``key`` is accepted for
+hand-written files. A presented key is hashed and compared with every stored hash in constant time; a key is never
+logged (its name is). The file is reloaded when it changes; a broken one is rejected with its reasons and the last
 good one stays in force, like the registry.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 from app.state.base import Limits
 
 LIMITS = ("requests_per_minute", "tokens_per_minute", "tokens_per_day", "max_concurrency")
-FIELDS = ("name", "key", "key_sha256", "models", "tasks", *LIMITS, "priority")
+FIELDS = ("name", "key", "key_sha256", "models", "tasks", *LIMITS, "priority", "storage_bytes")
 
 
 class KeysError(ValueError):
@@ -45,6 +45,7 @@ class ApiKey:
     tokens_per_day: int = 0
     max_concurrency: int = 0
     priority: str | None = None  # its requests' default X-Priority
+    storage_bytes: int = 0  # bound on its stored responses (0: GATEWAY_RESPONSES_MAX_BYTES)
 
     @property
     def limited(self) -> bool:
@@ -63,7 +64,8 @@ class ApiKey:
         """What ``keys ls`` and logs may show: everything but the hash."""
         return {"name": self.name, "models": sorted(self.models) if self.models is not None else None,
                 "tasks": sorted(self.tasks) if self.tasks is not None else None,
-                **{limit: getattr(self, limit) for limit in LIMITS}, "priority": self.priority}
+                **{limit: getattr(self, limit) for limit in LIMITS}, "priority": self.priority,
+                "storage_bytes": self.storage_bytes or None}
 
 
 class KeyRing:
@@ -158,8 +160,12 @@ def _parse_one(item: Any, where: str, problems: list[str]) -> ApiKey | None:
     priority = item.get("priority")
     if priority not in (None, "interactive", "batch"):
         problems.append(f"{where}: 'priority' must be 'interactive' or 'batch'")
+    storage = item.get("storage_bytes", 0)
+    if isinstance(storage, bool) or not isinstance(storage, int) or storage < 0:
+        problems.append(f"{where}: 'storage_bytes' must be an integer ≥ 0 (0: GATEWAY_RESPONSES_MAX_BYTES)")
+        storage = 0
     if len(problems) > before:
         return None
     sha = digest(plain) if isinstance(plain, str) else str(hashed).lower()
     return ApiKey(name=str(name).strip(), sha256=sha, models=lists["models"], tasks=lists["tasks"],
-                  priority=priority, **limits)
+                  priority=priority, storage_bytes=storage, **limits)

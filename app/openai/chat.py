@@ -87,6 +87,10 @@ class Chat(Endpoint):
         budget = body.get("max_completion_tokens") or body.get("max_tokens")
         return budget if isinstance(budget, int) else None
 
+    def choices(self, body: JSON) -> int:
+        n = body.get("n")
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+
     def payload(self, body: JSON, target: Target) -> tuple[bytes, str | None]:
         return orjson.dumps(self.upstream_body(body, target)), None
 

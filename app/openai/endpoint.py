@@ -40,7 +40,15 @@ class Memory(Protocol):
     """What an endpoint may keep beyond a request, in the caller's own space (the Responses API's stored
     responses); ``app.gateway.conversations`` is the one behind it."""
 
-    async def recall(self, key: str) -> JSON | None: ...
+    limit: int  # the most bytes what is recalled, with the request, may have
+
+    async def recall(self, key: str) -> list[JSON] | None:
+        """The items of the conversation up to and including that response (None: no such response)."""
+        ...
+
+    def check_room(self) -> None:
+        """Raise (507) if what this request would keep could not be kept now."""
+        ...
 
     async def keep(self, key: str, value: JSON) -> None: ...
 
@@ -87,11 +95,17 @@ class Endpoint:
         return body
 
     async def remember(self, body: JSON, answer: JSON, memory: Memory) -> None:
-        """Keep what a later request may refer to, once the answer is whole."""
+        """Keep what a later request may refer to, once the answer is whole (``body``: as the client sent it,
+        before :meth:`recall`)."""
 
     def deterministic(self, body: JSON) -> bool:
         """Whether the answer is meant to repeat: greedy decoding (``temperature`` 0) or a ``seed``."""
         return body.get("temperature") == 0 or body.get("seed") is not None
+
+    def shareable(self, body: JSON) -> bool:
+        """Whether identical requests in flight may share this one's generation (a stored response may not: each
+        request is its own response, with its own id, in its own caller's space)."""
+        return True
 
     def by_meaning(self, body: JSON) -> tuple[str, JSON] | None:
         """For the semantic cache: the text compared by meaning and the body without it (which must match
@@ -103,8 +117,12 @@ class Endpoint:
         return []
 
     def output_budget(self, body: JSON) -> int | None:
-        """The most tokens the request may generate (None: the model's default budget applies)."""
+        """The most tokens one answer may generate (None: the model's default budget applies)."""
         return 0
+
+    def choices(self, body: JSON) -> int:
+        """How many answers the request asks for (``n``): each may spend the whole output budget."""
+        return 1
 
     # --- what the upstream gets ----------------------------------------------------------------------------
 

@@ -79,23 +79,36 @@ class Responses(Endpoint):
         return budget if isinstance(budget, int) else None
 
     async def recall(self, body: JSON, memory: Memory) -> JSON:
-        """``previous_response_id``: that conversation (its input, then its output) before this input."""
+        """``previous_response_id``: that conversation (each turn's input, then its output) before this input —
+        within the body limit as a whole; and, when the answer is to be stored, room for it (else a 507 now)."""
+        if body.get("store") is not False:
+            memory.check_room()
         previous = body.get("previous_response_id")
         if previous is None:
             return body
-        record = await memory.recall(previous)
-        if record is None:
+        history = await memory.recall(previous)
+        if history is None:
             raise bad_request(f"Previous response with id '{previous}' not found.", param="previous_response_id",
                               code="previous_response_not_found")
-        history = [*record["input"], *record["response"].get("output", ())]
-        return {**body, "input": [*history, *input_items(body["input"])]}
+        assembled = {**body, "input": [*history, *input_items(body["input"])]}
+        if len(orjson.dumps(assembled)) > memory.limit:
+            raise bad_request(f"The request with the conversation of '{previous}' is larger than {memory.limit} "
+                              "bytes, the most a request may send (GATEWAY_MAX_BODY_BYTES): start a new one, or send "
+                              "its recent turns as input.", param="previous_response_id",
+                              code="conversation_too_large")
+        return assembled
 
     async def remember(self, body: JSON, answer: JSON, memory: Memory) -> None:
+        """Keep this turn once: the input it added, the answer, and the response it continued."""
         if body.get("store") is False or not isinstance(answer.get("id"), str):
             return
         if answer.get("status") not in ("completed", "incomplete"):
             return
-        await memory.keep(answer["id"], {"input": input_items(body["input"]), "response": answer})
+        await memory.keep(answer["id"], {"input": input_items(body["input"]), "response": answer,
+                                         "previous": body.get("previous_response_id")})
+
+    def shareable(self, body: JSON) -> bool:
+        return body.get("store") is False
 
     def payload(self, body: JSON, target: Target) -> tuple[bytes, str | None]:
         out = {key: value for key, value in body.items() if key != "previous_response_id"}  # expanded already

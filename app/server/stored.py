@@ -32,7 +32,11 @@ async def response_input_items(request: Request, response_id: str = _RESPONSE_ID
                                limit: int = Query(20, ge=1, le=100), order: str = Query("desc", pattern="^(asc|desc)$"),
                                after: str | None = Query(None, max_length=200)) -> dict[str, Any]:
     """The input the response answered (the conversation before it included), paged as OpenAI pages it."""
-    items: list[dict[str, Any]] = list((await _record(request, response_id))["input"])
+    gw = gateway(request)
+    found = await gw.conversations.input_items(response_id, caller(request), gw.settings.max_body_bytes)
+    if found is None:
+        raise _not_found(response_id)
+    items: list[dict[str, Any]] = found
     if order == "desc":
         items.reverse()
     if after is not None:
