@@ -16,7 +16,6 @@ identical requests joined while they run (``app.proxy.flights``).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import re
@@ -46,6 +45,7 @@ _ROUTE_HEADERS = (b"x-gateway-model", b"x-gateway-task", b"x-gateway-route", b"x
 _BYPASS, _MISS, _HIT = (((b"x-gateway-cache", result),) for result in (b"bypass", b"miss", b"hit"))
 _MAX_AGE = re.compile(r"max-age\s*=\s*(\d+)")
 _ID_TAIL = re.compile(r"[A-Za-z0-9]+$")
+REPLAY_LIMIT = 16 << 20  # bytes of a generation recorded for late joiners and the cache
 
 
 @dataclass(slots=True)
@@ -56,6 +56,7 @@ class Plan:
     read: bool  # look for a kept answer, or a generation in flight (``no-cache``: generate, then keep)
     max_age: float | None
     stream: bool
+    shared: bool = True  # identical requests in flight may join its generation (not a stored response's)
     group: str | None = None  # the semantic cache's: what must match exactly besides the question
     question: str = ""  # the text compared by meaning
     vector: Vector | None = None  # its embedding, once asked
@@ -67,6 +68,7 @@ class Caching:
         self.shared_scope = settings.cache_scope == "shared"
         self.charge = settings.cache_charge == "full"
         self.idle_timeout = settings.idle_timeout
+        self.replay_limit = min(settings.cache_max_bytes, REPLAY_LIMIT)  # bigger answers are neither kept nor joined
         self.cache = cache
         self.access = access
         self.flights: dict[str, Flight] = {}
@@ -92,7 +94,8 @@ class Caching:
             bool(body["stream_options"].get("include_usage"))
         head = [endpoint.name, upstream_id, self.cache.fingerprints.get(entry.name, ""), scope, ex.stream, usage]
         plan = Plan(_digest(head, body), read="no-cache" not in directives,
-                    max_age=float(found.group(1)) if found else None, stream=ex.stream)
+                    max_age=float(found.group(1)) if found else None, stream=ex.stream,
+                    shared=endpoint.shareable(body))
         split = endpoint.by_meaning(body) if self.semantic is not None and endpoint.deterministic(body) else None
         if split is not None:
             plan.question, plan.group = split[0], _digest(head, split[1])
@@ -110,7 +113,9 @@ class Caching:
                 await self._admit(ex, reply, self.tokens(entry.usage))
                 await self._send(ex, reply, entry)
                 return True
-            flight = self.flights.get(plan.key)
+            flight = self.flights.get(plan.key) if plan.shared else None
+            if flight is not None and not flight.replayable:
+                return False  # too big to replay: this request generates its own
             if flight is not None:
                 if await self._follow(flight, ex, reply):
                     return True
@@ -126,9 +131,10 @@ class Caching:
         follow it (unless another generation of the same runs: a ``no-cache`` request generates on its own)."""
         ex.cache = "miss"
         reply.cache = _MISS
-        flight = Flight()
+        shared = plan.shared and plan.key not in self.flights
+        flight = Flight(shared=shared, idle_timeout=self.idle_timeout, replay_limit=self.replay_limit)
         reply.send = flight.tee(reply.send)
-        if plan.key not in self.flights:
+        if shared:
             self.flights[plan.key] = ex.flight = flight
         return flight
 
@@ -145,6 +151,9 @@ class Caching:
             flight.finish()
             if self.flights.get(plan.key) is flight:
                 del self.flights[plan.key]
+            own = flight.own
+            if own is not None and not await flight.delivered(own):  # the leader's client read on at its pace
+                ex.aborted = True
 
     async def _admit(self, ex: Exchange, reply: Responder, tokens: int) -> None:
         """Answers not generated are free, unless GATEWAY_CACHE_CHARGE=full: then admitted and charged as usual."""
@@ -201,43 +210,41 @@ class Caching:
             await reply.whole(200, b"application/json", body)
 
     async def _follow(self, flight: Flight, ex: Exchange, reply: Responder) -> bool:
-        """Relay the leader's messages to this client, from the first; False if the leader failed before any."""
-        flight.followers += 1
-        try:
-            start = await flight.message(0)
-            if start is None or start["status"] >= 400:
-                await flight.message(len(flight.messages))  # the end: did it fail, or only end badly?
-                if flight.failed_before_content:
-                    return False
-                start = flight.messages[0]
-            await self._admit(ex, reply, 0)
-            ex.cache = "coalesced"
-            own = [(b"x-request-id", ex.request_id.encode()), *reply.quota, (b"x-gateway-cache", b"coalesced")]
-            headers = [(k, v) for k, v in start["headers"]
+        """Relay the leader's messages to this client, from the first, at this client's pace; False if the leader
+        failed before any."""
+        start = await flight.message(0)
+        if start is None or start["status"] >= 400:
+            await flight.ended()  # did it fail, or only end badly?
+            if flight.failed_before_content:
+                return False
+            start = flight.messages[0]
+        await self._admit(ex, reply, 0)
+        ex.cache = "coalesced"
+        own = [(b"x-request-id", ex.request_id.encode()), *reply.quota, (b"x-gateway-cache", b"coalesced")]
+
+        def first(message: JSON) -> JSON:
+            headers = [(k, v) for k, v in message["headers"]
                        if k not in (b"x-request-id", b"x-gateway-cache") and not k.startswith(b"x-ratelimit-")]
-            await reply.send({**start, "headers": [*headers, *own]})
-            ex.status, reply.started = start["status"], True
-            index = 1
-            while (message := await flight.message(index)) is not None:
-                try:
-                    async with asyncio.timeout(self.idle_timeout):  # a client that reads nothing is let go
-                        await reply.send(message)
-                except TimeoutError:
-                    ex.aborted = True
-                    return True
-                index += 1
-                if not message.get("more_body", False):
-                    ex.finished = True
-            ex.usage, ex.answer = flight.usage, None
-            return True
+            return {**message, "headers": [*headers, *own]}
+
+        ex.status, reply.started = start["status"], True
+        listener = flight.listen(reply.send, first)
+        try:
+            if await flight.delivered(listener):
+                ex.finished = True
+                await flight.ended()
+            else:
+                ex.aborted = True  # it read nothing for the idle timeout, or fell too far behind: let go alone
         finally:
-            flight.leave()
+            flight.leave(listener)
+        ex.usage, ex.answer = flight.usage, None
+        return True
 
     # --- answers kept --------------------------------------------------------------------------------------------
 
     def entry_of(self, flight: Flight, ex: Exchange, plan: Plan) -> Entry | None:
-        """What a finished generation leaves to keep, or None (an error, a broken or cut stream)."""
-        if ex.status != 200 or ex.broken or ex.entry is None or not flight.messages:
+        """What a finished generation leaves to keep, or None (an error, a broken or cut stream, too big)."""
+        if ex.status != 200 or ex.broken or ex.entry is None or not flight.messages or not flight.replayable:
             return None
         start, parts = flight.messages[0], flight.messages[1:]
         if not parts or parts[-1].get("more_body", False):

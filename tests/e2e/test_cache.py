@@ -298,6 +298,30 @@ def test_a_leader_failing_before_content_is_retried_by_one_waiter(gateway: Gatew
     assert sorted(r[0] for r in results if r[2] == 200).count("miss") == 1
 
 
+def test_a_leader_that_stops_reading_holds_no_follower(gateway: GatewayProcess, upstream: UpstreamProcess) -> None:
+    """Finding 6 (issue 31): a 12 MB generation; the first client reads its headers and then nothing. Its follower
+    got 2.8 MB and then nothing (the generation waited on the stuck client); now the generation goes at the
+    upstream's pace, the follower gets all of it, and the stuck client alone is let go (idle timeout: 2 s here)."""
+    import socket
+    import time
+
+    upstream.configure(reply="x" * 12_000_000, chunks=3000, chunk_delay_ms=1)
+    body = json.dumps({"model": "chat-a", "messages": _ask(31), "temperature": 0, "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as stuck:
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        head = stuck.recv(4096)  # the headers, and then it reads no more
+        assert b" 200 " in head.split(b"\r\n")[0]
+        started = time.monotonic()
+        follower = _chat(gateway, _ask(31), stream=True)
+        took = time.monotonic() - started
+        assert follower.status_code == 200 and follower.headers["x-gateway-cache"] in ("coalesced", "hit")
+        text, _ = _stream_text(follower)
+        assert len(text) == 12_000_000 and took < 25
+    assert upstream.stats()["requests"] == 1
+
+
 # --- scope, sharing, registry changes ----------------------------------------------------------------------------
 
 

@@ -344,8 +344,9 @@ async def infer(conn: Connection, chat: bool, raw: bytes) -> None:
         text = "".join(parts)
     prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []) if isinstance(m, dict))
     prompt_tokens += len(str(body.get("prompt", "")).split())
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(parts),
-             "total_tokens": prompt_tokens + len(parts)}
+    choices = int(body.get("n") or 1) if isinstance(body.get("n"), int) else 1  # JSON answers honour n
+    generated = len(parts) * (choices if not stream else 1)
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": generated, "total_tokens": prompt_tokens + generated}
     created = int(time.time())
     rid = f"chatcmpl-{state.stats['requests']}"
     if not stream:
@@ -357,8 +358,8 @@ async def infer(conn: Connection, chat: bool, raw: bytes) -> None:
             state.json_in_progress -= 1
         if chat:
             payload: dict[str, Any] = {"id": rid, "object": "chat.completion", "created": created, "model": model,
-                                       "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                                    "finish_reason": "stop"}], "usage": usage}
+                                       "choices": [{"index": i, "message": {"role": "assistant", "content": text},
+                                                    "finish_reason": "stop"} for i in range(choices)], "usage": usage}
         else:
             payload = {"id": rid.replace("chat", ""), "object": "text_completion", "created": created, "model": model,
                        "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],

@@ -84,7 +84,7 @@ def test_the_key_holds_what_changes_the_answer_and_nothing_else() -> None:
 
 def _finished(messages: list[dict[str, Any]], status: int = 200, stream: bool = True) -> tuple[Flight, Exchange]:
     async def run() -> tuple[Flight, Exchange]:
-        flight = Flight()
+        flight = Flight(shared=False)  # recorded and sent at once (a shared one sends by a listener's task)
         sent: list[dict[str, Any]] = []
 
         async def client(message: dict[str, Any]) -> None:

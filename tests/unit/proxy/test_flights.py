@@ -1,12 +1,15 @@
-"""A generation shared by identical requests: followers get every message in order whenever they join, a leader
-whose client left goes on while followers listen and stops when nobody does, and a failure before content is told
-apart from an answer."""
+"""A generation shared by identical requests: every client gets every message in order whenever it joins, each at
+its own pace — one that stops reading is let go alone and never holds the generation or the others (finding 6 of
+issue 31); a leader whose client left goes on while followers listen and stops when nobody does; past the replay
+limit memory holds only what the slowest client still needs; a failure before content is told apart from an
+answer."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+from app.proxy import flights
 from app.proxy.flights import Flight
 
 
@@ -17,66 +20,116 @@ def _body(data: bytes, more: bool = True) -> dict[str, Any]:
 START = {"type": "http.response.start", "status": 200, "headers": []}
 
 
-async def _follow(flight: Flight) -> list[dict[str, Any]]:
-    got, index = [], 0
-    while (message := await flight.message(index)) is not None:
+def _collector() -> tuple[list[dict[str, Any]], Any]:
+    got: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
         got.append(message)
-        index += 1
-    return got
+
+    return got, send
 
 
 def test_early_and_late_followers_get_every_message_in_order() -> None:
     async def run() -> None:
         flight = Flight()
-        to_client: list[dict[str, Any]] = []
-
-        async def client(message: dict[str, Any]) -> None:
-            to_client.append(message)
-
-        send = flight.tee(client)
-        early = asyncio.ensure_future(_follow(flight))
-        await send(START)
-        await send(_body(b"a"))
-        late = asyncio.ensure_future(_follow(flight))
-        await asyncio.sleep(0)  # the late one catches up on what was sent
-        await send(_body(b"b", more=False))
+        to_client, client = _collector()
+        record = flight.tee(client)
+        early, early_send = _collector()
+        first = flight.listen(early_send)
+        await record(START)
+        await record(_body(b"a"))
+        late, late_send = _collector()
+        second = flight.listen(late_send, first=lambda m: {**m, "headers": [(b"x", b"late")]})
+        await record(_body(b"b", more=False))
         flight.finish()
+        assert await flight.delivered(first) and await flight.delivered(second)
+        assert flight.own is not None and await flight.delivered(flight.own)
         expected = [START, _body(b"a"), _body(b"b", more=False)]
-        assert await early == expected and await late == expected and to_client == expected
+        assert early == expected and to_client == expected
+        assert late == [{**START, "headers": [(b"x", b"late")]}, *expected[1:]]
         assert not flight.failed_before_content
 
     asyncio.run(run())
 
 
-def test_a_leader_whose_client_left_goes_on_until_the_last_follower_leaves() -> None:
+def test_a_client_that_stops_reading_is_let_go_alone() -> None:
+    """The leader's client reads nothing: the generation goes on at its own pace, the follower gets all of it,
+    and the stuck client is let go after the idle timeout."""
+    async def run() -> None:
+        flight = Flight(idle_timeout=0.2)
+        stuck = asyncio.Event()
+
+        async def never_reads(message: dict[str, Any]) -> None:
+            if message.get("body"):
+                stuck.set()
+                await asyncio.Event().wait()  # a socket whose buffers are full
+
+        record = flight.tee(never_reads)
+        follower, follower_send = _collector()
+        listener = flight.listen(follower_send)
+        await record(START)
+        for _ in range(100):
+            await record(_body(b"x" * 1000))  # never waits for any client
+        await record(_body(b"", more=False))
+        flight.finish()
+        assert await flight.delivered(listener) and len(follower) == 102
+        await stuck.wait()
+        assert flight.own is not None and not await flight.delivered(flight.own)  # let go, alone
+
+    asyncio.run(run())
+
+
+def test_the_generation_goes_on_while_anyone_listens_and_stops_when_nobody_does() -> None:
     async def run() -> None:
         released = asyncio.Event()
+        started = asyncio.Event()
+        holder: list[Flight] = []
 
         async def leader() -> None:
+            holder.append(Flight())
+            started.set()
             await released.wait()
 
         task = asyncio.ensure_future(leader())
+        await started.wait()
+        flight = holder[0]
+        _, client = _collector()
+        flight.tee(client)
+        _, follower_send = _collector()
+        follower = flight.listen(follower_send)
+        assert flight.client_left() and flight.followers == 1
         await asyncio.sleep(0)
-        flight = Flight()
-        flight.leader = task
-        flight.followers = 2
-        flight.leader_gone = True
-        flight.leave()
-        await asyncio.sleep(0)
-        assert not task.done()  # one follower still listens
-        flight.leave()
+        assert not task.done()  # the follower still listens
+        flight.leave(follower)
         await asyncio.sleep(0)
         assert task.cancelled()
 
     asyncio.run(run())
 
 
-def test_a_leader_with_its_client_there_is_never_cancelled_by_followers() -> None:
+def test_past_the_replay_limit_memory_holds_only_what_the_slowest_needs(monkeypatch: Any) -> None:
+    monkeypatch.setattr(flights, "BUFFER", 10_000)
+
     async def run() -> None:
-        flight = Flight()
-        flight.followers = 1
-        flight.leave()
-        assert flight.leader is not None and not flight.leader.cancelled()
+        flight = Flight(replay_limit=5_000, idle_timeout=30)
+        _, client = _collector()
+        record = flight.tee(client)
+        hold = asyncio.Event()
+
+        async def slow(message: dict[str, Any]) -> None:
+            await hold.wait()
+
+        lagging = flight.listen(slow)
+        await record(START)
+        for _ in range(30):
+            await record(_body(b"x" * 1000))
+            await asyncio.sleep(0)
+        assert not flight.replayable
+        assert lagging not in flight.listeners  # more than BUFFER behind: let go
+        assert flight.base > 0 and len(flight.messages) < 5  # only what the leader's client has not had
+        await record(_body(b"", more=False))
+        flight.finish()
+        assert flight.own is not None and await flight.delivered(flight.own)
 
     asyncio.run(run())
 
@@ -86,11 +139,8 @@ def test_failure_before_content() -> None:
         nothing = Flight()
         nothing.finish()
         assert nothing.failed_before_content and await nothing.message(0) is None
-        error = Flight()
-
-        async def client(message: dict[str, Any]) -> None:
-            return None
-
+        error = Flight(shared=False)
+        _, client = _collector()
         await error.tee(client)({**START, "status": 400})
         assert not error.failed_before_content  # not finished yet
         error.finish()
