@@ -26,7 +26,7 @@ from typing import Any
 
 from app.access.middleware import Caller, caller_of
 from app.core import tracing
-from app.core.errors import GatewayError, body_too_large, request_timeout, shutting_down
+from app.core.errors import GatewayError, body_too_large, shutting_down
 from app.core.registry import ModelEntry
 from app.core.tokens import estimate
 from app.gateway import Gateway
@@ -194,34 +194,30 @@ class Proxy:
     # --- the request's body and its client ---------------------------------------------------------------------
 
     async def _read_body(self, receive: Any, headers: dict[bytes, bytes], limit: int) -> bytes | None:
-        """The whole body (None: the client left meanwhile): 413 past ``limit``, 408 when a piece takes longer
-        than ``GATEWAY_BODY_TIMEOUT``."""
+        """The whole body (None: the client left meanwhile, or stopped sending it: ``app.server.protocol``), a 413
+        past ``limit``."""
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise body_too_large(limit)
-        wait = self.settings.body_timeout
-        try:
-            async with asyncio.timeout(wait) as window:
-                message = await receive()
-                body = message.get("body", b"")
-                if not message.get("more_body"):
-                    if len(body) > limit:
-                        raise body_too_large(limit)
-                    return body  # type: ignore[no-any-return]
-                parts = [body]
-                size = len(body)
-                while message.get("more_body"):
-                    window.reschedule(asyncio.get_running_loop().time() + wait)
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        return None  # the client left while sending its body
-                    part = message.get("body", b"")
-                    size += len(part)
-                    if size > limit:
-                        raise body_too_large(limit)
-                    parts.append(part)
-        except TimeoutError:
-            raise request_timeout(wait) from None
+        message = await receive()
+        body = message.get("body", b"")
+        if not message.get("more_body"):
+            if message["type"] == "http.disconnect":
+                return None
+            if len(body) > limit:
+                raise body_too_large(limit)
+            return body  # type: ignore[no-any-return]
+        parts = [body]
+        size = len(body)
+        while message.get("more_body"):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None  # the client left while sending its body
+            part = message.get("body", b"")
+            size += len(part)
+            if size > limit:
+                raise body_too_large(limit)
+            parts.append(part)
         return b"".join(parts)
 
     async def _watch(self, receive: Any, ex: Exchange, owner: asyncio.Task[Any] | None) -> None:

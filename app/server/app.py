@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
@@ -42,7 +43,7 @@ log = logging.getLogger("foundry_gateway")
 
 class Dispatch:
     """The proxied ``POST`` endpoints go to the proxy, before FastAPI's routing; the rest to FastAPI, their bodies
-    bounded in size and in time (``app.server.bodies``)."""
+    bounded in size (``app.server.bodies``; in time by the protocol, ``app.server.protocol``)."""
 
     def __init__(self, api: FastAPI, proxy: Proxy, settings: Settings) -> None:
         self.api = api
@@ -51,7 +52,6 @@ class Dispatch:
         self.body_limit = settings.max_body_bytes
         self.file_limit = settings.max_file_bytes
         self.upload_limit = settings.max_file_bytes + FIELDS_LIMIT + 64 * 1024  # the form's boundaries besides
-        self.body_timeout = settings.body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,7 +70,7 @@ class Dispatch:
         if declared is not None and declared > limit:
             await send_error(too_large, send)
             return
-        await self.api(scope, bounded(receive, limit, self.body_timeout, too_large), send)
+        await self.api(scope, bounded(receive, limit, too_large), send)
 
 
 class HeaderLimit:
@@ -115,6 +115,10 @@ def _install_error_handlers(api: FastAPI) -> None:
         return _error_response(GatewayError(503, "The state store is unavailable (stored responses, files, batches "
                                             "cannot be read or written now); try again shortly.",
                                             code="state_store_unavailable", headers={"retry-after": "2"}))
+
+    @api.exception_handler(ClientDisconnect)
+    async def client_left(_: Request, exc: ClientDisconnect) -> Response:
+        return Response(status_code=400)  # nobody to read it: the client went, or stopped sending its body
 
     @api.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -180,5 +184,5 @@ def create_app(**overrides: Any) -> ASGIApp:
     """uvicorn factory: settings from the environment (``GATEWAY_*``)."""
     settings = load_settings(**overrides)
     logs.configure(settings.log_level)
-    GuardedProtocol.configure(settings.header_timeout, settings.max_unauthenticated_connections)
+    GuardedProtocol.configure(settings.header_timeout, settings.body_timeout, settings.max_unauthenticated_connections)
     return build_app(settings)
