@@ -7,7 +7,7 @@ PORT ?= $(or $(GATEWAY_PORT),8080)
 MODEL := models/tiny-chat/genai_config.json
 BUILDER := .venv-model/.installed
 
-.PHONY: help install model builder prometheus redis chromium run test lint typecheck unit bench bench-real bench-surface bench-fleet bench-transport bench-toolcalls bench-cache bench-batch clean
+.PHONY: help install model builder prometheus redis chromium run test lint typecheck unit bench bench-real bench-surface bench-fleet bench-transport bench-toolcalls bench-cache bench-batch bench-memory clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
@@ -80,5 +80,7 @@ bench-cache: install model  ## the response cache on the real runtime: hit laten
 	$(PY) scripts/bench_cache.py --seconds 6 --rounds 4 --max-tokens 32,256
 bench-batch: install model  ## a 500-line batch beside 4 interactive clients on the real runtime: their TTFT and the batch's lines/s (~3 min)
 	$(PY) scripts/bench_batch.py --lines 500
+bench-memory: install  ## the gateway's RSS during a 300 MB upload, 4 x 100 MB downloads and a 10,000-line batch (bound +64 MiB, ~2 min)
+	$(PY) scripts/bench_memory.py
 clean:  ## remove the venv and run state
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
