@@ -19,7 +19,8 @@ README = ROOT / "README.md"
 SETTINGS = ("<!-- settings-table:start -->", "<!-- settings-table:end -->")
 MODULES = ("<!-- module-map:start -->", "<!-- module-map:end -->")
 # the layers, top (imports the rest) to bottom (imports nothing of the app): as pyproject's import contract says
-LAYERS = ("cli", "server", "curation", "proxy", "gateway", "access", "upstream", "openai", "policy", "core")
+LAYERS = ("cli", "server", "curation", "batches", "proxy", "gateway", "access", "upstream", "openai", "policy", "state",
+          "core")
 
 
 def summary(path: Path) -> str:

@@ -158,14 +158,20 @@ class Files:
             raise FileCorrupted(f"file {record['id']} does not match its checksum")
 
     async def content(self, record: JSON) -> AsyncIterator[bytes]:
-        """The file's bytes in pieces, checked as they go (changed since :meth:`verify`: the last piece is an
-        error instead, so a client never takes a wrong file as whole)."""
+        """The file's bytes in pieces, checked as they go: the last piece is held back until the whole matches
+        its checksum (changed since :meth:`verify`: an error instead of it, so a client never has all the bytes
+        of a wrong file)."""
         digest = hashlib.sha256()
+        held: bytes | None = None
         async for chunk in self._pieces(record):
             digest.update(chunk)
-            yield chunk
+            if held is not None:
+                yield held
+            held = chunk
         if digest.hexdigest() != record.get("sha256"):
             raise FileCorrupted(f"file {record['id']} does not match its checksum")
+        if held is not None:
+            yield held
 
     async def lines(self, record: JSON, longest: int) -> AsyncIterator[bytes]:
         """The file's lines (without their newline), read in pieces and checked against the checksum at the end;

@@ -10,8 +10,9 @@ life of the turns before it (``touch``), so a conversation lives ``GATEWAY_RESPO
 Each belongs to the key that made it: a team key reads and deletes only its own (another key's id is a 404, like an
 unknown one); callers without a team key share one space; the admin key reads all. Each key's space has its own
 bound — ``GATEWAY_RESPONSES_MAX_BYTES``, or the key's ``storage_bytes`` — past which that key's turns that would
-expire soonest go; another key's are never touched. With no room on the state disk a request that asks to be stored
-is refused (507) before it is generated. A front keeps the state of its clients; its nodes are asked with
+expire soonest go — its least recently continued conversations, the oldest turns first — checked every ten of the
+key's writes in each process; another key's are never touched. With no room on the state disk a request that asks
+to be stored is refused (507) before it is generated. A front keeps the state of its clients; its nodes are asked with
 ``store: false`` and keep none.
 """
 
@@ -112,9 +113,9 @@ class Conversations:
 
     async def keep(self, response_id: str, caller: Caller, record: JSON, earlier: list[str]) -> None:
         owner = owner_of(caller)
-        try:
-            await self.store.put(SPACE, response_id, orjson.dumps(record), owner=owner, ttl=self.ttl)
+        try:  # the earlier turns first: the newest is the last of its conversation a trim would take
             await self.store.touch(SPACE, earlier, self.ttl)
+            await self.store.put(SPACE, response_id, orjson.dumps(record), owner=owner, ttl=self.ttl)
         except StoreFull:
             self.disk.ran_out()
             raise

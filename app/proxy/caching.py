@@ -227,8 +227,10 @@ class Caching:
                        if k not in (b"x-request-id", b"x-gateway-cache") and not k.startswith(b"x-ratelimit-")]
             return {**message, "headers": [*headers, *own]}
 
-        ex.status, reply.started = start["status"], True
         listener = flight.listen(reply.send, first)
+        if listener is None:  # it went past its replay limit meanwhile: this request generates its own
+            return False
+        ex.status, reply.started = start["status"], True
         try:
             if await flight.delivered(listener):
                 ex.finished = True

@@ -39,8 +39,8 @@ class Listener:
 
 
 class Flight:
-    __slots__ = ("_own", "_waiters", "base", "bytes", "done", "idle_timeout", "leader", "listeners", "messages",
-                 "replay_limit", "replayable", "shared", "usage")
+    __slots__ = ("_own", "_waiters", "base", "bytes", "done", "generated", "idle_timeout", "leader", "listeners",
+                 "messages", "replay_limit", "replayable", "shared", "usage")
 
     def __init__(self, *, shared: bool = True, idle_timeout: float = 60.0, replay_limit: int = 16 << 20) -> None:
         self.messages: list[Message] = []  # from index ``base`` on (earlier ones dropped: everyone had them)
@@ -48,6 +48,7 @@ class Flight:
         self.bytes = 0  # body bytes generated so far
         self.replayable = True  # every message is still recorded: others may join, the cache may keep it
         self.done = False
+        self.generated = False  # the answer's last message is recorded: nothing is left to stop
         self.shared = shared
         self.idle_timeout = idle_timeout
         self.replay_limit = replay_limit
@@ -70,7 +71,7 @@ class Flight:
                 await send(message)
 
             return record_and_send
-        self._own = self.listen(send)
+        self._own = self.listen(send)  # nothing is recorded yet: never None
 
         async def record(message: Message) -> None:
             if self.done:  # after the flight (an error the proxy itself tells): straight to the client
@@ -80,10 +81,11 @@ class Flight:
 
         return record
 
-    def listen(self, send: Send, first: Callable[[Message], Message] | None = None) -> Listener:
-        """A client that gets every message from the first (``first``: what its first message becomes)."""
-        if self.base:
-            raise RuntimeError("joined a flight that is no longer replayable")
+    def listen(self, send: Send, first: Callable[[Message], Message] | None = None) -> Listener | None:
+        """A client that gets every message from the first (``first``: what its first message becomes); None when
+        the first messages are gone (past the replay limit): it must generate its own."""
+        if not self.replayable:
+            return None
         listener = Listener()
         self.listeners.append(listener)
         listener.task = asyncio.ensure_future(self._deliver(listener, send, first))
@@ -112,7 +114,8 @@ class Flight:
         self.listeners.remove(listener)
         if listener.task is not None and not listener.task.done():
             listener.task.cancel()
-        if not self.listeners and not listener.complete and not self.done and self.leader is not None:
+        if not self.listeners and not listener.complete and not self.generated and not self.done and \
+                self.leader is not None:
             self.leader.cancel()
 
     async def ended(self) -> None:
@@ -146,6 +149,8 @@ class Flight:
 
     def _record(self, message: Message) -> None:
         self.messages.append(message)
+        if message.get("type") == "http.response.body" and not message.get("more_body", False):
+            self.generated = True  # the leader goes on to keep it (cache, stored response): never cancelled now
         self.bytes += len(message.get("body", b""))
         if self._waiters:
             self._wake()

@@ -113,7 +113,12 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def timed_out(self) -> None:
         """Past the deadline of the phase it is in: headers — closed; a body — a 408 if nothing was answered yet,
-        and the request told its client left."""
+        and the request told its client left. Not while the server itself stopped reading (a body buffered past
+        uvicorn's high-water mark, a request queued behind the one in progress): the client is not the slow one."""
+        if self.flow.read_paused or self.pipeline:
+            GuardedProtocol.reading[self] = self.loop.time() + (self.body_timeout if self._in_body else
+                                                               self.header_timeout)
+            return
         cycle = self.cycle
         if self._in_body and cycle is not None and not cycle.response_complete:
             if not cycle.response_started:

@@ -82,18 +82,22 @@ local function forget(key)
   redis.call('ZREM', P .. ':exp', key)
   return redis.call('DEL', P .. ':rec:' .. key)
 end
-local function sweep(now)
-  local gone = 0
-  while true do
-    local due = redis.call('ZRANGEBYSCORE', P .. ':exp', '-inf', now, 'LIMIT', 0, BATCH)
-    for _, key in ipairs(due) do forget(key) end
-    gone = gone + #due
-    if #due < BATCH then return gone end
-  end
+local function clock()  -- Redis's own time: every replica's expiries are on one clock
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
-""".replace("BATCH", str(_SWEEP_BATCH))
+local function expiry(ttl_ms)  -- a record that never expires sorts after every one that does
+  if tonumber(ttl_ms) > 0 then return clock() + tonumber(ttl_ms) / 1000 end
+  return FAR + clock()
+end
+local function sweep()  -- at most BATCH records a call: a long expiry wave never blocks Redis
+  local due = redis.call('ZRANGEBYSCORE', P .. ':exp', '-inf', clock(), 'LIMIT', 0, BATCH)
+  for _, key in ipairs(due) do forget(key) end
+  return #due
+end
+""".replace("BATCH", str(_SWEEP_BATCH)).replace("FAR", repr(FAR))
 
-# ARGV: prefix, key, value, owner, now, ttl ms (0: none), size, expiry score
+# ARGV: prefix, key, value, owner, now (the creation time), ttl ms (0: none), size
 _PUT = _FORGET + """
 local key, owner, now = ARGV[2], ARGV[4], ARGV[5]
 local rec = P .. ':rec:' .. key
@@ -113,8 +117,9 @@ if tonumber(ARGV[6]) > 0 then redis.call('PEXPIRE', rec, ARGV[6]) else redis.cal
 redis.call('HSET', P .. ':meta', key, ARGV[7] .. ':' .. owner)
 redis.call('ZADD', P .. ':idx', created, key)
 redis.call('ZADD', P .. ':idx:o:' .. owner, created, key)
-redis.call('ZADD', P .. ':exp', ARGV[8], key)
-redis.call('ZADD', P .. ':exp:o:' .. owner, ARGV[8], key)
+local expires = expiry(ARGV[6])
+redis.call('ZADD', P .. ':exp', expires, key)
+redis.call('ZADD', P .. ':exp:o:' .. owner, expires, key)
 redis.call('INCRBY', P .. ':bytes', ARGV[7])
 redis.call('INCRBY', P .. ':bytes:o:' .. owner, ARGV[7])
 return 1
@@ -123,37 +128,37 @@ return 1
 # ARGV: prefix, key
 _DELETE = _FORGET + "return forget(ARGV[2])"
 
-# ARGV: prefix, now, ttl ms, expiry score, keys...
+# ARGV: prefix, ttl ms, keys...
 _TOUCH = _FORGET + """
-for i = 5, #ARGV do
+local expires = expiry(ARGV[2])
+for i = 3, #ARGV do
   local key = ARGV[i]
   local meta = redis.call('HGET', P .. ':meta', key)
-  if meta and redis.call('PEXPIRE', P .. ':rec:' .. key, ARGV[3]) == 1 then
+  if meta and redis.call('PEXPIRE', P .. ':rec:' .. key, ARGV[2]) == 1 then
     local owner = string.match(meta, '^%d+:(.*)$')
-    redis.call('ZADD', P .. ':exp', ARGV[4], key)
-    redis.call('ZADD', P .. ':exp:o:' .. owner, ARGV[4], key)
+    redis.call('ZADD', P .. ':exp', expires, key)
+    redis.call('ZADD', P .. ':exp:o:' .. owner, expires, key)
   end
 end
 return 1
 """
 
-# ARGV: prefix, now
-_SWEEP = _FORGET + "return sweep(ARGV[2])"
+# ARGV: prefix
+_SWEEP = _FORGET + "return sweep()"
 
-# ARGV: prefix, now, owner ("" with no owner: the space), has owner (0/1)
+# ARGV: prefix, owner ("" with no owner: the space), has owner (0/1); swept first by the caller
 _SIZE = _FORGET + """
-sweep(ARGV[2])
-local counter = ARGV[4] == '1' and (P .. ':bytes:o:' .. ARGV[3]) or (P .. ':bytes')
+local counter = ARGV[3] == '1' and (P .. ':bytes:o:' .. ARGV[2]) or (P .. ':bytes')
 return tonumber(redis.call('GET', counter) or '0')
 """
 
-# ARGV: prefix, now, owner, has owner (0/1), max bytes
+# ARGV: prefix, owner, has owner (0/1), max bytes; swept first by the caller
 _TRIM = _FORGET + """
-sweep(ARGV[2])
+sweep()
 local counter, order = P .. ':bytes', P .. ':exp'
-if ARGV[4] == '1' then counter, order = P .. ':bytes:o:' .. ARGV[3], P .. ':exp:o:' .. ARGV[3] end
+if ARGV[3] == '1' then counter, order = P .. ':bytes:o:' .. ARGV[2], P .. ':exp:o:' .. ARGV[2] end
 local removed = 0
-while tonumber(redis.call('GET', counter) or '0') > tonumber(ARGV[5]) do
+while tonumber(redis.call('GET', counter) or '0') > tonumber(ARGV[4]) do
   local soonest = redis.call('ZRANGE', order, 0, 0)
   if #soonest == 0 then redis.call('SET', counter, 0) break end
   forget(soonest[1])
@@ -227,8 +232,7 @@ class RedisStore:
         await self._ready()
         stored = pack(value)
         now = self.clock()
-        await self._put(args=[_prefix(space), key, stored, owner, now, int(ttl * 1000) if ttl else 0, len(stored),
-                              now + ttl if ttl else FAR + now])
+        await self._put(args=[_prefix(space), key, stored, owner, now, int(ttl * 1000) if ttl else 0, len(stored)])
 
     @_down
     async def get(self, space: str, key: str) -> Record | None:
@@ -239,6 +243,7 @@ class RedisStore:
     async def get_many(self, space: str, keys: list[str]) -> dict[str, Record]:
         if not keys:
             return {}
+        await self._ready()
         async with self.client.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.hgetall(_record(space, key))
@@ -262,8 +267,7 @@ class RedisStore:
     async def touch(self, space: str, keys: list[str], ttl: float) -> None:
         if keys:
             await self._ready()
-            now = self.clock()
-            await self._touch(args=[_prefix(space), now, int(ttl * 1000), now + ttl, *keys])
+            await self._touch(args=[_prefix(space), int(ttl * 1000), *keys])
 
     @_down
     async def scan(self, space: str, *, owner: str | None = None, after: str | None = None, limit: int = 100,
@@ -294,19 +298,24 @@ class RedisStore:
 
     @_down
     async def size(self, space: str, owner: str | None = None) -> int:
-        await self._ready()
-        return int(await self._size(args=[_prefix(space), self.clock(), owner or "", int(owner is not None)]))
+        await self.sweep(space)
+        return int(await self._size(args=[_prefix(space), owner or "", int(owner is not None)]))
 
     @_down
     async def trim(self, space: str, max_bytes: int, *, owner: str | None = None) -> int:
-        await self._ready()
-        return int(await self._trim(args=[_prefix(space), self.clock(), owner or "", int(owner is not None),
-                                          max_bytes]))
+        await self.sweep(space)
+        return int(await self._trim(args=[_prefix(space), owner or "", int(owner is not None), max_bytes]))
 
     @_down
     async def sweep(self, space: str) -> int:
+        """Every expired record, a bounded batch per script call (Redis is never blocked for long)."""
         await self._ready()
-        return int(await self._sweep(args=[_prefix(space), self.clock()]))
+        gone = 0
+        while True:
+            swept = int(await self._sweep(args=[_prefix(space)]))
+            gone += swept
+            if swept < _SWEEP_BATCH:
+                return gone
 
     # --- quotas -------------------------------------------------------------------------------------------------
 
@@ -374,12 +383,9 @@ async def _migrate(store: RedisStore) -> None:
             found = cast(dict[bytes, bytes], await client.hgetall(old))
             ttl = await client.pttl(old)
             if found and b"v" in found:
-                now = store.clock()
-                seconds = ttl / 1000 if ttl and ttl > 0 else None
-                expiry = now + seconds if seconds else FAR + now
-                await store._put(args=[_prefix(space), key, found[b"v"], found.get(b"o", b"").decode(), now,
-                                       ttl if seconds else 0, len(found[b"v"]), expiry])
-                await client.hset(_record(space, key), "c", found.get(b"c", str(now).encode()))
+                await store._put(args=[_prefix(space), key, found[b"v"], found.get(b"o", b"").decode(), store.clock(),
+                                       ttl if ttl and ttl > 0 else 0, len(found[b"v"])])
+                await client.hset(_record(space, key), "c", found.get(b"c", str(store.clock()).encode()))
             await client.delete(old)
         await client.delete(index, f"fgw:bytes:{space}")
     await client.set("fgw:schema", SCHEMA_VERSION)

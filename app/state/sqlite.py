@@ -39,7 +39,6 @@ from app.state.base import (
 )
 
 T = TypeVar("T")
-SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (space TEXT NOT NULL, key TEXT NOT NULL, owner TEXT NOT NULL, created REAL NOT NULL,
     expires REAL, size INTEGER NOT NULL, value BLOB NOT NULL, PRIMARY KEY (space, key)) WITHOUT ROWID;
@@ -48,10 +47,10 @@ CREATE INDEX IF NOT EXISTS records_by_owner ON records (space, owner, created);
 CREATE INDEX IF NOT EXISTS records_by_expiry ON records (space, owner, expires);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL, expires REAL NOT NULL)
     WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS slots (name TEXT NOT NULL, slot TEXT NOT NULL, tokens INTEGER NOT NULL,
+CREATE TABLE IF NOT EXISTS leased_slots (name TEXT NOT NULL, slot TEXT NOT NULL, tokens INTEGER NOT NULL,
     started REAL NOT NULL, holder TEXT NOT NULL, PRIMARY KEY (name, slot)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (holder TEXT PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID;
-"""
+"""  # the slots of the version before (table ``slots``, by process id) are left to its processes during an upgrade
 _COLUMNS = "key, owner, value, created, expires"
 _LIVE = "(expires IS NULL OR expires >= ?)"
 _PURGE_EVERY = 500  # writes between purges of expired records, counters and leases
@@ -96,8 +95,7 @@ class SqliteStore:
                 # out the busy timeout, to the second of two workers opening it together: that one tries again
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
-                with self._transaction(db):  # two workers opening a file of an earlier version migrate it once
-                    _migrate(db)
+                with self._transaction(db):
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             db.execute(statement)
@@ -264,16 +262,16 @@ class SqliteStore:
             with self._transaction(db):
                 db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?)", (self.holder, now + self.lease))
                 # slots of holders whose lease lapsed (a process that died) and, last resort, of forgetful ones
-                db.execute("DELETE FROM slots WHERE name = ? AND (started < ? OR holder NOT IN "
+                db.execute("DELETE FROM leased_slots WHERE name = ? AND (started < ? OR holder NOT IN "
                            "(SELECT holder FROM leases WHERE expires >= ?))", (name, now - stale_after, now))
                 requests, tokens_minute, tokens_day = (_counter(db, counter) for counter in names)
-                reserved, running = db.execute("SELECT COALESCE(SUM(tokens), 0), COUNT(*) FROM slots WHERE name = ?",
-                                               (name,)).fetchone()
+                reserved, running = db.execute(
+                    "SELECT COALESCE(SUM(tokens), 0), COUNT(*) FROM leased_slots WHERE name = ?", (name,)).fetchone()
                 found = verdict(limits, requests, tokens_minute, tokens_day, reserved, running, tokens)
                 if not found:
                     requests += 1
                     db.execute("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)", (names[0], requests, now + 120))
-                    db.execute("INSERT OR REPLACE INTO slots VALUES (?, ?, ?, ?, ?)",
+                    db.execute("INSERT OR REPLACE INTO leased_slots VALUES (?, ?, ?, ?, ?)",
                                (name, slot, tokens, now, self.holder))
                     reserved, running = reserved + tokens, running + 1
                 self._maybe_purge(db, now)
@@ -288,7 +286,7 @@ class SqliteStore:
 
         def work(db: sqlite3.Connection) -> None:
             with self._transaction(db):
-                db.execute("DELETE FROM slots WHERE name = ? AND slot = ?", (name, slot))
+                db.execute("DELETE FROM leased_slots WHERE name = ? AND slot = ?", (name, slot))
                 if tokens:
                     for counter, ttl in ((f"{name}:tok:{minute}", 120), (f"{name}:tokd:{day}", 2 * 86400)):
                         db.execute("INSERT INTO counters VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
@@ -323,15 +321,6 @@ def _of(space: str, owner: str | None, now: float) -> tuple[str, tuple[Any, ...]
 def _counter(db: sqlite3.Connection, name: str) -> int:
     row = db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
     return int(row[0]) if row else 0
-
-
-def _migrate(db: sqlite3.Connection) -> None:
-    """A file of an earlier version: its quota slots (held by processes, not leases) are dropped — they are only
-    ever seconds old; its records stay."""
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version < SCHEMA_VERSION:
-        db.execute("DROP TABLE IF EXISTS slots")
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _is_full(exc: sqlite3.Error) -> bool:

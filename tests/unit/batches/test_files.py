@@ -114,3 +114,30 @@ def test_the_sweep_removes_what_no_record_needs_and_spares_live_writes(tmp_path:
         await files.store.aclose()
 
     asyncio.run(run())
+
+
+def test_a_file_changed_after_its_check_never_arrives_whole(tmp_path: Path) -> None:
+    """Review of issue 31: the last piece is held back until the whole file matched its checksum."""
+    from app.batches import files as files_module
+
+    files = _files(tmp_path)
+
+    async def run() -> None:
+        record = await files.create("", "in.jsonl", "batch", _chunks(b"a" * 3000))
+        found = await files.get(record["id"], None)
+        assert found is not None
+        await files.verify(found)
+        files.path(record["id"]).write_bytes(b"b" * 3000)  # same size, other bytes
+        got = b""
+        with pytest.raises(FileCorrupted):
+            async for chunk in files.content(found):
+                got += chunk
+        assert len(got) < 3000
+        await files.store.aclose()
+
+    original = files_module.CHUNK
+    files_module.CHUNK = 1000
+    try:
+        asyncio.run(run())
+    finally:
+        files_module.CHUNK = original

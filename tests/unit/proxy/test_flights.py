@@ -147,3 +147,44 @@ def test_failure_before_content() -> None:
         assert error.failed_before_content
 
     asyncio.run(run())
+
+
+def test_a_follower_let_go_after_the_answer_never_stops_the_leader_keeping_it() -> None:
+    """Review of issue 31: the last message is recorded, the leader goes on to keep the answer; a follower that
+    stopped reading and is let go then must not cancel it."""
+    async def run() -> None:
+        finished = asyncio.Event()
+        holder: list[Flight] = []
+
+        async def leader() -> None:
+            flight = Flight(idle_timeout=0.1)
+            holder.append(flight)
+            record = flight.tee(_collector()[1])
+
+            async def stuck(message: dict[str, Any]) -> None:
+                await asyncio.Event().wait()
+
+            listener = flight.listen(stuck)
+            await record(START)
+            await record(_body(b"all of it", more=False))
+            assert listener is not None
+            await flight.delivered(listener)  # the stuck follower is let go meanwhile
+            finished.set()  # the leader is still here, keeping the answer
+
+        task = asyncio.ensure_future(leader())
+        await asyncio.wait({task}, timeout=5)
+        assert task.done() and not task.cancelled() and finished.is_set()
+
+    asyncio.run(run())
+
+
+def test_past_its_replay_limit_a_flight_takes_no_new_listener() -> None:
+    async def run() -> None:
+        flight = Flight(replay_limit=10)
+        record = flight.tee(_collector()[1])
+        await record(START)
+        await record(_body(b"x" * 100))
+        await asyncio.sleep(0)
+        assert not flight.replayable and flight.listen(_collector()[1]) is None
+
+    asyncio.run(run())

@@ -372,3 +372,48 @@ def test_redis_records_of_the_earlier_layout_are_moved_once(redis_url: str) -> N
 
     run(scenario())
     assert not old.exists("fgw:idx:responses", "fgw:bytes:responses", "fgw:rec:responses:r0")
+
+
+def test_redis_expiries_are_on_redis_s_clock_not_a_replica_s(redis_url: str) -> None:
+    """A replica whose clock runs an hour ahead sweeps nothing another replica keeps alive (review of issue 31)."""
+    import redis
+
+    redis.Redis.from_url(redis_url).flushall()
+    ahead = Clock()
+    ahead.now = time.time() + 3700
+
+    async def scenario() -> None:
+        keeper, skewed = RedisStore(redis_url), RedisStore(redis_url, clock=ahead)
+        try:
+            await keeper.put("responses", "r1", b"v", owner="team-a", ttl=3600)
+            assert await skewed.size("responses") == 2 and await skewed.sweep("responses") == 0
+            assert await keeper.get("responses", "r1") is not None
+        finally:
+            await keeper.aclose()
+            await skewed.aclose()
+
+    run(scenario())
+
+
+def test_a_sqlite_file_of_the_version_before_keeps_working_beside_it(tmp_path: Path) -> None:
+    """Its quota slots (table ``slots``, by process id) are left alone: a process of the old version sharing the
+    file during an upgrade goes on admitting; the new one uses its own table."""
+    import sqlite3
+
+    path = tmp_path / "state.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE slots (name TEXT NOT NULL, slot TEXT NOT NULL, tokens INTEGER NOT NULL, started REAL "
+                   "NOT NULL, pid INTEGER NOT NULL, pid_started REAL NOT NULL, PRIMARY KEY (name, slot)) WITHOUT ROWID")
+        db.execute("INSERT INTO slots VALUES ('team', 'old', 5, 1.0, 1, 1.0)")
+
+    async def scenario() -> None:
+        store = SqliteStore(path)
+        try:
+            assert (await store.admit("team", Limits(max_concurrency=1), "new", 0, 60)).admitted
+        finally:
+            await store.aclose()
+
+    run(scenario())
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT slot FROM slots").fetchall() == [("old",)]
+        db.execute("INSERT INTO slots VALUES ('team', 'old2', 5, 1.0, 1, 1.0)")  # what the old version writes
