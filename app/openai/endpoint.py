@@ -94,6 +94,11 @@ class Endpoint:
         """The body with what it refers to brought in (the Responses API: ``previous_response_id``'s conversation)."""
         return body
 
+    def keeps(self, body: JSON) -> bool:
+        """Whether :meth:`remember` may keep this request's answer (it is then kept before the answer's end
+        reaches the client)."""
+        return False
+
     async def remember(self, body: JSON, answer: JSON, memory: Memory) -> None:
         """Keep what a later request may refer to, once the answer is whole (``body``: as the client sent it,
         before :meth:`recall`)."""

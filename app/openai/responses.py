@@ -98,6 +98,9 @@ class Responses(Endpoint):
                               code="conversation_too_large")
         return assembled
 
+    def keeps(self, body: JSON) -> bool:
+        return body.get("store") is not False
+
     async def remember(self, body: JSON, answer: JSON, memory: Memory) -> None:
         """Keep this turn once: the input it added, the answer, and the response it continued."""
         if body.get("store") is False or not isinstance(answer.get("id"), str):

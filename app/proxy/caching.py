@@ -197,6 +197,7 @@ class Caching:
 
     async def _send(self, ex: Exchange, reply: Responder, entry: Entry, similarity: float | None = None) -> None:
         body, ex.answer = self.replay(entry)
+        await reply.kept(ex.answer)  # a stored response, kept under its fresh id before the client has it
         ex.cache, ex.usage, ex.upstream_id = "hit", entry.usage, ""
         route = [(k.encode(), v.encode("latin-1")) for k, v in entry.headers]
         reply.extra = [(b"x-request-id", ex.request_id.encode()),

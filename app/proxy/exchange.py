@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import IO, Any
 
 import orjson
@@ -109,12 +110,15 @@ class Responder:
     """Starts the ASGI response lazily, so a stream can begin with keep-alive comments and still
     turn a late failure into an error event."""
 
-    __slots__ = ("cache", "ex", "extra", "quota", "send", "started")
+    __slots__ = ("cache", "ex", "extra", "keep", "quota", "send", "started")
 
     def __init__(self, send: Any, ex: Exchange) -> None:
         self.send = send
         self.ex = ex
         self.started = False
+        # what to keep of the whole answer before the client has its end (a stored response): a follow-up the
+        # client sends the moment it has the answer finds it kept; called once, then None
+        self.keep: Callable[[dict[str, Any]], Awaitable[None]] | None = None
         self.extra: list[tuple[bytes, bytes]] = [(b"x-request-id", ex.request_id.encode())]
         self.quota: list[tuple[bytes, bytes]] = []  # the key's x-ratelimit-* headers
         self.cache: tuple[tuple[bytes, bytes], ...] = ()  # X-Gateway-Cache
@@ -154,6 +158,12 @@ class Responder:
         if not self.started:
             await self.start(200, b"text/event-stream")
         await self.body(b": keep-alive\n\n")
+
+    async def kept(self, answer: dict[str, Any] | None) -> None:
+        """Keep ``answer`` now, if this request keeps one (once)."""
+        keep, self.keep = self.keep, None
+        if keep is not None and answer is not None:
+            await keep(answer)
 
     async def fail(self, err: GatewayError) -> None:
         self.ex.error = err.message

@@ -132,6 +132,8 @@ class Proxy:
         ex.body = endpoint.logged(body)
         memory = gw.conversations.memory(caller, endpoint.body_limit(self.settings))
         asked = body  # as the client sent it: what a stored turn keeps
+        if endpoint.keeps(asked):
+            reply.keep = lambda answer: self._keep(ex, endpoint, asked, answer, memory)
         try:
             body = await endpoint.recall(body, memory)
         except StoreDown:
@@ -153,7 +155,7 @@ class Proxy:
         plan = self.caching.plan(endpoint, body, headers.get(b"cache-control"), route.model,
                                  gw.inventory.upstream_id(route.model), ex, reply) if self.caching.on else None
         if plan is not None and plan.read and await self.caching.answered(ex, reply, plan):
-            await self._remember(ex, endpoint, asked, memory)
+            await self._remember(ex, reply)
             return
         flight = self.caching.lead(plan, ex, reply) if plan is not None else None
         try:
@@ -167,15 +169,21 @@ class Proxy:
         finally:
             if flight is not None and plan is not None:
                 await self.caching.land(flight, plan, ex)  # kept if whole; followers told it ended
-        await self._remember(ex, endpoint, asked, memory)
+        await self._remember(ex, reply)
 
-    async def _remember(self, ex: Exchange, endpoint: Endpoint, body: dict[str, Any], memory: Memory) -> None:
-        """Keep what later requests may refer to (a stored response), once the client has the whole answer."""
-        if ex.answer is not None and not (ex.broken or ex.aborted):
-            try:
-                await endpoint.remember(body, ex.answer, memory)
-            except StoreDown as exc:  # the client has its answer; a later reference to it will say not found
-                log.error("request %s: its answer could not be stored: %s", ex.request_id, exc)
+    @staticmethod
+    async def _remember(ex: Exchange, reply: Responder) -> None:
+        """Keep what later requests may refer to (a stored response) if nothing kept it before the answer's end
+        went out (``Responder.keep``: the relay and the cache do, so a follow-up sent at once finds it)."""
+        if not (ex.broken or ex.aborted):
+            await reply.kept(ex.answer)
+
+    async def _keep(self, ex: Exchange, endpoint: Endpoint, body: dict[str, Any], answer: dict[str, Any],
+                    memory: Memory) -> None:
+        try:
+            await endpoint.remember(body, answer, memory)
+        except StoreDown as exc:  # the client gets its answer; a later reference to it will say not found
+            log.error("request %s: its answer could not be stored: %s", ex.request_id, exc)
 
     async def _reservation(self, endpoint: Endpoint, body: dict[str, Any], entry: ModelEntry) -> int:
         """The tokens a request may spend, reserved against its key's token quota at admission: its prompt

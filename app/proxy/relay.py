@@ -74,6 +74,8 @@ async def relay_json(
             ex.upstream_wait += clock() - started
             started = 0.0
             raw, text = _checked_json(ex, response, b"".join(parts), finish, usage_of, as_text)
+            if reply.keep is not None and response.status_code < 300:
+                await reply.kept(ex.answer)  # before the client has it: its follow-up finds it
             idle.touch()
             idle.sending = True
             if as_text:
@@ -135,6 +137,8 @@ async def relay_stream(
             block = inspector.block(splitter.feed(first))
             while True:
                 if block:
+                    if inspector.done and reply.keep is not None:  # the end is in this block: keep it first
+                        await reply.kept(inspector.final)
                     idle.sending = True
                     await reply.body(block)
                     ex.relayed.add(block)
@@ -155,6 +159,8 @@ async def relay_stream(
                 block = inspector.block(splitter.feed(chunk))
             idle.sending = True
             tail = inspector.finish(splitter.flush())  # an unterminated last event still goes out
+            if tail and inspector.done and reply.keep is not None:
+                await reply.kept(inspector.final)
             if tail:
                 await reply.body(tail)
                 ex.relayed.add(tail)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import secrets
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -177,11 +178,18 @@ def test_a_full_state_disk_is_a_507_with_nothing_half_written(on_a_small_disk: t
     answers = [_upload(gw, 1_000_000) for _ in range(8)]
     kept = [a for a in answers if a.status_code == 200]
     refused = [a for a in answers if a.status_code != 200]
-    assert kept and refused and {a.status_code for a in refused} == {507}
+    assert kept and refused and {a.status_code for a in refused} == {507}  # no room for them beside the reserve
     assert refused[0].json()["error"]["code"] == "insufficient_storage" and refused[0].headers["retry-after"]
     assert sorted(p.name for p in files.iterdir()) == sorted(a.json()["id"] for a in kept)  # no half file
-    ready = httpx.get(f"{gw.url}/readyz", timeout=10).json()
-    assert ready["state"]["full"] is True and ready["state"]["free_bytes"] < 2_000_000
+    free = shutil.disk_usage(state).free
+    filler = state / "filler"  # something else fills the disk: under the reserve now
+    filler.write_bytes(b"\0" * (free - 1_000_000))
+
+    def full() -> bool:
+        return bool(httpx.get(f"{gw.url}/readyz", timeout=10).json()["state"]["full"])
+
+    assert wait_for(full, timeout=10)
+    assert httpx.get(f"{gw.url}/readyz", timeout=10).json()["state"]["free_bytes"] < 2_000_000
     metrics = httpx.get(f"{gw.url}/metrics", timeout=10).text
     assert "gateway_state_full 1.0" in metrics
     stored = httpx.post(f"{gw.base_url}/responses", headers={"Authorization": "Bearer a-secret"}, timeout=30,
@@ -193,9 +201,10 @@ def test_a_full_state_disk_is_a_507_with_nothing_half_written(on_a_small_disk: t
     chat = httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": "Bearer a-secret"}, timeout=30,
                       json={"model": "chat-a", "messages": [{"role": "user", "content": "hi"}]})
     assert chat.status_code == 200  # what needs no room still works
-    httpx.delete(f"{gw.base_url}/files/{kept[0].json()['id']}", headers={"Authorization": "Bearer a-secret"},
-                 timeout=10)
-    assert wait_for(lambda: httpx.get(f"{gw.url}/readyz", timeout=10).json()["state"]["full"] is False, timeout=15)
+    assert _upload(gw, 1000).status_code == 507
+    filler.unlink()
+    assert wait_for(lambda: not full(), timeout=15)
+    assert _upload(gw, 1000).status_code == 200
 
 
 def test_a_write_that_runs_out_of_space_leaves_nothing(upstream: UpstreamProcess, setup: tuple[Path, dict[str, str]],
@@ -214,3 +223,22 @@ def test_a_write_that_runs_out_of_space_leaves_nothing(upstream: UpstreamProcess
         assert _upload(gw, 100_000).status_code in (200, 507)
     finally:
         gw.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_follow_up_sent_the_moment_the_answer_arrives_finds_it(gateway: GatewayProcess, stream: bool) -> None:
+    """A stored response was kept after its client had the answer: a follow-up sent at once could find nothing
+    (400 previous_response_not_found). It is kept before the answer's end goes out (JSON, and a stream's
+    terminal event)."""
+    client = _client(gateway, "b-secret")
+    for _ in range(5):
+        big = f"remember this {secrets.token_hex(300_000)}"  # a turn whose keeping takes a few ms
+        if stream:
+            with client.responses.stream(model="chat-a", input=big) as events:
+                first = events.get_final_response()
+        else:
+            first = client.responses.create(model="chat-a", input=big)
+        follow = client.responses.create(model="chat-a", input="and then?", previous_response_id=first.id)
+        assert follow.previous_response_id == first.id
+        client.responses.delete(follow.id)
+        client.responses.delete(first.id)
