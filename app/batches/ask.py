@@ -42,6 +42,8 @@ async def run_line(proxy: Proxy, task_header: str, batch: JSON, line: Line, call
     task = line.task or (batch.get("metadata") or {}).get("task")
     if task:
         headers.append((task_header.lower().encode(), task.encode("latin-1", "replace")))
+    if line.no_store:
+        headers.append((b"cache-control", b"no-store"))
     delay = 1.0
     for attempt in itertools.count(1):
         try:

@@ -1,7 +1,8 @@
 """A batch's input file, checked before anything runs: one JSON object a line — ``custom_id`` (unique),
-``method`` ``POST``, ``url`` the batch's endpoint, ``body`` the request — and optionally ``task`` (this
-gateway's: the line's ``X-Task``, over the batch's ``metadata.task``). Every problem is reported with its line
-number, in OpenAI's batch error shape; a file with any is not run. The file is read a line at a time
+``method`` ``POST``, ``url`` the batch's endpoint, ``body`` the request — and optionally, this gateway's own,
+``task`` (the line's ``X-Task``, over the batch's ``metadata.task``) and ``cache``: ``"no-store"`` (the line's
+``Cache-Control``: answered by the model, as ``foundry-gateway bench --batch`` asks). Every problem is reported
+with its line number, in OpenAI's batch error shape; a file with any is not run. The file is read a line at a time
 (:class:`Checker`), never whole: what is kept is the ids seen and the problems."""
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Line:
     custom_id: str
     body: JSON
     task: str | None = None
+    no_store: bool = False  # the line's "cache": "no-store": never answered from, nor kept in, the response cache
 
 
 def error(code: str, message: str, line: int | None = None, param: str | None = None) -> JSON:
@@ -127,4 +129,7 @@ def _line(text: bytes, number: int, endpoint: str, index: int) -> Line | JSON:
     task = item.get("task")
     if task is not None and (not isinstance(task, str) or not task.strip()):
         return error("invalid_request", f"Line {number}: task must be a non-empty string.", number, "task")
-    return Line(index, number, custom_id, body, task)
+    cache = item.get("cache")
+    if cache not in (None, "no-store"):
+        return error("invalid_value", f"Line {number}: cache may only be \"no-store\".", number, "cache")
+    return Line(index, number, custom_id, body, task, cache == "no-store")

@@ -73,6 +73,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if options.batch:
         meta = doc["meta"]
         output.note(f"batch {meta['batch_id']} {meta['batch_status']}: {meta['batch_lines_per_s']} lines/s")
+    if not options.direct:
+        output.note("every request was sent with Cache-Control: no-store: answered by the model, never by the "
+                    "gateway's response cache")
     output.note(f"wrote {csv_path} and {json_path}" + (f", plot {plot}" if plot else ""))
     if args.update_registry is not None:
         _update_registry(doc, args.update_registry)
@@ -82,7 +85,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _update_registry(doc: dict[str, Any], file: str) -> None:
     try:
         written, missing, path = bench.update_registry(doc, file)
-    except (RegistryChanged, ValueError) as exc:
+    except (RegistryChanged, ValueError) as exc:  # a changed file, or results a cache answered
         raise CliError(str(exc)) from None
     output.note(styled("measured", "green"), f" written to {path} for {', '.join(written) or 'no model'}"
                 + (f"; not in that file: {', '.join(missing)}" if missing else ""))

@@ -39,7 +39,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--priority", type=int)
     p.add_argument("--context-length", type=int)
     p.add_argument("--default-max-tokens", type=int)
-    p.add_argument("--path", help="local ONNX Runtime GenAI model folder")
+    p.add_argument("--path", help="local ONNX Runtime GenAI model folder (must exist: `compile` makes one)")
+    p.add_argument("--capabilities", help="what it can do, comma-separated: chat, tools, embeddings, transcription, "
+                   "vision, json_schema (default: from its task)")
+    p.add_argument("--pinned", action="store_true", help="never unloaded by the gateway")
+    p.add_argument("--parse-tool-calls", action="store_true",
+                   help="turn <tool_call>{…}</tool_call> text the model writes into OpenAI tool_calls")
     p.add_argument("--file", help="registry file (default: GATEWAY_REGISTRY_PATH or models.json)")
     p.add_argument("--json", action="store_true", help="print the entry added as JSON")
     p.set_defaults(func=cmd_add)
@@ -113,6 +118,19 @@ def cmd_add(args: argparse.Namespace) -> int:
             item[key] = value
     if args.alias:
         item["aliases"] = args.alias
+    if args.capabilities:
+        item["capabilities"] = [c.strip() for c in args.capabilities.split(",") if c.strip()]
+    for flag in ("pinned", "parse_tool_calls"):
+        if getattr(args, flag):
+            item[flag] = True
+    if args.path is not None:
+        folder = (path.parent / args.path).resolve()
+        if not folder.is_dir():
+            raise CliError(f"--path {args.path}: no such folder (resolved to {folder}); `foundry-gateway compile` "
+                           "makes a model folder")
+        if not (folder / "genai_config.json").is_file():
+            raise CliError(f"--path {args.path}: no genai_config.json there: not an ONNX Runtime GenAI model folder "
+                           "(`foundry-gateway compile` makes one)")
     return added(path, item, as_json=args.json)
 
 
@@ -135,7 +153,10 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         raise CliError(f"cannot read {args.results}: {exc}") from None
     if not isinstance(doc, dict) or "summary" not in doc:
         raise CliError(f"{args.results} is not a `foundry-gateway bench` results file")
-    written, missing, path = bench.update_registry(doc, args.file or "")
+    try:
+        written, missing, path = bench.update_registry(doc, args.file or "")
+    except ValueError as exc:  # results that came from the response cache
+        raise CliError(str(exc)) from None
     if args.json:
         output.json_out({"file": str(path), "written": written, "not_in_file": missing})
     else:

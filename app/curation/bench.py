@@ -2,7 +2,9 @@
 (``foundry-gateway bench`` is its command line, ``app.cli.bench``).
 
 Every request streams (TTFT needs it) with ``stream_options.include_usage`` so token counts come from
-the runtime, not from counting chunks. Results go to timestamped CSV and JSON files with empty
+the runtime, not from counting chunks, and with ``Cache-Control: no-store``, so the gateway's response cache never
+answers it: a bench measures the model. Each result says what the cache did (``X-Gateway-Cache``), and results
+that did come from a cache are never written into the registry. Results go to timestamped CSV and JSON files with empty
 ``fluency``/``relevance``/``correctness`` columns that ``bench --rate FILE`` fills in, 1-5, by hand:
 latency is measured, quality is judged.
 """
@@ -29,8 +31,10 @@ from app.curation import records as bench_records
 SCORES = ("fluency", "relevance", "correctness")
 COLUMNS = (
     "model", "task", "prompt_id", "repetition", "status", "latency_s", "ttft_s", "completion_tokens",
-    "tokens_per_s", "routed_model", "output", "reference", *SCORES,
+    "tokens_per_s", "routed_model", "cache", "output", "reference", *SCORES,
 )
+NO_CACHE = {"Cache-Control": "no-store"}  # the model answers, never the gateway's response cache
+FROM_CACHE = ("hit", "coalesced")  # X-Gateway-Cache of an answer the model did not generate for this request
 Progress = Callable[[int, int, str], None]  # (done, total, what runs now)
 
 
@@ -120,15 +124,16 @@ def run_one(client: httpx.Client, url: str, model: str, prompt: dict[str, Any], 
     body = {"model": model, "messages": messages, "stream": True, "max_tokens": options.max_tokens,
             "temperature": options.temperature, "stream_options": {"include_usage": True}}
     row: dict[str, Any] = {"status": "ok", "latency_s": None, "ttft_s": None, "completion_tokens": None,
-                           "tokens_per_s": None, "routed_model": "", "output": ""}
+                           "tokens_per_s": None, "routed_model": "", "cache": "", "output": ""}
     started = time.perf_counter()
     first = None
     pieces: list[str] = []
     usage: dict[str, Any] | None = None
     try:
-        with client.stream("POST", url, json=body, headers={"X-Task": prompt["task"]},
+        with client.stream("POST", url, json=body, headers={"X-Task": prompt["task"], **NO_CACHE},
                            timeout=options.timeout) as response:
             row["routed_model"] = response.headers.get("x-gateway-model", model)
+            row["cache"] = response.headers.get("x-gateway-cache", "")
             if response.status_code >= 400:
                 response.read()
                 message = response.json().get("error", {}).get("message", response.text[:200])
@@ -185,7 +190,7 @@ def run_bench(options: Options, progress: Progress = lambda done, total, what: N
             "temperature": options.temperature, "prompts": str(options.prompts), "host": platform.node(),
             "python": platform.python_version(), "prompt_set": bench_records.prompt_set(Path(options.prompts)),
             "host_summary": bench_records.host_summary(), "gateway_version": __version__,
-            "ram_gb": {} if options.direct else _measured_ram(options)}
+            "cache": "no-store", "ram_gb": {} if options.direct else _measured_ram(options)}
     return {"meta": meta, "results": results, "summary": summarize(results)}
 
 
@@ -299,6 +304,11 @@ def update_registry(doc: dict[str, Any], file: str) -> tuple[list[str], list[str
     from app.core.settings import load_settings
 
     path = Path(file or load_settings().registry_path)
+    cached = [r for r in doc.get("results") or [] if isinstance(r, dict) and r.get("cache") in FROM_CACHE]
+    if cached:
+        raise ValueError(f"{len(cached)} of the results came from the gateway's response cache (X-Gateway-Cache: "
+                         f"{cached[0]['cache']}): they measure the cache, not the model, so nothing was written. Run "
+                         "the bench again (it sends Cache-Control: no-store).")
     found = bench_records.records(doc)
     written = annotate(path, found)
     return written, sorted(set(found) - set(written)), path
@@ -323,7 +333,8 @@ def run_bench_batch(options: Options, progress: Progress = lambda done, total, w
     for i, (model, prompt, _) in enumerate(plan):
         messages = prompt.get("messages") or [{"role": "user", "content": prompt["prompt"]}]
         lines.append(json.dumps({"custom_id": str(i), "method": "POST", "url": "/v1/chat/completions",
-                                 "task": prompt["task"], "body": {"model": model["id"], "messages": messages,
+                                 "task": prompt["task"], "cache": "no-store",
+                                 "body": {"model": model["id"], "messages": messages,
                                                                   "max_tokens": options.max_tokens,
                                                                   "temperature": options.temperature}}))
     started = datetime.now(UTC)
@@ -333,11 +344,13 @@ def run_bench_batch(options: Options, progress: Progress = lambda done, total, w
         batch = _checked(client.post("/v1/batches", json={
             "input_file_id": uploaded["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h",
             "metadata": {"source": "foundry-gateway bench --batch"}}))
+        clock = time.monotonic()  # the batch's own timestamps are whole seconds: too coarse to divide by
         while batch["status"] not in ("completed", "failed", "cancelled", "expired"):
             counts = batch["request_counts"]
             progress(counts["completed"] + counts["failed"], len(plan), f"batch {batch['id']}: {batch['status']}")
             time.sleep(poll)
             batch = _checked(client.get(f"/v1/batches/{batch['id']}"))
+        seconds = time.monotonic() - clock
         if batch["status"] == "failed":
             problems = "; ".join(e["message"] for e in (batch.get("errors") or {}).get("data") or [])
             raise BenchError(f"the batch failed: {problems}")
@@ -355,8 +368,6 @@ def run_bench_batch(options: Options, progress: Progress = lambda done, total, w
         results.append({"model": model["id"], "task": prompt["task"], "prompt_id": prompt["id"],
                         "repetition": repetition + 1, **_batch_row(answers.get(str(i))),
                         "reference": prompt.get("reference", ""), **dict.fromkeys(SCORES, "")})
-    seconds = (batch.get("completed_at") or batch.get("cancelled_at") or time.time()) - (
-        batch.get("in_progress_at") or batch["created_at"])
     meta = {"started": started.isoformat(timespec="seconds"), "target": "batch", "batch_id": batch["id"],
             "batch_status": batch["status"], "batch_seconds": seconds,
             "batch_lines_per_s": round(len(plan) / max(seconds, 1e-9), 2), "url": f"{options.gateway}/v1/batches",
@@ -364,7 +375,7 @@ def run_bench_batch(options: Options, progress: Progress = lambda done, total, w
             "prompts": str(options.prompts), "host": platform.node(), "python": platform.python_version(),
             "prompt_set": bench_records.prompt_set(Path(options.prompts)),
             "host_summary": bench_records.host_summary(), "gateway_version": __version__,
-            "ram_gb": _measured_ram(options)}
+            "cache": "no-store", "ram_gb": _measured_ram(options)}
     return {"meta": meta, "results": results, "summary": summarize(results)}
 
 
@@ -381,7 +392,7 @@ def _checked(response: httpx.Response) -> dict[str, Any]:
 
 def _batch_row(item: dict[str, Any] | None) -> dict[str, Any]:
     row: dict[str, Any] = {"status": "ok", "latency_s": None, "ttft_s": None, "completion_tokens": None,
-                           "tokens_per_s": None, "routed_model": "", "output": ""}
+                           "tokens_per_s": None, "routed_model": "", "cache": "no-store", "output": ""}
     if item is None:
         return {**row, "status": "error: not in the batch's output"}
     if item.get("error"):

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+CHECKOUT = Path(__file__).resolve().parents[2]  # the repository, where `make builder` puts .venv-model
 PRECISIONS = ("int4", "fp16", "fp32")
 PROVIDERS = ("cpu", "cuda", "dml", "webgpu", "NvTensorRtRtx")
 KEEP = {"genai_config.json", "model.onnx", "model.onnx.data", "tokenizer.json", "tokenizer_config.json",
@@ -58,13 +58,14 @@ def builder_python(explicit: str | None = None) -> str:
     if explicit and not Path(explicit).exists():
         raise CompileError(f"--python {explicit}: no such file.")
     for candidate in (explicit, os.environ.get("FOUNDRY_GATEWAY_BUILDER_PYTHON"),
-                      str(ROOT / ".venv-model" / "bin" / "python")):
+                      *(str(folder / ".venv-model" / _VENV_PYTHON) for folder in (Path.cwd(), CHECKOUT))):
         if candidate and Path(candidate).exists():
             return candidate
     return sys.executable
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_VENV_PYTHON = Path("Scripts/python.exe") if sys.platform == "win32" else Path("bin/python")
 
 
 def check_target(name: str, hf_dir: Path, out: Path, registry: Path, *, force: bool) -> None:

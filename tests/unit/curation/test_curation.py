@@ -214,3 +214,20 @@ def test_registry_annotate_command(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "app.cli", "registry", "annotate", str(registry), "--file",
                           str(registry)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "not a `foundry-gateway bench` results file" in bad.stderr
+
+
+def test_the_builder_make_builder_installs_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 32, item 3: the builder's venv was looked for in app/ (``ROOT`` was the package), so compile only
+    worked with --python."""
+    from app.curation import compile as compiling
+
+    monkeypatch.delenv("FOUNDRY_GATEWAY_BUILDER_PYTHON", raising=False)
+    monkeypatch.chdir(tmp_path)
+    checkout = compiling.CHECKOUT / ".venv-model" / "bin" / "python"
+    if checkout.exists():
+        assert compiling.builder_python() == str(checkout)
+    here = tmp_path / ".venv-model" / "bin" / "python"
+    here.parent.mkdir(parents=True)
+    here.write_text("")
+    assert compiling.builder_python() == str(here)  # the one where the command runs comes first
+    assert (compiling.CHECKOUT / "Makefile").is_file()  # the repository, not the package
