@@ -11,6 +11,7 @@ from typing import Any
 
 from app.cli import output, remote
 from app.cli.output import Cell, CliError, styled, yes_no
+from app.core.errors import GatewayError
 from app.core.settings import Settings, load_settings
 from app.gateway import Gateway
 from app.openai import BY_NAME
@@ -24,6 +25,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--wide", action="store_true", help="also show upstream ids and notes")
     _sources(p)
     p.set_defaults(func=cmd_models)
+    from app.cli import modelcache  # it reads settings the way this module does
+
+    modelcache.add_actions(p.add_subparsers(dest="models_command", metavar="ACTION", required=False))
 
     p = sub.add_parser("select", help="Show the model a request would be routed to, and why.",
                        description="Show the model a request would be routed to, and why. Without --gateway or "
@@ -118,7 +122,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         if args.wide:
             cells += [row["upstream_id"], row["notes"]]
         table.append(cells)
-    output.table(columns, table, title=f"Models — {described}", right=("p50/p95 ms", "tok/s", "rating"))
+    output.table(columns, table, title=f"Models — {described}", right=("p50/p95 ms", "tok/s", "rating"),
+                 spare=("notes", "upstream id", "measured", "can", "tasks", "nodes", "rating", "tok/s", "p50/p95 ms"))
     if not output.stdout_is_terminal():
         output.note(f"models: {described}")
     if rows and all(row["available"] is None for row in rows):
@@ -145,21 +150,27 @@ def cmd_select(args: argparse.Namespace) -> int:
              "latency_budget_ms": args.latency_budget_ms}
     path = "/v1/route?" + "&".join(f"{k}={v}" for k, v in query.items() if v is not None)
     source = ""
-    if args.gateway:
-        decision = remote.get(args.gateway, path, remote.api_key(args))
-    else:
-        decision = None
-        if not args.upstream and not args.registry:  # the gateway on this host knows what its runtime has
-            local = remote.local_gateway(settings_from(args))
-            try:
-                decision = remote.get(local, path, remote.api_key(args), timeout=2)
-                source = f"asked the gateway at {local}"
-            except CliError:
-                decision = None
-        if decision is None:
+    try:
+        if args.gateway:
+            decision = remote.get(args.gateway, path, remote.api_key(args))
+        else:
+            decision = None
+            if not args.upstream and not args.registry:  # the gateway on this host knows what its runtime has
+                local = remote.local_gateway(settings_from(args))
+                try:
+                    decision = remote.get(local, path, remote.api_key(args), timeout=2)
+                    source = f"asked the gateway at {local}"
+                except remote.Unreachable:
+                    decision = None
+    except remote.Refused as refused:  # the gateway decided: nothing can take the request, and it says why
+        return _refused(args, refused)
+    if decision is None:
+        try:
             decision = _decide_here(args)
-            source = "" if args.upstream else \
-                "what the runtime has is unknown: no gateway asked (pass --gateway URL, or --upstream URL)"
+        except GatewayError as err:  # decided here the same way: the same refusal, candidates and fix
+            return _refused(args, remote.Refused(err.message, err.status, err.body()["error"]))
+        source = "" if args.upstream else \
+            "what the runtime has is unknown: no gateway asked (pass --gateway URL, or --upstream URL)"
     if args.json:
         output.json_out(decision)
         return 0
@@ -177,6 +188,22 @@ def cmd_select(args: argparse.Namespace) -> int:
                      [[n["node"], styled(n["decision"], colours.get(n["decision"], "")), n["reason"]]
                       for n in decision["nodes"]], title=f"{decision['model']} on the nodes")
     return 0
+
+
+def _refused(args: argparse.Namespace, refused: remote.Refused) -> int:
+    """The gateway's refusal as it gave it: the reason, each candidate and why it was skipped, the fix."""
+    if args.json:
+        output.json_out({"status": refused.status, "error": refused.error})
+        return 1
+    output.error(str(refused))
+    candidates = refused.error.get("candidates") or []
+    if candidates:
+        output.table(["candidate", "min RAM", "decision", "why"],
+                     [[c["model"], f"{c['min_ram_gb']:g} GiB", styled(c["decision"], "yellow"), c["reason"]]
+                      for c in candidates])
+    if refused.error.get("fix"):
+        output.note(styled("to fix: ", "bold"), str(refused.error["fix"]))
+    return 1
 
 
 def _decide_here(args: argparse.Namespace) -> dict[str, Any]:

@@ -15,6 +15,19 @@ from app.cli.output import CliError
 from app.core.settings import Settings
 
 
+class Unreachable(CliError):
+    """No gateway answered (nothing listening, a timeout): what a command may then work out on its own."""
+
+
+class Refused(CliError):
+    """The gateway answered with an error: its message, and the error object (what was considered, the fix)."""
+
+    def __init__(self, message: str, status: int, error: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+
+
 def add_options(parser: argparse.ArgumentParser, *, gateway_help: str) -> None:
     parser.add_argument("--gateway", metavar="URL", help=gateway_help)
     parser.add_argument("--api-key", help="the key to send to the gateway (default: $GATEWAY_API_KEY)")
@@ -53,9 +66,9 @@ def _ask(method: str, url: str, path: str, key: str | None, timeout: float) -> A
         response = httpx.request(method, base + path, timeout=timeout,
                                  headers={"Authorization": f"Bearer {key}"} if key else {})
     except httpx.ConnectError:
-        raise CliError(f"no gateway answers at {base} (is `foundry-gateway serve` running there?)") from None
+        raise Unreachable(f"no gateway answers at {base} (is `foundry-gateway serve` running there?)") from None
     except httpx.TimeoutException:
-        raise CliError(f"the gateway at {base} did not answer within {timeout:g}s") from None
+        raise Unreachable(f"the gateway at {base} did not answer within {timeout:g}s") from None
     except (httpx.HTTPError, ValueError) as exc:
         raise CliError(f"cannot ask {base}: {exc.__class__.__name__}: {exc}") from None
     try:
@@ -64,7 +77,9 @@ def _ask(method: str, url: str, path: str, key: str | None, timeout: float) -> A
         raise CliError(f"{base}{path} answered {response.status_code} without JSON: is it a foundry-gateway?") \
             from None
     if response.status_code >= 400:
-        message = data.get("error", {}).get("message") if isinstance(data, dict) else None
+        found = data.get("error") if isinstance(data, dict) else None
+        error: dict[str, Any] = found if isinstance(found, dict) else {}
         hint = " (pass --api-key or set GATEWAY_API_KEY)" if response.status_code == 401 else ""
-        raise CliError(f"{base} answered {response.status_code}: {message or response.reason_phrase}{hint}")
+        raise Refused(f"{base} answered {response.status_code}: {error.get('message') or response.reason_phrase}"
+                      f"{hint}", response.status_code, error)
     return data

@@ -23,6 +23,7 @@ class GatewayError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -31,9 +32,13 @@ class GatewayError(Exception):
         self.code = code
         self.param = param
         self.headers = headers or {}
+        self.detail = detail  # more fields of the error object (what was considered, the command that fixes it)
 
     def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.type, self.code, self.param)
+        found = error_body(self.message, self.type, self.code, self.param)
+        if self.detail:
+            found["error"].update(self.detail)
+        return found
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.body())
@@ -121,6 +126,9 @@ def total_timeout(seconds: float | None = None) -> GatewayError:
     """The request's whole deadline (``GATEWAY_TOTAL_TIMEOUT``) passed."""
     said = f" ({seconds:g}s)" if seconds is not None else ""
     return GatewayError(504, f"The request took longer than the total timeout{said}.", code="upstream_timeout")
+
+
+NO_RETRY = {"x-should-retry": "false"}  # the OpenAI SDKs retry 5xx unless told: asking again cannot help
 
 
 def not_in_registry(name: str) -> GatewayError:

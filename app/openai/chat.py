@@ -24,6 +24,9 @@ from app.openai.toolcalls import ToolCallChunks, fix_answer
 JSON = dict[str, Any]
 
 
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
 class Chat(Endpoint):
     name = "chat"
     path = "/v1/chat/completions"
@@ -43,9 +46,10 @@ class Chat(Endpoint):
             if not isinstance(message, dict):
                 raise bad_request(f"'messages[{i}]' must be an object.", param=f"messages[{i}]", code="invalid_type")
             role = message.get("role")
-            if not isinstance(role, str) or not role:
-                raise bad_request(f"'messages[{i}].role' must be a non-empty string.", param=f"messages[{i}].role",
-                                  code="invalid_value")
+            if role not in ROLES:
+                shown = f"'{str(role)[:40]}'" if isinstance(role, str) else "missing"
+                raise bad_request(f"'messages[{i}].role' must be one of {', '.join(ROLES)} (got {shown}).",
+                                  param=f"messages[{i}].role", code="invalid_value")
             content = message.get("content")
             if content is not None and not isinstance(content, str | list):
                 raise bad_request(f"'messages[{i}].content' must be a string, a list of parts or null.",

@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
-from app.core.errors import GatewayError
+from app.core.errors import NO_RETRY, GatewayError
 from app.core.registry import ModelEntry, Registry
 
 # What each proxied endpoint needs of a model, and the task its requests have when no header names one.
@@ -166,7 +166,7 @@ def choose(
         elif beside := beside_pinned(entry, ram, budget_gb, pinned):
             reason = beside
         elif available is not None and entry.name not in available:
-            reason = "not available on the upstream"
+            reason = NOT_ON_UPSTREAM
         elif cooling and entry.name in cooling:
             reason = cooling[entry.name]
         elif latency_budget_ms is not None and p95 is not None and p95 > latency_budget_ms:
@@ -281,13 +281,9 @@ def _pinned(
         raise GatewayError(503, f"Model '{entry.name}' {beside}: it cannot be loaded on this host while they stay "
                                 "(pinned models are never unloaded).", code="insufficient_ram", param="model")
     if available is not None and entry.name not in available:
-        raise GatewayError(
-            503,
-            f"Model '{entry.name}' is not available on the upstream "
-            f"(a catalog model must be downloaded first: foundry-gateway pull {entry.name}).",
-            code="model_unavailable",
-            param="model",
-        )
+        fix = missing_fix(entry)
+        raise GatewayError(503, f"Model '{entry.name}' is not available on the upstream: {fix}.",
+                           code="model_unavailable", param="model", headers=dict(NO_RETRY), detail={"fix": fix})
     verdict = _verdict(entry, "selected", f"pinned by request ('{requested}'); {_figure(ram, source)}", measured)
     return Route(chosen_task, entry, (), "pinned", f"model '{requested}' requested", (verdict,))
 
@@ -301,16 +297,40 @@ def _nobody_can(task: str, missing: list[str], entries: tuple[ModelEntry, ...]) 
                              f"with \"capabilities\": [{example}] on its entry.", code="unsupported_value")
 
 
+NOT_ON_UPSTREAM = "not available on the upstream"
+
+
 def _nothing_viable(entries: tuple[ModelEntry, ...], task: str, budget_gb: float,
                     verdicts: list[Verdict], measured: Mapping[str, float] | None) -> GatewayError:
+    """503 with every candidate and why it was skipped; when what keeps the capable ones out is that the upstream
+    lacks them, the command that brings one (asking again cannot help: the SDKs are told not to retry)."""
     smallest = min(entries, key=lambda e: ram_need(e, measured)[0])
     ram, source = ram_need(smallest, measured)
+    candidates = [v.as_dict() for v in verdicts]
     if ram > budget_gb:
         message = (
             f"No model for task '{task}' fits this host: the smallest, '{smallest.name}', needs "
             f"{_figure(ram, source)}; this host's budget is {_gb(budget_gb)}."
         )
-    else:
-        skipped = "; ".join(f"{v.model}: {v.reason}" for v in verdicts)
-        message = f"No model for task '{task}' is available right now ({skipped})."
-    return GatewayError(503, message, code="no_viable_model", param="task")
+        return GatewayError(503, message, code="no_viable_model", param="task", headers=dict(NO_RETRY),
+                            detail={"candidates": candidates})
+    skipped = "; ".join(f"{v.model}: {v.reason}" for v in verdicts)
+    message = f"No model for task '{task}' is available right now ({skipped})."
+    missing = [e for e in entries for v in verdicts if v.model == e.name and v.reason == NOT_ON_UPSTREAM]
+    if missing:
+        fix = missing_fix(missing[0])
+        message += f" To bring {missing[0].name}: {fix}."
+        return GatewayError(503, message, code="no_viable_model", param="task", headers=dict(NO_RETRY),
+                            detail={"candidates": candidates, "fix": fix})
+    return GatewayError(503, message, code="no_viable_model", param="task", headers={"retry-after": "10"},
+                        detail={"candidates": candidates})
+
+
+def missing_fix(entry: ModelEntry) -> str:
+    """What makes a registry model the upstream lacks available: a catalog model is downloaded; a local folder
+    (``path``: compiled, or brought in) is registered by the managed runtime when it starts."""
+    if entry.path is not None:
+        return (f"it is in the registry as a local model folder ({entry.path}) that the runtime has not registered "
+                "yet: restart the gateway (a managed runtime registers the registry's folders when it starts; an "
+                "external one needs it registered there)")
+    return f"foundry-gateway pull {entry.name}"

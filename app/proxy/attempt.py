@@ -45,6 +45,7 @@ class Attempt:
                   where: Place) -> None:
         ex.node = where.node
         ex.sent = False  # of this attempt: the breaker's verdict is about this model only
+        self._budget(reply, endpoint, body, where)
         held = Held()
         trace = ex.trace
         if trace is not None:
@@ -84,6 +85,19 @@ class Attempt:
             finally:
                 if trace is not None:
                     trace.attempt_end(ex, failure)
+
+    def _budget(self, reply: Responder, endpoint: Endpoint, body: dict[str, Any], where: Place) -> None:
+        """An output budget over the model's context is a clear 400 before anything is sent; one the gateway adds
+        (the request has none: Foundry Local needs one) is said in ``X-Gateway-Default-Max-Tokens``."""
+        budget = endpoint.output_budget(body)
+        context = where.entry.context_length
+        if budget and context and budget > context:
+            raise GatewayError(400, f"The output budget ({budget} tokens) exceeds the model's maximum context length: "
+                               f"'{where.entry.name}' has a context of {context} tokens, the prompt included. Ask "
+                               "for fewer (max_tokens, max_completion_tokens or max_output_tokens).",
+                               code="context_length_exceeded", param="max_tokens")
+        default = self.backend.default_max_tokens(where) if budget is None else None
+        reply.budget = ((b"x-gateway-default-max-tokens", str(default).encode()),) if default is not None else ()
 
     async def _open(self, ex: Exchange, endpoint: Endpoint, body: dict[str, Any], where: Place, held: Held,
                     timer: asyncio.Timeout) -> tuple[httpx.Response, AsyncIterator[bytes], bytes, Target]:

@@ -110,7 +110,7 @@ class Responder:
     """Starts the ASGI response lazily, so a stream can begin with keep-alive comments and still
     turn a late failure into an error event."""
 
-    __slots__ = ("cache", "ex", "extra", "keep", "quota", "send", "started")
+    __slots__ = ("budget", "cache", "ex", "extra", "keep", "quota", "send", "started")
 
     def __init__(self, send: Any, ex: Exchange) -> None:
         self.send = send
@@ -122,6 +122,7 @@ class Responder:
         self.extra: list[tuple[bytes, bytes]] = [(b"x-request-id", ex.request_id.encode())]
         self.quota: list[tuple[bytes, bytes]] = []  # the key's x-ratelimit-* headers
         self.cache: tuple[tuple[bytes, bytes], ...] = ()  # X-Gateway-Cache
+        self.budget: tuple[tuple[bytes, bytes], ...] = ()  # X-Gateway-Default-Max-Tokens, when the gateway chose it
 
     def set_route(self, entry: ModelEntry, task: str, header: str, node: str | None = None) -> None:
         self.extra = [
@@ -134,7 +135,7 @@ class Responder:
             self.extra.append((b"x-gateway-node", node.encode("ascii", "replace")))
 
     async def start(self, status: int, content_type: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-        headers = [(b"content-type", content_type), *self.extra, *self.quota, *self.cache]
+        headers = [(b"content-type", content_type), *self.extra, *self.quota, *self.cache, *self.budget]
         if content_type.startswith(b"text/event-stream"):
             headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
         if extra:

@@ -30,6 +30,8 @@ ROWS: list[tuple[str, str, str, Any, dict[str, str], int, str | None]] = [
     ("messages empty", "POST", CHAT, {"messages": []}, {}, 400, "invalid_value"),
     ("messages not a list", "POST", CHAT, {"messages": "hi"}, {}, 400, "invalid_value"),
     ("message without role", "POST", CHAT, {"messages": [{"content": "hi"}]}, {}, 400, "invalid_value"),
+    ("message with an unknown role", "POST", CHAT, {"messages": [{"role": "wizard", "content": "hi"}]}, {}, 400,
+     "invalid_value"),
     ("message content of wrong type", "POST", CHAT, {"messages": [{"role": "user", "content": 5}]}, {}, 400,
      "invalid_type"),
     ("model of wrong type", "POST", CHAT, {"model": 42, "messages": OK}, {}, 400, "invalid_type"),
@@ -97,7 +99,8 @@ def test_bad_input_row(gw: GatewayProcess, name: str, method: str, path: str, bo
     r = send(gw, method, path, body, headers)
     assert r.status_code == status, (name, r.status_code, r.text[:300])
     error = r.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert {"message", "type", "param", "code"} <= set(error) <= {"message", "type", "param", "code", "candidates",
+                                                                  "fix"} and error["message"]
     if code:
         assert error["code"] == code, error
     if status == 401:

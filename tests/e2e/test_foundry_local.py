@@ -332,3 +332,18 @@ def test_runtime_internals_never_reach_the_client(managed: GatewayProcess) -> No
     message = r.json()["error"]["message"]
     assert "exceeds the model's maximum context length" in message
     assert ".cc:" not in message and "::" not in message and "http" not in message
+
+
+def test_the_budget_the_gateway_adds_is_said_and_one_over_the_context_named(managed: GatewayProcess) -> None:
+    """Issue 32, item 10: tiny-chat's registry default_max_tokens (64) cut every answer without a word; the answer
+    says it now, and a budget over tiny-chat's 2,048-token context is a 400 naming it."""
+    plain = httpx.post(f"{managed.base_url}/chat/completions", timeout=60,
+                       json={"model": "tiny-chat", "messages": HELLO})
+    assert plain.status_code == 200 and plain.headers["x-gateway-default-max-tokens"] == "64"
+    asked = httpx.post(f"{managed.base_url}/chat/completions", timeout=60,
+                       json={"model": "tiny-chat", "messages": HELLO, "max_tokens": 8})
+    assert "x-gateway-default-max-tokens" not in asked.headers
+    over = httpx.post(f"{managed.base_url}/chat/completions", timeout=60,
+                      json={"model": "tiny-chat", "messages": HELLO, "max_tokens": 100_000})
+    assert over.status_code == 400 and over.json()["error"]["code"] == "context_length_exceeded"
+    assert "2048 tokens" in over.json()["error"]["message"]
