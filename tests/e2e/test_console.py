@@ -153,3 +153,28 @@ def test_batches_show_with_their_progress(gateway: tuple[GatewayProcess, Upstrea
     text = page.inner_text(row)
     assert "3 / 3" in text and "/v1/chat/completions" in text
     assert float(page.eval_on_selector(f"{row} .bar .ok", "e => e.style.width").rstrip("%")) == 100
+
+
+def test_with_keys_the_console_asks_for_one_and_its_error_clears(page: Any, tmp_path: Path) -> None:
+    """Issue 32, item 7: the 401 stayed on the page after a valid key was entered; the key field said
+    "(optional)" on a gateway that needs one; the RAM column said "(measured)" beside the registry's figure;
+    Load was offered for a model the upstream does not have."""
+    registry = write_registry(tmp_path / "models.json", [*REGISTRY, {"name": "ghost", "task": "chat",
+                                                                    "min_ram_gb": 1}])
+    with UpstreamProcess(models=MODELS, foundry=True) as up, GatewayProcess(
+            upstream=up.url, registry=registry, log_path=tmp_path / "gw.log",
+            env={**ENV, "GATEWAY_API_KEYS": "team-secret-key"}) as gw:
+        gw.wait_ready()
+        page.goto(f"{gw.url}/ui")
+        page.wait_for_function("document.getElementById('message').textContent.includes('API key')")
+        assert "optional" not in page.get_attribute("#key", "placeholder") and \
+            "required" in page.get_attribute("#key", "placeholder")
+        page.fill("#key", "admin-key")
+        page.dispatch_event("#key", "change")
+        page.wait_for_selector("tr[data-model='ghost']")
+        page.wait_for_function("document.getElementById('message').textContent === ''")
+        ghost = page.locator("tr[data-model='ghost'] button.load")
+        assert ghost.is_disabled() and "pull ghost" in (ghost.get_attribute("title") or "")
+        assert not page.locator("tr[data-model='alpha'] button.load").is_disabled()
+        ram = page.locator("tr[data-model='alpha'] td.num").nth(2).inner_text()
+        assert ram == "2 GiB (registry)", ram
