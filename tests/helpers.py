@@ -169,3 +169,39 @@ class GatewayProcess:
         self.stop()
         if self._state_dir is not None:  # kept across stop() and start(): a restart finds its state
             shutil.rmtree(self._state_dir, ignore_errors=True)
+
+
+def run_in_terminal(args: list[str], *, columns: int = 80, env: dict[str, str] | None = None,
+                    timeout: float = 120) -> str:
+    """``foundry-gateway ARGS`` with a pseudo-terminal of ``columns`` as its stdout and stderr: what a person sees
+    (colours and cursor codes taken out)."""
+    import pty
+    import re
+    import select
+
+    master, slave = pty.openpty()
+    full = {**os.environ, "COLUMNS": str(columns), "LINES": "50", "GATEWAY_ENV_FILE": "/nonexistent", **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", *args], stdout=slave, stderr=slave, stdin=slave,
+                            cwd=ROOT, env=full)
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the terminal closed: the command ended
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", out.decode("utf-8", "replace"))

@@ -47,10 +47,20 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_rm)
 
 
-def _path(args: argparse.Namespace) -> Path:
+DEFAULT_FILE = Path("config/keys.yaml")  # where `keys add` starts one when none is set
+
+
+def _path(args: argparse.Namespace, *, creating: bool = False) -> Path:
+    """The keys file: --file, else GATEWAY_KEYS_FILE, else (for ``add``) config/keys.yaml, started there."""
     path = Path(args.file) if args.file else load_settings().keys_file
     if path is None:
-        raise KeysError(["no keys file: pass --file PATH or set GATEWAY_KEYS_FILE"])
+        if not creating:
+            raise KeysError([f"no keys file: pass --file PATH or set GATEWAY_KEYS_FILE (`foundry-gateway keys add "
+                             f"NAME` starts {DEFAULT_FILE})"])
+        path = DEFAULT_FILE
+        if not path.exists():
+            output.note(styled("started", "green"), f" {path}. The gateway reads it only when told: set "
+                        f"GATEWAY_KEYS_FILE={path} (in the environment or config/gateway.env) and restart it.")
     return path
 
 
@@ -75,6 +85,7 @@ def _write(path: Path, data: dict[str, Any]) -> None:
     else:
         text = json.dumps(data, indent=2) + "\n"
     parse_keys(text, label=path.name, yaml=path.suffix.lower() in (".yaml", ".yml"))
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(text, encoding="utf-8")
     temporary.chmod(0o600)  # names and limits are not secret, but nobody else needs them either
@@ -89,7 +100,7 @@ def _check_models(names: list[str], registry_file: str | None) -> None:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    path = _path(args)
+    path = _path(args, creating=True)
     data = _read(path)
     if any(k.get("name") == args.name for k in data["keys"]):
         raise CliError(f"a key named '{args.name}' is already in {path}")

@@ -9,12 +9,14 @@ on stderr and exit status 1 (2 for a bad setting).
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from app import __version__
 from app.access.keys import KeysError
-from app.cli import batches, bench, cache, compile, keys, models, output, registry, serve, settings, status
+from app.cli import batches, bench, cache, compile, keys, modelcache, models, output, registry, serve, settings, status
 from app.cli.output import CliError
 from app.core.errors import GatewayError
 from app.core.registry import RegistryError
@@ -31,27 +33,63 @@ EPILOG = """examples:
 In a pipe every table is printed as tab-separated lines (a header, then one line a row); --json everywhere.
 """
 
-GROUPS = (serve, models, status, registry, compile, cache, settings, bench, keys, batches)
+GROUPS = (serve, models, status, registry, compile, modelcache, cache, settings, bench, keys, batches)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a "did you mean" for a command that is almost one of its choices."""
+
+    def error(self, message: str) -> Any:
+        if "invalid choice: '" in message:
+            wrong = message.split("invalid choice: '", 1)[1].split("'", 1)[0]
+            choices = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+            close = difflib.get_close_matches(wrong, [c for a in choices for c in a.choices], n=1)
+            if close:
+                message += f"; did you mean '{close[0]}'?"
+        super().error(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="foundry-gateway",
         description="One stable OpenAI-compatible URL in front of Foundry Local: routes each request to the "
         "best model for its task that fits this host's RAM.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"foundry-gateway {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
     for group in GROUPS:
         group.add_parser(sub)
     return parser
 
 
+def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """The parser and every subcommand's, depth first."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield from _parsers(child)
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments; an unknown option is refused by the subcommand it was given to (its usage, not the top
+    level's), with the option it most likely meant."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        func = getattr(args, "func", None)
+        owner = next((p for p in _parsers(parser) if p.get_default("func") is func), parser)
+        options = [o for action in owner._actions for o in action.option_strings]
+        close = difflib.get_close_matches(unknown[0].split("=", 1)[0], options, n=1)
+        hint = f"; did you mean {close[0]}?" if close else f" (see {owner.prog} --help)"
+        owner.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from pydantic import ValidationError
 
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
         code: int = args.func(args)
     except ValidationError as exc:

@@ -5,8 +5,10 @@ cannot hold the limits is one line and an exit status, not a half-started server
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -62,10 +64,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)  # stale files from a previous run would be summed in
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    taken = port_taken(settings.host, settings.port)
+    if taken:
+        output.error(taken)
+        return 2
     loop = event_loop(args.loop or settings.loop)
     # plain text, one line: never wrapped, in a terminal, a pipe or a log file
     sys.stderr.write(f"foundry-gateway {__version__} on http://{settings.host}:{settings.port} "
-                     f"(upstream: {settings.upstream_mode}, registry: {settings.registry_path}, loop: {loop})\n")
+                     f"(upstream: {settings.upstream_mode}, registry: {settings.registry_path}, loop: {loop}; "
+                     f"{banner_features(settings)})\n")
     sys.stderr.flush()
     uvicorn.run(
         "app.server.app:create_app", factory=True, host=settings.host, port=settings.port, workers=settings.workers,
@@ -73,6 +80,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=round(settings.shutdown_grace) or None, timeout_keep_alive=30,
     )
     return 0
+
+
+def port_taken(host: str, port: int) -> str | None:
+    """Why the gateway cannot listen there, said before anything starts (uvicorn says it after its start-up)."""
+    if port == 0:
+        return None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        if sys.platform != "win32":
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)):
+                return (f"port {port} on {host} is taken (another gateway, or another program, listens there): pass "
+                        "--port N or set GATEWAY_PORT")
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
+def banner_features(settings: Settings) -> str:
+    """What is on, for the start-up line: keys, the response cache, tracing, the state store."""
+    if settings.keys_file is not None:
+        keys = f"team keys from {settings.keys_file}"
+    elif settings.all_api_keys:
+        keys = f"{len(settings.all_api_keys)} API key{'s' if len(settings.all_api_keys) != 1 else ''}"
+    else:
+        keys = "no keys (open)"
+    cache = "off" if settings.cache == "off" else \
+        f"{settings.cache} ({'Redis' if settings.redis_url else 'this process'})"
+    traces = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    return (f"keys: {keys}; cache: {cache}; tracing: {f'to {traces}' if tracing.enabled() else 'off'}; state: "
+            f"{'Redis' if settings.redis_url else settings.state_dir}")
 
 
 def workers_problem(settings: Settings, model_limits: list[int]) -> str | None:

@@ -37,9 +37,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     rate = sum(p["requests_per_s"] for p in last_minute) / max(len(last_minute), 1)
     ttft = next((p for p in reversed(state["traffic"]) if p["ttft_p50_ms"] is not None), None)
     ttft_text = f"{ttft['ttft_p50_ms']}/{ttft['ttft_p95_ms']} ms" if ttft else "–"
-    errors = max((p["error_rate"] for p in last_minute), default=0.0)
-    output.say(f"last minute: {rate:.2f} req/s, TTFT p50/p95 {ttft_text}, errors up to {errors:.1%}"
-               + (f" ({state['you']['sees']})" if state.get("you") else ""))
+    requests = sum(p.get("requests", 0) for p in last_minute)
+    failed = sum(p.get("errors", 0) for p in last_minute)
+    failures = styled(f"{failed} failed (5xx)", "red") if failed else "none failed"
+    output.say(f"last minute: {requests} requests ({rate:.2f}/s), ", failures, f", TTFT p50/p95 {ttft_text}"
+               + (f"; you see {state['you']['sees']}" if state.get("you") else ""))
     rejected = (state.get("registry") or {}).get("rejected")
     if rejected:
         output.say(styled("registry reload rejected", "bold red"), f" (the last good one stays in force): {rejected}")

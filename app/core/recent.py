@@ -28,7 +28,7 @@ class Bucket:
 
     def count(self, status: int, ttft_s: float) -> None:
         self.requests += 1
-        self.errors += status >= 500 or status == 0
+        self.errors += status >= 500  # the gateway's or the upstream's failure; a client that left (0) is none
         if ttft_s and len(self.ttft_ms) < SAMPLES:
             self.ttft_ms.append(ttft_s * 1000)
 
@@ -82,7 +82,8 @@ class Recent:
         rows = []
         for start in range(now - (BUCKETS - 1) * BUCKET_SECONDS, now + 1, BUCKET_SECONDS):
             bucket = by_start.get(start, Bucket(start))
-            rows.append({"t": start, "requests_per_s": round(bucket.requests / BUCKET_SECONDS, 2),
+            rows.append({"t": start, "requests": bucket.requests, "errors": bucket.errors,
+                         "requests_per_s": round(bucket.requests / BUCKET_SECONDS, 2),
                          "error_rate": round(bucket.errors / bucket.requests, 3) if bucket.requests else 0.0,
                          "ttft_p50_ms": _ms(bucket.ttft_ms, 0.5), "ttft_p95_ms": _ms(bucket.ttft_ms, 0.95)})
         return rows

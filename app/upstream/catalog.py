@@ -1,5 +1,5 @@
 """Foundry Local's catalogs through its SDK: the online catalog (``foundry-gateway pull NAME`` downloads a catalog
-model into the cache) and the local one (``foundry-gateway cache`` reads the registrations of local folders).
+model into the cache) and the local one (``foundry-gateway models cache`` reads the registrations of local folders).
 
 Offline, the online catalog lists nothing after a few seconds of retries, so a lookup says so plainly instead of
 failing deep in the runtime. The SDK runs in this process (it is a per-process singleton; the CLI owns it).
@@ -8,6 +8,7 @@ failing deep in the runtime. The SDK runs in this process (it is a per-process s
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ class CatalogError(Exception):
 
 def manager(cache_dir: Path) -> Any:
     os.environ.setdefault("ORT_TELEMETRY_DISABLED", "1")
+    runtime_output_to(cache_dir / "runtime-cli.log")
     try:
         from foundry_local_sdk import Configuration, FoundryLocalManager
     except ImportError:
@@ -38,6 +40,29 @@ def manager(cache_dir: Path) -> Any:
     return FoundryLocalManager.instance
 
 
+def runtime_output_to(log: Path) -> None:
+    """From now on, for the rest of this process, what the runtime's native layer writes to the process's stdout
+    and stderr (its C++ retries, ``[warning] …``, some from threads that outlive the call) goes to ``log``; Python's
+    ``sys.stdout`` and ``sys.stderr`` keep the terminal, so the user sees the command's own one-line answer."""
+    global _redirected
+    if _redirected or sys.platform == "win32":
+        return
+    _redirected = True
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sink = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    terminal = os.dup(1), os.dup(2)
+    os.dup2(sink, 1)
+    os.dup2(sink, 2)
+    os.close(sink)
+    sys.stdout = os.fdopen(terminal[0], "w", buffering=1, encoding=sys.stdout.encoding, errors="replace")
+    sys.stderr = os.fdopen(terminal[1], "w", buffering=1, encoding=sys.stderr.encoding, errors="replace")
+
+
+_redirected = False
+
+
 def find(name: str, cache_dir: Path) -> Any:
     """The catalog model ``name`` (an SDK model object with ``id``, ``is_cached``, ``download``)."""
     found = manager(cache_dir)
@@ -46,10 +71,16 @@ def find(name: str, cache_dir: Path) -> Any:
     try:
         model = found.get_catalog(CatalogType.PUBLIC).get_model(name)
     except Exception as exc:  # the native layer raises its own exception types
-        raise CatalogError(f"catalog lookup failed: {exc}. {OFFLINE_HINT}") from None
+        raise CatalogError(f"catalog lookup failed: {_first_line(exc)}. {OFFLINE_HINT}") from None
     if model is None:
         raise CatalogError(f"'{name}' is not in the catalog (or the catalog is unreachable). {OFFLINE_HINT}")
     return model
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:300] if str(exc) else exc.__class__.__name__
+
+
 
 
 def download(model: Any, progress: Callable[[float], None]) -> None:
@@ -59,4 +90,4 @@ def download(model: Any, progress: Callable[[float], None]) -> None:
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        raise CatalogError(f"download failed: {exc}. {OFFLINE_HINT}") from None
+        raise CatalogError(f"download failed: {_first_line(exc)}. {OFFLINE_HINT}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -14,7 +15,7 @@ import httpx
 
 from app.curation.bench import COLUMNS
 from tests.fakes.upstream import UpstreamProcess
-from tests.helpers import ROOT, GatewayProcess, require_module
+from tests.helpers import ROOT, GatewayProcess, require_module, run_in_terminal
 
 
 def cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,
@@ -101,6 +102,11 @@ def test_pull_offline_says_so_clearly(tmp_path: Path) -> None:
     result = cli("pull", "phi-4-mini", env={"GATEWAY_FOUNDRY_CACHE_DIR": str(tmp_path), "CI": "true"})
     assert result.returncode == 1
     assert "catalog" in result.stderr and "not reachable" in result.stderr
+    # issue 32, item 8: one line — the runtime's own C++ retry lines go to its log, not the terminal
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and result.stdout == ""
+    assert "[warning]" not in result.stderr and "http_client" in (tmp_path / "runtime-cli.log").read_text()
+    shown = run_in_terminal(["pull", "phi-4-mini"], env={"GATEWAY_FOUNDRY_CACHE_DIR": str(tmp_path)})
+    assert "[warning]" not in shown and "[error]" not in shown and "error: 'phi-4-mini'" in shown
 
 
 def test_bench_writes_csv_json_and_png(gateway: GatewayProcess, tmp_path: Path) -> None:
@@ -244,3 +250,92 @@ def _commands(parser: Any, prefix: str = "") -> list[tuple[str, Any]]:
                 nested = _commands(sub, f"{prefix}{name} ")
                 found += nested or [(f"{prefix}{name}".strip(), sub)]
     return found
+
+
+# --- rough edges a newcomer met (issue 32, item 8) ---------------------------------------------------------------
+
+
+def test_a_wrong_flag_shows_the_subcommands_usage_and_a_guess() -> None:
+    wrong = cli("models", "--tsak", "chat")
+    assert wrong.returncode == 2
+    assert "usage: foundry-gateway models" in wrong.stderr and "did you mean --task?" in wrong.stderr
+    assert "COMMAND" not in wrong.stderr  # not the top level's usage
+    nested = cli("registry", "add", "x", "--task", "chat", "--min-ram-gb", "1", "--cpabilities", "chat")
+    assert "foundry-gateway registry add" in nested.stderr and "did you mean --capabilities?" in nested.stderr
+    typo = cli("modles")
+    assert typo.returncode == 2 and "did you mean 'models'?" in typo.stderr
+
+
+def test_tables_at_80_columns_never_cut_a_word() -> None:
+    shown = run_in_terminal(["models", "--registry", str(ROOT / "models.json")], env={"GATEWAY_HOST_RAM_GB": "16"})
+    lines = shown.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    table = [line for line in lines if line.startswith("│")]
+    for name in ("phi-4-mini", "qwen2.5-7b-instruct", "deepseek-r1-distill-qwen-7b", "tiny-embed"):
+        assert any(f"│ {name} " in line for line in table), name
+    assert "not shown at 80 columns" in shown
+
+
+def test_status_counts_failures_not_clients_that_left(gateway: GatewayProcess, upstream: UpstreamProcess) -> None:
+    """It said "errors up to 100.0% (every request)" when nothing had failed: a client that left counted as one."""
+    for _ in range(2):
+        assert httpx.post(f"{gateway.base_url}/chat/completions", timeout=30,
+                          json={"model": "chat-a", "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+    upstream.fault("slow_first_byte", count=1, seconds=3)
+    with contextlib.suppress(httpx.TimeoutException):  # this client leaves before its answer
+        httpx.post(f"{gateway.base_url}/chat/completions", timeout=0.3,
+                   json={"model": "chat-a", "messages": [{"role": "user", "content": "hi"}]})
+    said = cli("status", "--gateway", gateway.url)
+    assert said.returncode == 0, said.stderr
+    line = next(line for line in said.stdout.splitlines() if line.startswith("last minute:"))
+    assert "none failed" in line and "%" not in line and "you see every request" in line
+
+
+def test_registry_add_takes_capabilities_pinned_and_tool_call_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "models.json"
+    path.write_text("[]\n")
+    folder = tmp_path / "coder"
+    folder.mkdir()
+    (folder / "genai_config.json").write_text("{}")
+    done = cli("registry", "add", "coder", "--task", "code", "--min-ram-gb", "2", "--capabilities", "chat,tools",
+               "--pinned", "--parse-tool-calls", "--path", str(folder), "--file", str(path), "--json")
+    assert done.returncode == 0, done.stderr
+    entry = json.loads(path.read_text())[0]
+    assert entry["capabilities"] == ["chat", "tools"] and entry["pinned"] is True and entry["parse_tool_calls"] is True
+
+
+def test_keys_add_without_a_keys_file_starts_one_and_says_how(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "GATEWAY_KEYS_FILE"}
+    env.update(GATEWAY_ENV_FILE="/nonexistent", PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-m", "app.cli", "keys", "add", "team-a"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "GATEWAY_KEYS_FILE=config/keys.yaml" in done.stderr and done.stdout.startswith("fgw-")
+    assert (tmp_path / "config" / "keys.yaml").is_file()
+    listed = subprocess.run([sys.executable, "-m", "app.cli", "keys", "ls"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 1 and "keys add NAME" in listed.stderr  # ls reads only a file it is given
+
+
+def test_the_serve_banner_says_what_is_on(upstream: UpstreamProcess, registry_file: Path, tmp_path: Path) -> None:
+    log = tmp_path / "gw.log"
+    with GatewayProcess(upstream=upstream.url, registry=registry_file, log_path=log,
+                        env={"GATEWAY_UPSTREAM_KIND": "openai", "GATEWAY_API_KEYS": "k-one-secret"}):
+        banner = log.read_text().splitlines()[0]
+    assert "keys: 1 API key;" in banner and "cache: deterministic (this process)" in banner
+    assert "tracing: off" in banner
+
+
+def test_a_port_that_is_taken_is_one_line_before_anything_starts(tmp_path: Path) -> None:
+    """docs/troubleshooting.md, "port taken": uvicorn said it after the runtime had started, among log lines."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        done = cli("serve", "--port", str(port), "--upstream", "http://127.0.0.1:1",
+                   env={"GATEWAY_STATE_DIR": str(tmp_path)}, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (f"error: port {port} on 127.0.0.1 is taken (another gateway, or another "
+                                            "program, listens there): pass --port N or set GATEWAY_PORT")
