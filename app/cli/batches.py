@@ -1,24 +1,45 @@
-"""``foundry-gateway batches ls|show|cancel``: a running gateway's batches (``/v1/batches``) in the terminal —
-the caller's own, or every team's with the admin key."""
+"""``foundry-gateway batches create|ls|show|output|cancel``: a running gateway's batches (``/v1/batches``) in the
+terminal — a JSONL file in (uploaded, run, optionally waited for with a progress bar), the output file out; the
+caller's own, or every team's with the admin key."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from app.cli import output, remote
 from app.cli.models import settings_from
-from app.cli.output import styled
+from app.cli.output import CliError, styled
+
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings")
+ENDED = ("completed", "failed", "cancelled", "expired")
 
 _STYLES = {"completed": "green", "failed": "red", "expired": "red", "cancelled": "yellow", "cancelling": "yellow"}
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("batches", help="List, show and cancel batches on a running gateway.",
+    p = sub.add_parser("batches", help="Create, list, show, cancel batches and get their output on a running gateway.",
                        description="A running gateway's batches (the OpenAI Batch API, /v1/batches): the caller's "
                        "own, or every team's with the admin key.")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = actions.add_parser("create", help="upload a JSONL file of requests and run it as a batch",
+                                description="Upload FILE (one request a line: custom_id, method, url, body) and "
+                                "run it as a batch; --wait shows its progress and writes the output when it ends.")
+    create.add_argument("file", type=Path, help="the JSONL file of requests")
+    create.add_argument("--endpoint", choices=ENDPOINTS, default="/v1/chat/completions",
+                        help="the endpoint every line calls (default %(default)s)")
+    create.add_argument("--window", default="24h", help="completion window, in hours (default %(default)s)")
+    create.add_argument("--wait", action="store_true", help="wait for the batch to end, with a progress bar")
+    create.add_argument("--out", type=Path, help="with --wait: write the output file here (default: stdout)")
+    create.set_defaults(func=cmd_create)
     ls = actions.add_parser("ls", help="batches, newest first, with their progress",
                             description="Batches, newest first, with their progress.")
     ls.add_argument("--limit", type=int, default=20, help="how many (default %(default)s, at most 100)")
@@ -32,7 +53,14 @@ def add_parser(sub: Any) -> None:
                                 "written to its output file.")
     cancel.add_argument("batch_id")
     cancel.set_defaults(func=cmd_cancel)
-    for action in (ls, show, cancel):
+    out = actions.add_parser("output", help="a batch's output file (or its error file): one answer a line",
+                             description="Write a finished batch's output file — or with --errors its error file — "
+                             "to stdout or --out FILE, a piece at a time.")
+    out.add_argument("batch_id")
+    out.add_argument("--errors", action="store_true", help="the error file instead")
+    out.add_argument("--out", type=Path, help="write here instead of stdout")
+    out.set_defaults(func=cmd_output)
+    for action in (create, ls, show, cancel, out):
         remote.add_options(action, gateway_help="the gateway to ask (default: this host's, from "
                            "GATEWAY_HOST/GATEWAY_PORT)")
         action.add_argument("--json", action="store_true", help="the gateway's JSON")
@@ -84,6 +112,93 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         return 0
     output.say(batch["id"], ": ", _status(batch), f" ({_progress(batch)} done)")
     return 0
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    if not args.file.is_file():
+        raise CliError(f"{args.file}: no such file")
+    url, key = remote.normalize(_url(args)), remote.api_key(args)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=300) as client, args.file.open("rb") as content:
+            uploaded = _ok(client.post("/v1/files", files={"file": (args.file.name, content)},
+                                       data={"purpose": "batch"}))  # streamed from disk by httpx
+            batch = _ok(client.post("/v1/batches", json={"input_file_id": uploaded["id"], "endpoint": args.endpoint,
+                                                         "completion_window": args.window}))
+            if args.wait:
+                batch = _wait(client, batch)
+                if batch["output_file_id"]:
+                    _download(client, batch["output_file_id"], args.out)
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach {url}: {exc.__class__.__name__}: {exc}") from None
+    if args.json:
+        output.json_out(batch)
+    elif not args.wait:
+        output.say(styled(batch["id"], "bold"), f" created from {args.file} ({uploaded['bytes']:,} bytes): ",
+                   _status(batch), f"; `foundry-gateway batches show {batch['id']}`")
+    else:
+        output.note(batch["id"], ": ", _status(batch), f" ({_progress(batch)} done)")
+    return 0 if batch["status"] in ("validating", "in_progress", "finalizing", "completed") else 1
+
+
+def cmd_output(args: argparse.Namespace) -> int:
+    batch = remote.get(_url(args), f"/v1/batches/{args.batch_id}", remote.api_key(args))
+    file_id = batch["error_file_id"] if args.errors else batch["output_file_id"]
+    if file_id is None:
+        which = "error" if args.errors else "output"
+        raise CliError(f"{batch['id']} has no {which} file ({batch['status']}, {_progress(batch)} done)")
+    key = remote.api_key(args)
+    try:
+        with httpx.Client(base_url=remote.normalize(_url(args)), timeout=300,
+                          headers={"Authorization": f"Bearer {key}"} if key else {}) as client:
+            _download(client, file_id, args.out)
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot download {file_id}: {exc.__class__.__name__}: {exc}") from None
+    return 0
+
+
+def _ok(response: httpx.Response) -> dict[str, Any]:
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:200]
+        raise CliError(f"{response.request.method} {response.request.url.path}: {response.status_code}: {message}")
+    found: dict[str, Any] = response.json()
+    return found
+
+
+def _wait(client: httpx.Client, batch: dict[str, Any]) -> dict[str, Any]:
+    console = Console(stderr=True, markup=False, highlight=False)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task(batch["id"], total=None)
+        while batch["status"] not in ENDED:
+            counts = batch["request_counts"]
+            progress.update(task, total=counts["total"] or None, completed=counts["completed"] + counts["failed"],
+                            description=f"{batch['id']} {batch['status']}")
+            time.sleep(0.5)
+            batch = _ok(client.get(f"/v1/batches/{batch['id']}"))
+    return batch
+
+
+def _download(client: httpx.Client, file_id: str, path: Path | None) -> None:
+    """A file's content to ``path`` (or stdout), a piece at a time."""
+    with client.stream("GET", f"/v1/files/{file_id}/content") as response:
+        if response.status_code >= 400:
+            response.read()
+            _ok(response)
+        target = path.open("wb") if path else sys.stdout.buffer
+        try:
+            for chunk in response.iter_bytes():
+                target.write(chunk)
+        finally:
+            if path:
+                target.close()
+            else:
+                target.flush()
+    if path:
+        output.note(styled("wrote", "green"), f" {path}")
 
 
 def _show(batch: dict[str, Any]) -> None:

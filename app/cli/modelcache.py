@@ -1,6 +1,7 @@
-"""``foundry-gateway cache ls|rm|dir`` (what Foundry Local's model cache holds, and removing from it) and
+"""``foundry-gateway models cache ls|rm|dir`` (what Foundry Local's model cache holds, and removing from it) and
 ``foundry-gateway pull NAME`` (a catalog model into the cache). The listing is ``app.curation.cache``; what is
-loaded is asked of the running gateway, which alone knows."""
+loaded is asked of the running gateway, which alone knows. (``foundry-gateway cache`` is the response cache:
+``app.cli.cache``.)"""
 
 from __future__ import annotations
 
@@ -26,9 +27,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_pull)
 
-    cache = sub.add_parser("cache", help="What Foundry Local's model cache holds; remove from it.",
-                           description="Foundry Local's model cache: local model folders registered with the "
-                                       "runtime and catalog downloads, their size, and whether they are loaded.")
+
+def add_actions(models_sub: Any) -> None:
+    """``models cache ACTION``: under ``models``, so "cache" alone means the response cache."""
+    cache = models_sub.add_parser("cache", help="What Foundry Local's model cache holds; remove from it.",
+                                  description="Foundry Local's model cache: local model folders registered with the "
+                                              "runtime and catalog downloads, their size, and whether they are "
+                                              "loaded.")
     actions = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
     p = actions.add_parser("ls", help="List the cached models (size on disk, registry entry, loaded).")
     remote.add_options(p, gateway_help="the running gateway to ask what is loaded (default: this host's)")
@@ -47,6 +52,7 @@ def add_parser(sub: Any) -> None:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     cache_dir = settings_from(args).foundry_cache_dir
+    catalog.runtime_output_to(cache_dir / "runtime-cli.log")  # before a console takes the terminal
     console = Console(stderr=True, markup=False, highlight=False)
     try:
         with console.status(f"Looking up '{args.name}' in Foundry Local's catalog…"):
@@ -123,7 +129,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     cache_dir = settings.foundry_cache_dir.resolve()
     row = find(list_cache(cache_dir, registry, loaded), args.name, registry)
     if row is None:
-        raise CliError(f"'{args.name}' is not in the cache ({cache_dir}); see `foundry-gateway cache ls`")
+        raise CliError(f"'{args.name}' is not in the cache ({cache_dir}); see `foundry-gateway models cache ls`")
     if row.loaded is not False and not args.force:
         why = "is loaded in the running runtime" if row.loaded else \
             "may be loaded: the gateway could not be asked (pass --gateway URL and --api-key)"

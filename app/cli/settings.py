@@ -1,4 +1,4 @@
-"""``foundry-gateway settings``: the settings in force (secrets masked), or the README's settings table."""
+"""``foundry-gateway settings``: the settings in force (secrets masked), or the settings table of docs/settings.md."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ SECRETS = ("api_keys", "upstream_api_key", "metrics_api_key", "admin_api_key")
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("settings", help="Show the settings in force, or the settings table.",
                        description="Show the settings in force (GATEWAY_* environment, config/gateway.env; secrets "
-                       "masked), or the README's settings table.")
-    p.add_argument("--markdown", action="store_true", help="print the README settings table")
+                       "masked), or the settings table of docs/settings.md.")
+    p.add_argument("--markdown", action="store_true", help="print the settings table (docs/settings.md)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_settings)
 

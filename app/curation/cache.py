@@ -1,4 +1,4 @@
-"""``foundry-gateway cache ls|rm|dir``: what Foundry Local's model cache holds, and removing from it.
+"""``foundry-gateway models cache ls|rm|dir``: what Foundry Local's model cache holds, and removing from it.
 
 Two kinds of entries: local model folders registered with the runtime (bring your own model — the registry's
 ``path`` entries, or ``foundry-gateway compile``), read from Foundry Local's own local catalog through its SDK;

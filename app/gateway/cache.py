@@ -43,11 +43,13 @@ class Entry:
     usage: dict[str, Any] | None = None
     answer: dict[str, Any] | None = None  # the whole answer parsed (what a stored response keeps), if any
     kept_at: float = field(default_factory=time.time)
+    scope: str = ""  # the team key whose answer it is ("": shared, or no key)
 
     def pack(self) -> bytes:
         """One bytes object: what Redis holds, and what this process holds (no objects for the collector to walk)."""
         head = {"stream": self.stream, "model": self.model, "headers": self.headers, "answer_id": self.answer_id,
-                "created": self.created, "usage": self.usage, "answer": self.answer, "kept_at": self.kept_at}
+                "created": self.created, "usage": self.usage, "answer": self.answer, "kept_at": self.kept_at,
+                "scope": self.scope}
         return orjson.dumps(head) + b"\n" + self.body
 
     @classmethod
@@ -72,7 +74,7 @@ class ResponseCache:
         self.shared = store if settings.redis_url else None  # Redis: the replicas' cache; else this process's
         self.clock = clock
         self.fingerprints: dict[str, str] = {}
-        self._entries: OrderedDict[str, tuple[bytes, str]] = OrderedDict()  # key: (packed entry, its model)
+        self._entries: OrderedDict[str, tuple[bytes, str, str]] = OrderedDict()  # key: (packed, model, scope)
         self._bytes = 0
         self._puts = 0
 
@@ -110,7 +112,7 @@ class ResponseCache:
             return  # bigger than the whole cache (0: the cache keeps nothing)
         if self.shared is not None:
             try:
-                await self.shared.put(SPACE, key, packed, owner=entry.model, ttl=self.ttl)
+                await self.shared.put(SPACE, key, packed, owner=entry.scope, ttl=self.ttl)
                 self._puts += 1
                 if self._puts % _TRIM_EVERY == 1:
                     await self.shared.trim(SPACE, self.max_bytes)
@@ -118,18 +120,66 @@ class ResponseCache:
                 log.warning("cache unavailable: %s", exc)
             return
         self._forget(key)
-        self._entries[key] = (packed, entry.model)
+        self._entries[key] = (packed, entry.model, entry.scope)
         self._bytes += len(packed)
         while self._bytes > self.max_bytes and self._entries:
             self._forget(next(iter(self._entries)))
         self.metrics.cache_bytes.set(self._bytes)
 
     def drop_model(self, name: str) -> None:
-        for key in [k for k, (_, model) in self._entries.items() if model == name]:
+        for key in [k for k, (_, model, _) in self._entries.items() if model == name]:
             self._forget(key)
         self.metrics.cache_bytes.set(self._bytes)
+
+    # --- for operators (``foundry-gateway cache``, ``/admin/cache``) ----------------------------------------------
+
+    async def listing(self, scope: str | None, limit: int) -> list[dict[str, Any]]:
+        """The kept answers (of one team key's scope; None: all), newest first: what they are, never their text."""
+        rows: list[dict[str, Any]] = []
+        if self.shared is not None:
+            for record in await self.shared.scan(SPACE, owner=scope, limit=limit, newest_first=True):
+                rows.append(_row(record.key, Entry.unpack(record.value), len(record.value)))
+            return rows
+        for key, (packed, _, owner) in reversed(self._entries.items()):
+            if scope is None or owner == scope:
+                rows.append(_row(key, Entry.unpack(packed), len(packed)))
+                if len(rows) >= limit:
+                    break
+        return rows
+
+    async def stats(self) -> dict[str, Any]:
+        """How much is kept, where, and per team key."""
+        if self.shared is not None:
+            return {"where": "redis", "bytes": await self.shared.size(SPACE), "max_bytes": self.max_bytes,
+                    "ttl_s": self.ttl}
+        scopes: dict[str, int] = {}
+        for _, _, scope in self._entries.values():
+            scopes[scope] = scopes.get(scope, 0) + 1
+        return {"where": "process", "entries": len(self._entries), "bytes": self._bytes, "max_bytes": self.max_bytes,
+                "ttl_s": self.ttl, "by_key": scopes}
+
+    async def flush(self, scope: str | None) -> int:
+        """Drop the kept answers (of one team key's scope; None: all); how many went. Only this process's, or every
+        replica's with Redis."""
+        if self.shared is not None:
+            gone = 0
+            while page := await self.shared.scan(SPACE, owner=scope, limit=500):
+                for record in page:
+                    gone += await self.shared.delete(SPACE, record.key)
+            return gone
+        keys = [k for k, (_, _, owner) in self._entries.items() if scope is None or owner == scope]
+        for key in keys:
+            self._forget(key)
+        self.metrics.cache_bytes.set(self._bytes)
+        return len(keys)
 
     def _forget(self, key: str) -> None:
         gone = self._entries.pop(key, None)
         if gone is not None:
             self._bytes -= len(gone[0])
+
+
+def _row(key: str, entry: Entry, size: int) -> dict[str, Any]:
+    return {"key": key[:16], "model": entry.model, "scope": entry.scope, "stream": entry.stream, "bytes": size,
+            "age_s": round(time.time() - entry.kept_at, 1),
+            "tokens": (entry.usage or {}).get("total_tokens")}

@@ -57,6 +57,7 @@ class Plan:
     max_age: float | None
     stream: bool
     shared: bool = True  # identical requests in flight may join its generation (not a stored response's)
+    scope: str = ""  # whose answer it is: the team key's name ("": shared, or no key)
     group: str | None = None  # the semantic cache's: what must match exactly besides the question
     question: str = ""  # the text compared by meaning
     vector: Vector | None = None  # its embedding, once asked
@@ -95,7 +96,7 @@ class Caching:
         head = [endpoint.name, upstream_id, self.cache.fingerprints.get(entry.name, ""), scope, ex.stream, usage]
         plan = Plan(_digest(head, body), read="no-cache" not in directives,
                     max_age=float(found.group(1)) if found else None, stream=ex.stream,
-                    shared=endpoint.shareable(body))
+                    shared=endpoint.shareable(body), scope=scope)
         split = endpoint.by_meaning(body) if self.semantic is not None and endpoint.deterministic(body) else None
         if split is not None:
             plan.question, plan.group = split[0], _digest(head, split[1])
@@ -257,7 +258,8 @@ class Caching:
         answer_id, created = _identity(body, ex.answer, plan.stream)
         headers = [(k.decode(), v.decode("latin-1")) for k, v in start["headers"] if k in _ROUTE_HEADERS]
         return Entry(stream=plan.stream, body=body, model=ex.entry.name, headers=headers, answer_id=answer_id,
-                     created=created, usage=ex.usage, answer=ex.answer if plan.stream else None)  # JSON: the body
+                     created=created, usage=ex.usage, answer=ex.answer if plan.stream else None,  # JSON: the body
+                     scope=plan.scope)
 
     def replay(self, entry: Entry) -> tuple[bytes, JSON | None]:
         """A kept answer as a new one: a fresh id and creation time (clients may tell answers apart by them), and

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from app.core.errors import GatewayError, not_in_registry
@@ -51,6 +51,18 @@ async def unload(request: Request, name: str = _NAME) -> JSONResponse:
         raise GatewayError(409, f"Model '{entry.name}' is serving requests or the runtime refused; it stays loaded.",
                            code="model_busy")
     return JSONResponse({"status": "unloaded", "model": entry.name})
+
+
+@router.get("/admin/cache", summary="The response cache: how much it keeps, and its entries (never their text)")
+async def cache_listing(request: Request, key: str | None = Query(None, max_length=200),
+                        limit: int = Query(100, ge=1, le=10000)) -> dict[str, Any]:
+    cache = gateway(request).cache
+    return {"stats": await cache.stats(), "key": key, "entries": await cache.listing(key, limit)}
+
+
+@router.post("/admin/cache/flush", summary="Drop the response cache's answers (one team key's with ?key=)")
+async def cache_flush(request: Request, key: str | None = Query(None, max_length=200)) -> dict[str, Any]:
+    return {"flushed": await gateway(request).cache.flush(key), "key": key}
 
 
 @router.get("/admin/status", summary="Inventory, limits and breaker state")

@@ -500,3 +500,30 @@ def test_two_keys_batches_take_turns(gateway: GatewayProcess, upstream: Upstream
     assert a.batches.retrieve(long.id).status == "in_progress"  # still going: the short one did not wait for it
     a.batches.cancel(long.id)
     finished(a, long.id)
+
+
+def test_the_cli_creates_a_batch_and_writes_its_output(gateway: GatewayProcess, upstream: UpstreamProcess,
+                                                       tmp_path: Path) -> None:
+    """Issue 32, item 9: `batches create FILE --wait` and `batches output ID` (a JSONL file in, the output out)."""
+    requests = tmp_path / "in.jsonl"
+    requests.write_bytes(jsonl(4, prefix="cli"))
+    env = {**os.environ, "GATEWAY_ENV_FILE": "/nonexistent", "GATEWAY_API_KEY": "a-secret"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "app.cli", "batches", *args, "--gateway", gateway.url],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+    out = tmp_path / "out.jsonl"
+    made = cli("create", str(requests), "--wait", "--out", str(out), "--json")
+    assert made.returncode == 0, made.stderr
+    batch = json.loads(made.stdout)
+    assert batch["status"] == "completed" and batch["request_counts"]["completed"] == 4
+    assert [json.loads(line)["custom_id"] for line in out.read_text().splitlines()] == [f"cli-{i}" for i in range(4)]
+    again = cli("output", batch["id"])
+    assert again.returncode == 0 and again.stdout == out.read_text()
+    none = cli("output", batch["id"], "--errors")
+    assert none.returncode == 1 and "no error file" in none.stderr
+    quick = cli("create", str(requests))
+    assert quick.returncode == 0 and "created from" in quick.stdout and "batches show" in quick.stdout
+    missing = cli("create", str(tmp_path / "nope.jsonl"))
+    assert missing.returncode == 1 and "no such file" in missing.stderr

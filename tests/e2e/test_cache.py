@@ -405,3 +405,46 @@ def test_semantic_cache_serves_a_close_question_with_the_same_context(upstream: 
 def test_semantic_matches_are_off_by_default(gateway: GatewayProcess) -> None:
     for question in ("Which colour is the sky?", "which colour is the sky"):
         assert _chat(gateway, [{"role": "user", "content": question}]).headers["x-gateway-cache"] == "miss"
+
+
+def test_the_cli_lists_counts_and_flushes_the_response_cache(upstream: UpstreamProcess, registry_file: Path,
+                                                            tmp_path: Path) -> None:
+    """Issue 32, item 9: `foundry-gateway cache ls|stats|flush` (admin key), one team key's with --key; Foundry
+    Local's model cache moved to `foundry-gateway models cache`."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"keys": [{"name": "team-a", "key": "a-secret-key"},
+                                         {"name": "team-b", "key": "b-secret-key"}]}))
+    env_of_gateway = {**FAKE_ENV, "GATEWAY_KEYS_FILE": str(keys), "GATEWAY_ADMIN_API_KEY": "the-admin-key"}
+    with GatewayProcess(upstream=upstream.url, registry=registry_file, log_path=tmp_path / "gw.log",
+                        env=env_of_gateway) as gw:
+        for key, n in (("a-secret-key", 41), ("a-secret-key", 42), ("b-secret-key", 43)):
+            assert _chat(gw, _ask(n), headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        env = {**os.environ, "GATEWAY_ENV_FILE": "/nonexistent", "GATEWAY_API_KEY": "the-admin-key"}
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "app.cli", "cache", *args, "--gateway", gw.url], cwd=ROOT,
+                                  env=env, capture_output=True, text=True, timeout=60)
+
+        stats = json.loads(cli("stats", "--json").stdout)
+        assert stats["entries"] == 3 and stats["by_key"] == {"team-a": 2, "team-b": 1} and stats["where"] == "process"
+        listed = cli("ls", "--key", "team-a")
+        assert listed.returncode == 0 and listed.stdout.count("\tteam-a\t") == 2
+        assert "Name a colour" not in listed.stdout  # never the text
+        flushed = json.loads(cli("flush", "--key", "team-a", "--json").stdout)
+        assert flushed["flushed"] == 2
+        assert json.loads(cli("stats", "--json").stdout)["by_key"] == {"team-b": 1}
+        assert _chat(gw, _ask(43), headers={"Authorization": "Bearer b-secret-key"}).headers["x-gateway-cache"] == "hit"
+        refused = subprocess.run([sys.executable, "-m", "app.cli", "cache", "ls", "--gateway", gw.url], cwd=ROOT,
+                                 env={**env, "GATEWAY_API_KEY": "a-secret-key"}, capture_output=True, text=True,
+                                 timeout=60)
+        assert refused.returncode == 1 and "401" in refused.stderr  # the admin key's
+    moved = subprocess.run([sys.executable, "-m", "app.cli", "models", "cache", "dir"], cwd=ROOT,
+                           env={**os.environ, "GATEWAY_ENV_FILE": "/nonexistent"}, capture_output=True, text=True,
+                           timeout=60)
+    assert moved.returncode == 0 and moved.stdout.strip()

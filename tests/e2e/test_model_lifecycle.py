@@ -88,7 +88,7 @@ def cli(*args: str, cache: Path, registry_path: Path | None = None) -> subproces
 
 
 def test_cache_ls_lists_registered_models_with_their_state(preloaded: GatewayProcess, cache: Path) -> None:
-    done = cli("cache", "ls", "--json", "--gateway", preloaded.url, cache=cache)
+    done = cli("models", "cache", "ls", "--json", "--gateway", preloaded.url, cache=cache)
     assert done.returncode == 0, done.stderr
     rows = {row["id"]: row for row in json.loads(done.stdout)["models"]}
     chat = rows["tiny-chat-generic-cpu:1"]
@@ -98,9 +98,9 @@ def test_cache_ls_lists_registered_models_with_their_state(preloaded: GatewayPro
 
 
 def test_cache_rm_refuses_a_loaded_model(preloaded: GatewayProcess, cache: Path) -> None:
-    done = cli("cache", "rm", "tiny-chat", "--gateway", preloaded.url, cache=cache)
+    done = cli("models", "cache", "rm", "tiny-chat", "--gateway", preloaded.url, cache=cache)
     assert done.returncode == 1 and "is loaded" in done.stderr
-    listed = cli("cache", "ls", "--json", "--gateway", preloaded.url, cache=cache)
+    listed = cli("models", "cache", "ls", "--json", "--gateway", preloaded.url, cache=cache)
     assert "tiny-chat-generic-cpu:1" in listed.stdout  # still there
 
 
@@ -115,20 +115,20 @@ def test_cache_rm_of_a_download_and_a_registration(tmp_path: Path) -> None:
         (download / variant / "model.onnx").write_bytes(b"\0" * 4096)
     with managed(tmp_path, cache, "once") as gw:  # registers tiny-chat and tiny-embed in this cache
         gw.wait_ready(90)
-    rows = {r["id"]: r for r in json.loads(cli("cache", "ls", "--json", cache=cache).stdout)["models"]}
+    rows = {r["id"]: r for r in json.loads(cli("models", "cache", "ls", "--json", cache=cache).stdout)["models"]}
     phi = rows["phi-x-generic-cpu:1"]  # both variants: one download
     assert phi["kind"] == "download" and phi["version"] == 1 and phi["size_bytes"] >= 8192
     assert phi["path"] == str(download.resolve())
     assert rows["tiny-embed-generic-cpu:1"]["loaded"] is False  # no gateway running: nothing loaded through one
-    assert cli("cache", "rm", "phi-x-generic-cpu:1", cache=cache).returncode == 0
+    assert cli("models", "cache", "rm", "phi-x-generic-cpu:1", cache=cache).returncode == 0
     assert not download.exists()
-    removed = cli("cache", "rm", "tiny-embed", cache=cache)
+    removed = cli("models", "cache", "rm", "tiny-embed", cache=cache)
     assert removed.returncode == 0 and "unregistered tiny-embed-generic-cpu:1" in removed.stdout
-    rows = {r["id"] for r in json.loads(cli("cache", "ls", "--json", cache=cache).stdout)["models"]}
+    rows = {r["id"] for r in json.loads(cli("models", "cache", "ls", "--json", cache=cache).stdout)["models"]}
     assert rows == {"tiny-chat-generic-cpu:1"} and (ROOT / "models" / "tiny-embed").is_dir()
-    assert cli("cache", "rm", "nothing-like-it", cache=cache).returncode == 1
+    assert cli("models", "cache", "rm", "nothing-like-it", cache=cache).returncode == 1
     (cache / "genai_config.json").write_text("{}")  # a model dropped flat into the cache itself
-    flat = cli("cache", "rm", cache.name, "--force", cache=cache)
+    flat = cli("models", "cache", "rm", cache.name, "--force", cache=cache)
     assert flat.returncode == 1 and "not a model folder inside the cache" in flat.stderr and cache.is_dir()
 
 
