@@ -12,13 +12,19 @@ BUILDER := .venv-model/.installed
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# what running needs (the gateway, the Foundry Local SDK, OpenTelemetry's exporter) for `make run`; the test and
+# bench tools on top for everything else
+$(VENV)/.installed-run: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[foundry,otel]'
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.installed-run
 	$(VENV)/bin/pip install -q -e '.[foundry,plot,bench,dev,otel]'
 	touch $@
 
-install: $(VENV)/.installed  ## create .venv with the gateway, Foundry Local SDK and dev tools
+install: $(VENV)/.installed  ## create .venv with the gateway, Foundry Local SDK and the dev tools (test, lint, bench)
 
 $(MODEL):
 	scripts/build-tiny-model.sh
@@ -40,7 +46,7 @@ redis:  ## install Debian's redis-server if missing (the quota tests start their
 chromium:  ## install Debian's chromium if missing (the console tests drive it headless)
 	scripts/ensure-package.sh chromium chromium
 
-run: install model  ## run the gateway on 127.0.0.1:$(PORT) (make run PORT=9000) before a managed Foundry Local with the tiny models
+run: $(VENV)/.installed-run model  ## run the gateway on 127.0.0.1:$(PORT) (make run PORT=9000) before a managed Foundry Local with the tiny models
 	$(VENV)/bin/foundry-gateway serve --port $(PORT)
 
 lint: install  ## ruff, mypy (also as on Windows and macOS), the import layers (lint-imports) and hadolint

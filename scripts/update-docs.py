@@ -1,7 +1,8 @@
-"""Regenerate the generated parts of README.md: the settings table (from app/core/settings.py) and the module map
-(from the package's own docstrings). tests/test_docs.py checks both are current.
+"""Regenerate the generated parts of the docs: the settings table in docs/settings.md (from app/core/settings.py)
+and the module map in docs/architecture.md (from the package's own docstrings). tests/unit/test_docs.py checks both
+are current.
 
-Run: .venv/bin/python scripts/update-readme.py
+Run: .venv/bin/python scripts/update-docs.py
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from app.cli.settings import settings_table  # noqa: E402
 
-README = ROOT / "README.md"
+PAGES = (ROOT / "docs" / "settings.md", ROOT / "docs" / "architecture.md")
 SETTINGS = ("<!-- settings-table:start -->", "<!-- settings-table:end -->")
 MODULES = ("<!-- module-map:start -->", "<!-- module-map:end -->")
 # the layers, top (imports the rest) to bottom (imports nothing of the app): as pyproject's import contract says
@@ -53,4 +54,5 @@ def render(text: str) -> str:
 
 
 if __name__ == "__main__":
-    README.write_text(render(README.read_text(encoding="utf-8")), encoding="utf-8")
+    for page in PAGES:
+        page.write_text(render(page.read_text(encoding="utf-8")), encoding="utf-8")
