@@ -37,10 +37,19 @@ GROUPS = (serve, models, status, registry, compile, modelcache, cache, settings,
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with a "did you mean" for a command that is almost one of its choices."""
+    """argparse, with a "did you mean" for a command that is almost one of its choices — and, where a command has
+    actions of its own (``models cache``), an unknown option named as such, not the value after it taken for an
+    action."""
+
+    argv: tuple[str, ...] = ()  # what is being parsed (set by ``parse``)
 
     def error(self, message: str) -> Any:
         if "invalid choice: '" in message:
+            options = {o for action in self._actions for o in action.option_strings}
+            unknown = [a.split("=", 1)[0] for a in Parser.argv if a.startswith("-") and a.split("=", 1)[0] not in
+                       options]
+            if unknown:
+                super().error(_unrecognized(self, unknown))
             wrong = message.split("invalid choice: '", 1)[1].split("'", 1)[0]
             choices = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
             close = difflib.get_close_matches(wrong, [c for a in choices for c in a.choices], n=1)
@@ -75,15 +84,20 @@ def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParse
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """The arguments; an unknown option is refused by the subcommand it was given to (its usage, not the top
     level's), with the option it most likely meant."""
+    Parser.argv = tuple(sys.argv[1:] if argv is None else argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         func = getattr(args, "func", None)
         owner = next((p for p in _parsers(parser) if p.get_default("func") is func), parser)
-        options = [o for action in owner._actions for o in action.option_strings]
-        close = difflib.get_close_matches(unknown[0].split("=", 1)[0], options, n=1)
-        hint = f"; did you mean {close[0]}?" if close else f" (see {owner.prog} --help)"
-        owner.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+        owner.error(_unrecognized(owner, unknown))
     return args
+
+
+def _unrecognized(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+    options = [o for action in parser._actions for o in action.option_strings]
+    close = difflib.get_close_matches(unknown[0].split("=", 1)[0], options, n=1)
+    hint = f"; did you mean {close[0]}?" if close else f" (see {parser.prog} --help)"
+    return f"unrecognized arguments: {' '.join(unknown)}{hint}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

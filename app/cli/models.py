@@ -26,8 +26,10 @@ def add_parser(sub: Any) -> None:
     _sources(p)
     p.set_defaults(func=cmd_models)
     from app.cli import modelcache  # it reads settings the way this module does
+    from app.cli.main import Parser
 
-    modelcache.add_actions(p.add_subparsers(dest="models_command", metavar="ACTION", required=False))
+    modelcache.add_actions(p.add_subparsers(dest="models_command", metavar="ACTION", required=False,
+                                            parser_class=Parser))
 
     p = sub.add_parser("select", help="Show the model a request would be routed to, and why.",
                        description="Show the model a request would be routed to, and why. Without --gateway or "

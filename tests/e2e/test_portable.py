@@ -25,4 +25,5 @@ def test_serve_on_asyncios_own_loop(tmp_path: Path) -> None:
         with httpx.stream("POST", f"{gw.base_url}/chat/completions", json=body, timeout=30) as r:
             assert r.status_code == 200 and "data: [DONE]" in r.read().decode()
     banner = next(line for line in (tmp_path / "gw.log").read_text().splitlines() if "foundry-gateway" in line)
-    assert f"registry: {deep / 'models.json'}, loop: asyncio)" in banner  # one line, whatever the path's length
+    assert f"registry: {deep / 'models.json'}, loop: asyncio; keys: " in banner  # one line, whatever the path's length
+    assert banner.endswith(")")
