@@ -5,6 +5,7 @@ team key's (``--key NAME``). Foundry Local's *model* cache is ``foundry-gateway 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -43,6 +44,15 @@ def _url(args: argparse.Namespace) -> str:
     return args.gateway or remote.local_gateway(settings_from(args))
 
 
+def _ask(ask: Callable[[str, str, str | None], Any], args: argparse.Namespace, path: str) -> Any:
+    """One admin call; when no gateway answers, the hint that Foundry Local's model cache needs none."""
+    try:
+        return ask(_url(args), path, remote.api_key(args))
+    except remote.Unreachable as exc:
+        raise remote.Unreachable(f"{exc} — this is the response cache of a running gateway; the models Foundry "
+                                 "Local keeps on disk are `foundry-gateway models cache ls`") from None
+
+
 def _query(args: argparse.Namespace, **more: Any) -> str:
     pairs = {"key": getattr(args, "key", None), **more}
     found = "&".join(f"{k}={quote(str(v))}" for k, v in pairs.items() if v is not None)
@@ -50,7 +60,7 @@ def _query(args: argparse.Namespace, **more: Any) -> str:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    found = remote.get(_url(args), "/admin/cache" + _query(args, limit=args.limit), remote.api_key(args))
+    found = _ask(remote.get, args, "/admin/cache" + _query(args, limit=args.limit))
     if args.json:
         output.json_out(found)
         return 0
@@ -63,7 +73,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    stats = remote.get(_url(args), "/admin/cache", remote.api_key(args))["stats"]
+    stats = _ask(remote.get, args, "/admin/cache")["stats"]
     if args.json:
         output.json_out(stats)
         return 0
@@ -76,7 +86,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_flush(args: argparse.Namespace) -> int:
-    done = remote.post(_url(args), "/admin/cache/flush" + _query(args), remote.api_key(args))
+    done = _ask(remote.post, args, "/admin/cache/flush" + _query(args))
     if args.json:
         output.json_out(done)
         return 0

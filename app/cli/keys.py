@@ -54,13 +54,13 @@ def _path(args: argparse.Namespace, *, creating: bool = False) -> Path:
     """The keys file: --file, else GATEWAY_KEYS_FILE, else (for ``add``) config/keys.yaml, started there."""
     path = Path(args.file) if args.file else load_settings().keys_file
     if path is None:
-        if not creating:
+        if not creating and not DEFAULT_FILE.exists():
             raise KeysError([f"no keys file: pass --file PATH or set GATEWAY_KEYS_FILE (`foundry-gateway keys add "
                              f"NAME` starts {DEFAULT_FILE})"])
         path = DEFAULT_FILE
-        if not path.exists():
-            output.note(styled("started", "green"), f" {path}. The gateway reads it only when told: set "
-                        f"GATEWAY_KEYS_FILE={path} (in the environment or config/gateway.env) and restart it.")
+        said = "started" if not path.exists() else "using"
+        output.note(styled(said, "green"), f" {path}. The gateway reads it only when told: set "
+                    f"GATEWAY_KEYS_FILE={path} (in the environment or config/gateway.env) and restart it.")
     return path
 
 

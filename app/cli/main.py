@@ -89,6 +89,9 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     if unknown:
         func = getattr(args, "func", None)
         owner = next((p for p in _parsers(parser) if p.get_default("func") is func), parser)
+        accepted = {o for action in owner._actions for o in action.option_strings}
+        if unknown[0].split("=", 1)[0] in accepted:  # given before the command: it belongs after it
+            owner.error(f"{unknown[0]} goes after the command: {owner.prog} {unknown[0]} …")
         owner.error(_unrecognized(owner, unknown))
     return args
 

@@ -309,6 +309,11 @@ def update_registry(doc: dict[str, Any], file: str) -> tuple[list[str], list[str
         raise ValueError(f"{len(cached)} of the results came from the gateway's response cache (X-Gateway-Cache: "
                          f"{cached[0]['cache']}): they measure the cache, not the model, so nothing was written. Run "
                          "the bench again (it sends Cache-Control: no-store).")
+    found_meta = doc.get("meta")
+    meta: dict[str, Any] = found_meta if isinstance(found_meta, dict) else {}
+    if meta.get("cache") != "no-store" and meta.get("target") != "direct":
+        raise ValueError("these results are from a bench that did not bypass the response cache (before 0.1.1): "
+                         "they may measure the cache, not the model, so nothing was written. Run the bench again.")
     found = bench_records.records(doc)
     written = annotate(path, found)
     return written, sorted(set(found) - set(written)), path

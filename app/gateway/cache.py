@@ -140,9 +140,13 @@ class ResponseCache:
             for record in await self.shared.scan(SPACE, owner=scope, limit=limit, newest_first=True):
                 rows.append(_row(record.key, Entry.unpack(record.value), len(record.value)))
             return rows
+        now = self.clock()
         for key, (packed, _, owner) in reversed(self._entries.items()):
             if scope is None or owner == scope:
-                rows.append(_row(key, Entry.unpack(packed), len(packed)))
+                entry = Entry.unpack(packed)
+                if now - entry.kept_at > self.ttl:
+                    continue  # past its time: no request gets it (the next lookup drops it)
+                rows.append(_row(key, entry, len(packed)))
                 if len(rows) >= limit:
                     break
         return rows

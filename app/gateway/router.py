@@ -85,8 +85,12 @@ class Router:
             total += self.inventory.ram_gb(entry) if entry is not None else 0.0
         return total <= self.memory.budget_gb
 
-    def _fleet_available(self) -> frozenset[str]:
-        """Front mode: the registry models some healthy node has."""
+    def _fleet_available(self) -> frozenset[str] | None:
+        """Front mode: the registry models some healthy node has (None: no node is healthy now, so what the
+        fleet has is unknown — not "nothing")."""
         assert self.fleet is not None
-        return frozenset(name for node in self.fleet.nodes.values() if node.healthy
+        healthy = [node for node in self.fleet.nodes.values() if node.healthy]
+        if not healthy:
+            return None
+        return frozenset(name for node in healthy
                          for name, state in node.models.items() if state.available is not False)

@@ -179,7 +179,8 @@ def choose(
     if not viable:
         if verdicts and all(v.reason == "not allowed for this key" for v in verdicts):
             raise GatewayError(403, f"This key may use no model for task '{chosen_task}'.", code="model_not_allowed")
-        raise _nothing_viable(entries, chosen_task, budget_gb, verdicts, measured)
+        cooling_out = any(v.reason == (cooling or {}).get(v.model) for v in verdicts)  # skipped only for that
+        raise _nothing_viable(entries, chosen_task, budget_gb, verdicts, measured, cooling_out)
     ranked = rank(viable, rank_by, chosen_task)
     for position, (entry, reason) in enumerate(ranked):
         verdicts.append(_verdict(entry, "selected" if position == 0 else "fallback",
@@ -301,9 +302,10 @@ NOT_ON_UPSTREAM = "not available on the upstream"
 
 
 def _nothing_viable(entries: tuple[ModelEntry, ...], task: str, budget_gb: float,
-                    verdicts: list[Verdict], measured: Mapping[str, float] | None) -> GatewayError:
+                    verdicts: list[Verdict], measured: Mapping[str, float] | None, cooling_out: bool) -> GatewayError:
     """503 with every candidate and why it was skipped; when what keeps the capable ones out is that the upstream
-    lacks them, the command that brings one (asking again cannot help: the SDKs are told not to retry)."""
+    lacks them, the command that brings one — and asking again cannot help (the SDKs are told not to retry)
+    unless one is only cooling down (``cooling_out``: retry after a while)."""
     smallest = min(entries, key=lambda e: ram_need(e, measured)[0])
     ram, source = ram_need(smallest, measured)
     candidates = [v.as_dict() for v in verdicts]
@@ -320,7 +322,8 @@ def _nothing_viable(entries: tuple[ModelEntry, ...], task: str, budget_gb: float
     if missing:
         fix = missing_fix(missing[0])
         message += f" To bring {missing[0].name}: {fix}."
-        return GatewayError(503, message, code="no_viable_model", param="task", headers=dict(NO_RETRY),
+        return GatewayError(503, message, code="no_viable_model", param="task",
+                            headers={"retry-after": "10"} if cooling_out else dict(NO_RETRY),
                             detail={"candidates": candidates, "fix": fix})
     return GatewayError(503, message, code="no_viable_model", param="task", headers={"retry-after": "10"},
                         detail={"candidates": candidates})

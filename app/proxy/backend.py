@@ -253,9 +253,9 @@ class NodeBackend(Backend):
             places += [Place(entry, name, reasons[name]) for name in placement.order]
             refusals += [f"{entry.name} on {name}: {reason}" for name, decision, reason in placement.verdicts
                          if decision == "skipped"]
-        if not places:
+        if not places:  # nodes down or full: a node coming back is polled within seconds
             raise GatewayError(503, f"No node can serve this request now ({'; '.join(refusals) or 'no nodes'}).",
-                               code="no_viable_node")
+                               code="no_viable_node", headers={"retry-after": "5"})
         return places
 
     async def admit(self, ex: Exchange, where: Place, held: Held) -> None:

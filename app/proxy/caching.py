@@ -41,7 +41,8 @@ JSON = dict[str, Any]
 Embed = Callable[[str], Awaitable[list[float] | None]]
 log = logging.getLogger("foundry_gateway.cache")
 _IGNORED = frozenset({"stream", "stream_options", "user", "metadata", "model"})
-_ROUTE_HEADERS = (b"x-gateway-model", b"x-gateway-task", b"x-gateway-route", b"x-gateway-node")
+_ROUTE_HEADERS = (b"x-gateway-model", b"x-gateway-task", b"x-gateway-route", b"x-gateway-node",
+                  b"x-gateway-default-max-tokens")
 _BYPASS, _MISS, _HIT = (((b"x-gateway-cache", result),) for result in (b"bypass", b"miss", b"hit"))
 _MAX_AGE = re.compile(r"max-age\s*=\s*(\d+)")
 _ID_TAIL = re.compile(r"[A-Za-z0-9]+$")

@@ -47,7 +47,6 @@ def runtime_output_to(log: Path) -> None:
     global _redirected
     if _redirected or sys.platform == "win32":
         return
-    _redirected = True
     sys.stdout.flush()
     sys.stderr.flush()
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -58,6 +57,7 @@ def runtime_output_to(log: Path) -> None:
     os.close(sink)
     sys.stdout = os.fdopen(terminal[0], "w", buffering=1, encoding=sys.stdout.encoding, errors="replace")
     sys.stderr = os.fdopen(terminal[1], "w", buffering=1, encoding=sys.stderr.encoding, errors="replace")
+    _redirected = True
 
 
 _redirected = False

@@ -264,6 +264,8 @@ def test_a_wrong_flag_shows_the_subcommands_usage_and_a_guess() -> None:
     assert "foundry-gateway registry add" in nested.stderr and "did you mean --capabilities?" in nested.stderr
     typo = cli("modles")
     assert typo.returncode == 2 and "did you mean 'models'?" in typo.stderr
+    early = cli("--json", "models")  # the review of issue 32: an option of the command, given before it
+    assert early.returncode == 2 and "--json goes after the command: foundry-gateway models --json" in early.stderr
 
 
 def test_tables_at_80_columns_never_cut_a_word() -> None:
@@ -314,7 +316,13 @@ def test_keys_add_without_a_keys_file_starts_one_and_says_how(tmp_path: Path) ->
     assert (tmp_path / "config" / "keys.yaml").is_file()
     listed = subprocess.run([sys.executable, "-m", "app.cli", "keys", "ls"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=60)
-    assert listed.returncode == 1 and "keys add NAME" in listed.stderr  # ls reads only a file it is given
+    # the review of issue 32: ls and rm then find the file add started, and say again how the gateway reads it
+    assert listed.returncode == 0 and "team-a" in listed.stdout, listed.stderr
+    assert "GATEWAY_KEYS_FILE=config/keys.yaml" in listed.stderr
+    (tmp_path / "config" / "keys.yaml").unlink()
+    listed = subprocess.run([sys.executable, "-m", "app.cli", "keys", "ls"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 1 and "keys add NAME" in listed.stderr
 
 
 def test_the_serve_banner_says_what_is_on(upstream: UpstreamProcess, registry_file: Path, tmp_path: Path) -> None:

@@ -163,3 +163,21 @@ def test_a_request_id_that_is_not_visible_ascii_is_replaced_never_a_500(
         kept = httpx.post(f"{gateway.base_url}/chat/completions", timeout=30, headers={"x-request-id": "trace-42"},
                           json={"model": "auto", "messages": HI, "max_tokens": 4})
         assert kept.headers["x-request-id"] == "trace-42"
+
+
+def test_a_front_whose_nodes_are_all_down_says_so_and_asks_for_a_retry(tmp_path: Path) -> None:
+    """Review of issue 32: with no healthy node the front took "what the fleet has" as nothing, and answered that
+    the models were not on the upstream, with `foundry-gateway pull` and never to retry."""
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        env = {**FAKE_ENV, "GATEWAY_NODES": f"http://127.0.0.1:{port}", "GATEWAY_NODE_POLL_INTERVAL": "0.2",
+               "GATEWAY_QUEUE_TIMEOUT": "0.3"}
+        with GatewayProcess(registry=write_registry(tmp_path / "models.json", REGISTRY), env=env,
+                            log_path=tmp_path / "front.log") as front:
+            r = ask(front)  # a node is down until a status poll answers, and none can
+    error = r.json()["error"]
+    assert r.status_code == 503 and "pull" not in error["message"], error
+    assert r.headers.get("x-should-retry") != "false" and "retry-after" in r.headers, dict(r.headers)

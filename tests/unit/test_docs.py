@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -101,3 +102,25 @@ def test_troubleshooting_covers_the_first_failures_with_the_gateways_own_words()
     for code in re.findall(r'"code": "([a-z_]+)"', text):
         assert f'"{code}"' in source, code
     assert "is taken (another gateway, or another program, listens there)" in source
+
+
+OS_WORDS = {"Connection refused"}  # the operating system's, inside a gateway message
+
+
+def test_the_messages_troubleshooting_quotes_are_the_gateways() -> None:
+    """Review of issue 32: a quoted message had been paraphrased. Each one quoted is the source's words:
+    every literal run between its values (quoted names, numbers, parentheses, clauses after a colon) is in it."""
+    text = (ROOT / "docs" / "troubleshooting.md").read_text()
+    source = " ".join("\n".join(p.read_text() for p in (ROOT / "app").rglob("*.py")).split())
+    source = re.sub(r'" f?"', "", source).replace('\\"', '"')  # implicit concatenation, escaped quotes
+    messages = re.findall(r'"message": "((?:[^"\\]|\\.)*)"', text)
+    names = sorted((e["name"] for e in json.loads((ROOT / "models.json").read_text())), key=len, reverse=True)
+    assert len(messages) >= 6
+    for message in messages:
+        message = message.replace('\\"', '"')
+        for name in names:
+            message = message.replace(name, "'name'")
+        values = r"'[^']*'|`[^`]*`|\([^)]*\)|\[[^]]*\]|\d+(?:\.\d+)?(?: ?[GM]iB)?|…|: "
+        runs = [run.strip() for run in re.split(values, message)]
+        paraphrased = [run for run in runs if len(run) >= 12 and run not in source and run not in OS_WORDS]
+        assert not paraphrased and any(len(run) >= 12 for run in runs), (message, paraphrased)

@@ -201,10 +201,18 @@ def test_registry_annotate_command(tmp_path: Path) -> None:
     registry = tmp_path / "models.json"
     registry.write_text(ORIGINAL)
     results = tmp_path / "bench.json"
-    results.write_text(json.dumps({"meta": {"started": "2026-11-25T19:00:00+00:00"}, "results": [],
-                                   "summary": [{"model": "beta", "requests": 1, "errors": 0, "latency_p50_s": 0.1,
-                                                "latency_p95_s": 0.2}, {"model": "nobody", "requests": 1}]}))
+    doc = {"meta": {"started": "2026-11-25T19:00:00+00:00"}, "results": [],
+           "summary": [{"model": "beta", "requests": 1, "errors": 0, "latency_p50_s": 0.1, "latency_p95_s": 0.2},
+                       {"model": "nobody", "requests": 1}]}
+    results.write_text(json.dumps(doc))
     env = {**os.environ, "GATEWAY_ENV_FILE": "/nonexistent"}
+    # the review of issue 32: a results file from before the bench bypassed the response cache is refused
+    old = subprocess.run([sys.executable, "-m", "app.cli", "registry", "annotate", str(results), "--file",
+                          str(registry)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert old.returncode == 1 and "did not bypass the response cache" in old.stderr, old.stderr
+    assert registry.read_text() == ORIGINAL
+    doc["meta"]["cache"] = "no-store"
+    results.write_text(json.dumps(doc))
     done = subprocess.run([sys.executable, "-m", "app.cli", "registry", "annotate", str(results), "--file",
                            str(registry)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -173,3 +173,20 @@ def test_tools_with_auto_and_no_capable_model_is_a_400_not_a_503() -> None:
 def test_unknown_capabilities_are_rejected_by_the_registry() -> None:
     with pytest.raises(ValueError, match="capabilities must be a list of"):
         parse_registry(json.dumps([{"name": "x", "task": "chat", "min_ram_gb": 1, "capabilities": ["telepathy"]}]))
+
+
+def test_a_missing_capable_model_is_not_retried_unless_another_is_only_cooling_down() -> None:
+    """Review of issue 32: the 503 that names the command to bring a model told the SDK never to retry, also when
+    the capable model the runtime has was only cooling down after failures (it is back in seconds)."""
+    two = parse_registry(json.dumps([
+        {"name": "here", "task": "chat", "min_ram_gb": 1, "capabilities": ["chat", "tools"]},
+        {"name": "absent", "task": "chat", "min_ram_gb": 1, "capabilities": ["chat", "tools"]},
+    ]))
+    params: dict[str, object] = {"model": None, "task": "chat", "default_task": "chat", "budget_gb": 8,
+                                 "need": frozenset({"chat", "tools"}), "available": frozenset({"here"})}
+    with pytest.raises(GatewayError) as cooling:
+        choose(two, cooling={"here": "circuit open after 5 failures"}, **params)  # type: ignore[arg-type]
+    assert cooling.value.headers == {"retry-after": "10"} and "foundry-gateway pull absent" in cooling.value.message
+    with pytest.raises(GatewayError) as missing:
+        choose(two, **{**params, "available": frozenset()})  # type: ignore[arg-type]
+    assert missing.value.headers.get("x-should-retry") == "false"

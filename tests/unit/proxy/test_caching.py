@@ -102,7 +102,8 @@ def _finished(messages: list[dict[str, Any]], status: int = 200, stream: bool = 
 
 
 START = {"type": "http.response.start", "status": 200,
-         "headers": [(b"content-type", b"text/event-stream"), (b"x-gateway-model", b"chat-a"), (b"x-request-id", b"1")]}
+         "headers": [(b"content-type", b"text/event-stream"), (b"x-gateway-model", b"chat-a"), (b"x-request-id", b"1"),
+                     (b"x-gateway-default-max-tokens", b"64")]}
 EVENT = b'data: {"id":"chatcmpl-abc","created":1700000000,"choices":[{"delta":{"content":"Hi"}}]}\n\n'
 
 
@@ -115,7 +116,8 @@ def test_a_whole_stream_is_kept_without_comments_or_per_request_headers() -> Non
     entry = caching.entry_of(flight, ex, plan)
     assert entry is not None
     assert entry.body == EVENT + b"data: [DONE]\n\n"
-    assert entry.headers == [("x-gateway-model", "chat-a")]
+    # the review of issue 32: a hit says the budget it was answered with, as the miss did
+    assert entry.headers == [("x-gateway-model", "chat-a"), ("x-gateway-default-max-tokens", "64")]
     assert (entry.answer_id, entry.created) == ("chatcmpl-abc", 1700000000)
 
 
