@@ -32,7 +32,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayPro
     prompts = tmp / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
     env = {"GATEWAY_UPSTREAM_MODE": "managed", "GATEWAY_FOUNDRY_CACHE_DIR": str(tmp / "cache"),
-           "GATEWAY_RANK_BY": "rating"}
+           "GATEWAY_RANK_BY": "rating", "GATEWAY_CACHE": "deterministic"}  # bench's temperature 0 is cacheable
     with GatewayProcess(registry=registry, env=env, log_path=tmp / "gw.log") as gw:
         gw.wait_ready(90)
         yield gw, registry, prompts
@@ -47,6 +47,33 @@ def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
 def routed(gw: GatewayProcess) -> httpx.Response:
     body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     return httpx.post(f"{gw.base_url}/chat/completions", json=body, headers={"X-Task": "chat"}, timeout=30)
+
+
+def _counted(gw: GatewayProcess, name: str) -> float:
+    """A metric's samples summed: the requests that reached the runtime, or the cache's hits."""
+    text = httpx.get(f"{gw.url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_a_second_bench_run_reaches_the_runtime_not_the_response_cache(setup: tuple[GatewayProcess, Path, Path],
+                                                                       tmp_path: Path) -> None:
+    """Issue 32, item 1, on the real runtime: a second run of the same prompts at temperature 0 — which the cache
+    on this gateway answers when asked plainly — is generated again, each request, by Foundry Local."""
+    gw, _, prompts = setup
+    plain = {"model": "tiny-chat", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 4,
+             "temperature": 0}
+    for _ in range(2):
+        httpx.post(f"{gw.base_url}/chat/completions", json=plain, timeout=60).raise_for_status()
+    assert _counted(gw, 'gateway_cache_requests_total{result="hit"}') >= 1  # the cache is on and answers this
+    for run in ("first", "second"):
+        reached = _counted(gw, "gateway_upstream_duration_seconds_count")
+        hits = _counted(gw, 'gateway_cache_requests_total{result="hit"}')
+        done = cli("bench", "--gateway", gw.url, "--prompts", str(prompts), "--repeat", "1", "--max-tokens", "4",
+                   "--model", "tiny-chat", "--out", str(tmp_path / run), "--json")
+        assert done.returncode == 0, done.stderr
+        assert _counted(gw, "gateway_upstream_duration_seconds_count") - reached == len(PROMPTS), run
+        assert _counted(gw, 'gateway_cache_requests_total{result="hit"}') == hits, run
+        assert {r["cache"] for r in json.loads(done.stdout)["results"]} == {"bypass"}
 
 
 def test_bench_writes_measured_and_ratings_change_the_route(setup: tuple[GatewayProcess, Path, Path],
