@@ -18,7 +18,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, cast
 
-from app.access.keys import ApiKey, KeyRing, KeysError, load_keys
+from app.access.keys import ApiKey, KeyRing, KeysError, Quota, load_keys
 from app.core.errors import GatewayError
 from app.core.files import file_mtime
 from app.core.metrics import Metrics
@@ -30,6 +30,8 @@ from app.state import Decision, StateStore, StoreDown
 log = logging.getLogger("foundry_gateway.keys")
 STORE_RETRY_AFTER = 2.0  # seconds a failed quota store is left alone
 STORE_TIMEOUT = 2.0  # seconds a quota call may take before the store counts as down
+# the quotas OpenAI's x-ratelimit-{limit,remaining,reset}-* headers tell of, by the word those headers end in
+RATELIMIT_HEADERS = {Quota.REQUESTS_PER_MINUTE: b"requests", Quota.TOKENS_PER_MINUTE: b"tokens"}
 
 
 class Access:
@@ -108,14 +110,15 @@ class Access:
             return []
         headers = _headers(key, decision)
         if not decision.admitted:
-            self.metrics.key_rejections.labels(key.name, decision.reason or "quota").inc()
-            wait = max(1, math.ceil((decision.usage.day_resets if decision.reason == "tokens_per_day" else
+            over = Quota(decision.reason) if decision.reason else None  # the store names the limit it is over
+            self.metrics.key_rejections.labels(key.name, over or "quota").inc()
+            wait = max(1, math.ceil((decision.usage.day_resets if over == Quota.TOKENS_PER_DAY else
                                      decision.usage.minute_resets) - time.time()))
-            if decision.reason == "max_concurrency":
+            if over == Quota.MAX_CONCURRENCY:
                 wait = 1
-            reason = decision.reason or "quota"
+            reason = over or "quota"
             raise GatewayError(429, f"Key '{key.name}' is over its {reason.replace('_', ' ')} quota "
-                                    f"({_limit(key, decision.reason)}); retry in {wait}s.",
+                                    f"({_limit(key, over)}); retry in {wait}s.",
                                code="rate_limit_exceeded", type="rate_limit_error",
                                headers={"retry-after": str(wait), **{k.decode(): v.decode() for k, v in headers}})
         return [(k, v) for k, v in headers]
@@ -166,8 +169,8 @@ class Access:
 
 
 
-def _limit(key: ApiKey, reason: str | None) -> str:
-    return f"{getattr(key, reason)}" if reason else "?"
+def _limit(key: ApiKey, quota: Quota | None) -> str:
+    return f"{getattr(key, quota)}" if quota else "?"
 
 
 def _headers(key: ApiKey, decision: Decision) -> list[tuple[bytes, bytes]]:
@@ -175,14 +178,13 @@ def _headers(key: ApiKey, decision: Decision) -> list[tuple[bytes, bytes]]:
     usage = decision.usage
     out: list[tuple[bytes, bytes]] = []
     minute_reset = f"{max(0.0, usage.minute_resets - time.time()):.0f}s".encode()
-    if key.requests_per_minute:
-        out += [(b"x-ratelimit-limit-requests", str(key.requests_per_minute).encode()),
-                (b"x-ratelimit-remaining-requests", str(max(0, key.requests_per_minute - usage.requests)).encode()),
-                (b"x-ratelimit-reset-requests", minute_reset)]
-    if key.tokens_per_minute:
-        out += [(b"x-ratelimit-limit-tokens", str(key.tokens_per_minute).encode()),
-                (b"x-ratelimit-remaining-tokens",
-                 str(max(0, key.tokens_per_minute - usage.tokens_minute - usage.reserved)).encode()),
-                (b"x-ratelimit-reset-tokens", minute_reset)]
+    for quota, used in ((Quota.REQUESTS_PER_MINUTE, usage.requests),
+                        (Quota.TOKENS_PER_MINUTE, usage.tokens_minute + usage.reserved)):
+        limit: int = getattr(key, quota)
+        if limit:
+            name = RATELIMIT_HEADERS[quota]
+            out += [(b"x-ratelimit-limit-" + name, str(limit).encode()),
+                    (b"x-ratelimit-remaining-" + name, str(max(0, limit - used)).encode()),
+                    (b"x-ratelimit-reset-" + name, minute_reset)]
     return out
 

@@ -15,12 +15,24 @@ import hmac
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from app.state.base import Limits
 
-LIMITS = ("requests_per_minute", "tokens_per_minute", "tokens_per_day", "max_concurrency")
+
+class Quota(StrEnum):
+    """A key's quotas: each is its field in the keys file and on :class:`ApiKey`, and the limit a 429 names (the
+    state store's ``Decision.reason``)."""
+
+    REQUESTS_PER_MINUTE = "requests_per_minute"
+    TOKENS_PER_MINUTE = "tokens_per_minute"
+    TOKENS_PER_DAY = "tokens_per_day"
+    MAX_CONCURRENCY = "max_concurrency"
+
+
+LIMITS = tuple(Quota)
 FIELDS = ("name", "key", "key_sha256", "models", "tasks", *LIMITS, "priority", "storage_bytes")
 
 
@@ -64,7 +76,7 @@ class ApiKey:
         """What ``keys ls`` and logs may show: everything but the hash."""
         return {"name": self.name, "models": sorted(self.models) if self.models is not None else None,
                 "tasks": sorted(self.tasks) if self.tasks is not None else None,
-                **{limit: getattr(self, limit) for limit in LIMITS}, "priority": self.priority,
+                **{limit.value: getattr(self, limit) for limit in LIMITS}, "priority": self.priority,
                 "storage_bytes": self.storage_bytes or None}
 
 
@@ -156,7 +168,7 @@ def _parse_one(item: Any, where: str, problems: list[str]) -> ApiKey | None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             problems.append(f"{where}: '{field}' must be an integer ≥ 0 (0: no limit)")
             value = 0
-        limits[field] = value
+        limits[field.value] = value
     priority = item.get("priority")
     if priority not in (None, "interactive", "batch"):
         problems.append(f"{where}: 'priority' must be 'interactive' or 'batch'")

@@ -11,8 +11,8 @@ from typing import Any
 
 from app.access.middleware import Caller
 from app.batches.files import Files
-from app.batches.lines import ENDPOINTS
-from app.batches.records import ACTIVE, DONE, BatchStore, new_batch
+from app.batches.lines import BATCHABLE
+from app.batches.records import ACTIVE, DONE, BatchStatus, BatchStore, new_batch
 from app.batches.runner import Runner
 from app.core.errors import GatewayError, bad_request, insufficient_storage
 from app.gateway import Gateway
@@ -42,8 +42,8 @@ class Batches:
         if not isinstance(input_file_id, str) or not input_file_id:
             raise bad_request("'input_file_id' is required.", param="input_file_id",
                               code="missing_required_parameter")
-        if endpoint not in ENDPOINTS:
-            raise bad_request(f"'endpoint' must be one of {', '.join(ENDPOINTS)}.", param="endpoint",
+        if endpoint not in BATCHABLE:
+            raise bad_request(f"'endpoint' must be one of {', '.join(BATCHABLE)}.", param="endpoint",
                               code="invalid_value")
         found = _WINDOW.fullmatch(window) if isinstance(window, str) else None
         if found is None or int(found.group(1)) > MAX_WINDOW_HOURS:
@@ -87,7 +87,7 @@ class Batches:
 
     async def cancel(self, caller: Caller, batch_id: str) -> JSON:
         record = await self._record(caller, batch_id)
-        if record["status"] in DONE or record["status"] == "finalizing":
+        if record["status"] in DONE or record["status"] == BatchStatus.FINALIZING:
             raise GatewayError(409, f"Batch {batch_id} is {record['status']}: it cannot be cancelled.",
                                code="batch_not_cancellable", param="batch_id")
         asked = await self.store.ask_cancel(batch_id, record["x_owner"])

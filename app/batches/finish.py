@@ -14,7 +14,7 @@ import orjson
 from app.batches.files import Files, Writer
 from app.batches.inputs import InputGone, input_lines, succeeded
 from app.batches.lines import Line, Lines, error
-from app.batches.records import BatchStore
+from app.batches.records import BatchStatus, BatchStore
 
 JSON = dict[str, Any]
 _PAGE = 500  # lines whose results are read at once
@@ -37,7 +37,7 @@ class Finisher:
                 outputs.discard()
                 errors.discard()
                 ok, failed = await self._as_kept(batch, outputs, errors)
-                if batch["status"] != "cancelling" and not batch.get("x_expired"):
+                if batch["status"] != BatchStatus.CANCELLING and not batch.get("x_expired"):
                     batch.setdefault("x_failure", error(exc.code, f"{exc} The batch stopped; the answers it had "
                                                         "are in its output and error files."))
             owner, expires = batch["x_owner"], batch.get("x_output_expires_after")
@@ -54,20 +54,20 @@ class Finisher:
             not_run = total - ok - failed
             if not_run > 0:
                 failure = {**failure, "message": f"{failure['message']} {not_run} of {total} requests did not run."}
-            batch.update(status="failed", failed_at=now, errors={"object": "list", "data": [failure]})
-        elif batch["status"] == "cancelling":
-            batch.update(status="cancelled", cancelled_at=now)
+            batch.update(status=BatchStatus.FAILED, failed_at=now, errors={"object": "list", "data": [failure]})
+        elif batch["status"] == BatchStatus.CANCELLING:
+            batch.update(status=BatchStatus.CANCELLED, cancelled_at=now)
         elif batch.pop("x_expired", False):
-            batch.update(status="expired", expired_at=now)
+            batch.update(status=BatchStatus.EXPIRED, expired_at=now)
         else:
-            batch.update(status="completed", completed_at=now)
+            batch.update(status=BatchStatus.COMPLETED, completed_at=now)
         await self.store.save(batch)
         await self.store.drop_results(batch["id"])
 
     async def _in_order(self, batch: JSON, outputs: _Output, errors: _Output) -> tuple[int, int]:
         """Every line's result in the input's order — a line with none (cancelled, expired) an error saying why.
         InputGone: the input can no longer be read."""
-        unfinished = "batch_cancelled" if batch["status"] == "cancelling" else "batch_expired"
+        unfinished = "batch_cancelled" if batch["status"] == BatchStatus.CANCELLING else "batch_expired"
         why = "cancelled." if unfinished == "batch_cancelled" else "not done in its completion window."
         lines = Lines(batch["endpoint"], self.longest_line)
         ok = failed = 0

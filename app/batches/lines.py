@@ -12,8 +12,11 @@ from typing import Any
 
 import orjson
 
+from app.openai import ENDPOINTS
+
 JSON = dict[str, Any]
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings")
+# the paths a batch may call: the endpoints of app.openai's one table that take a JSON body
+BATCHABLE = tuple(endpoint.path for endpoint in ENDPOINTS if endpoint.batchable)
 MAX_ERRORS = 100  # reported; a file with more is failed all the same
 MAX_CUSTOM_ID = 512
 BOM = b"\xef\xbb\xbf"

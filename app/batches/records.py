@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -22,8 +23,24 @@ SPACE = "batches"
 ACTIVE_INDEX = "batches_active"  # key: batch id, owner: the runner's instance
 RESULTS = "batch_results"
 CANCELS = "batch_cancels"  # a cancel asked for, apart from the record the runner rewrites after every line
-ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
-DONE = ("completed", "failed", "expired", "cancelled")
+
+
+class BatchStatus(StrEnum):
+    """A batch's ``status``, as the OpenAI Batch API names it (a ``str``: stored, compared and shown as its value)."""
+
+    VALIDATING = "validating"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+ACTIVE = (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING, BatchStatus.CANCELLING)
+DONE = (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED, BatchStatus.CANCELLED)
+STARTED = (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS)  # not running its last steps yet: a cancel stops it
 _PAGE = 500
 _INDEXED = "_indexed"  # the index was built from the batches of an earlier version
 
@@ -33,7 +50,7 @@ def new_batch(batch_id: str, owner: str, input_file_id: str, endpoint: str, wind
     now = int(time.time())
     return {
         "id": batch_id, "object": "batch", "endpoint": endpoint, "errors": None, "input_file_id": input_file_id,
-        "completion_window": window, "status": "validating", "output_file_id": None, "error_file_id": None,
+        "completion_window": window, "status": BatchStatus.VALIDATING, "output_file_id": None, "error_file_id": None,
         "created_at": now, "in_progress_at": None, "expires_at": int(now + window_s), "finalizing_at": None,
         "completed_at": None, "failed_at": None, "expired_at": None, "cancelling_at": None, "cancelled_at": None,
         "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": metadata,
@@ -135,8 +152,8 @@ class BatchStore:
 
     def shown(self, record: JSON, asked: float | None) -> JSON:
         """The batch as a client sees it: ``cancelling`` from the moment a cancel was asked."""
-        if asked is not None and record["status"] in ("validating", "in_progress"):
-            record = {**record, "status": "cancelling", "cancelling_at": int(asked)}
+        if asked is not None and record["status"] in STARTED:
+            record = {**record, "status": BatchStatus.CANCELLING, "cancelling_at": int(asked)}
         return public(record)
 
     # --- results --------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from app.batches.finish import Finisher
 from app.batches.inputs import InputGone, input_lines, succeeded
 from app.batches.lines import Checker, Line, Lines, error
 from app.batches.pace import Pace
-from app.batches.records import BatchStore, index_of
+from app.batches.records import STARTED, BatchStatus, BatchStore, index_of
 from app.batches.sweeper import Sweeper
 from app.core.errors import GatewayError
 from app.gateway import Gateway
@@ -163,7 +163,7 @@ class Runner:
         if failures < MAX_FAILURES:
             return
         self._failures.pop(batch["id"], None)
-        batch.update(status="failed", failed_at=int(time.time()), errors={"object": "list", "data": [error(
+        batch.update(status=BatchStatus.FAILED, failed_at=int(time.time()), errors={"object": "list", "data": [error(
             "internal_error", f"The gateway could not finish this batch ({exc.__class__.__name__}: {exc}); the "
             "results it kept are not written out.")]})
         with contextlib.suppress(StoreDown):
@@ -189,13 +189,13 @@ class Runner:
     async def _advance(self, batch: JSON, until: float | None) -> None:
         """One turn of a batch's state machine, from what the store says it is (``until``: when to give the turn
         to the next batch)."""
-        if batch["status"] in ("validating", "in_progress"):
+        if batch["status"] in STARTED:
             await self._stopping(batch)
-        if batch["status"] == "validating":
+        if batch["status"] == BatchStatus.VALIDATING:
             await self._validate(batch)
-        if batch["status"] == "in_progress":
+        if batch["status"] == BatchStatus.IN_PROGRESS:
             await self._run(batch, until)
-        if batch["status"] in ("finalizing", "cancelling"):
+        if batch["status"] in (BatchStatus.FINALIZING, BatchStatus.CANCELLING):
             await self._finish(batch)
 
     # --- validating -----------------------------------------------------------------------------------------------
@@ -211,9 +211,10 @@ class Runner:
         else:
             problems = checker.finish()
         if problems:
-            batch.update(status="failed", failed_at=int(time.time()), errors={"object": "list", "data": problems})
+            batch.update(status=BatchStatus.FAILED, failed_at=int(time.time()),
+                         errors={"object": "list", "data": problems})
         else:
-            batch.update(status="in_progress", in_progress_at=int(time.time()))
+            batch.update(status=BatchStatus.IN_PROGRESS, in_progress_at=int(time.time()))
             batch["request_counts"]["total"] = checker.lines.count
         await self.store.save(batch)
 
@@ -241,7 +242,7 @@ class Runner:
                     if until is None and len(await self.store.active_ids(self.instance)) > 1:
                         until = now + SLICE  # another batch came: this one gives it a turn soon
                 if time.time() >= batch["expires_at"]:
-                    batch.update(status="finalizing", finalizing_at=int(time.time()), x_expired=True)
+                    batch.update(status=BatchStatus.FINALIZING, finalizing_at=int(time.time()), x_expired=True)
                     await self.store.save(batch)
                     return
                 turn_over = until is not None and now >= until
@@ -254,7 +255,7 @@ class Runner:
                         exhausted = True
                         break
                     except InputGone as exc:  # deleted or altered mid-batch: what ran is written out
-                        batch.update(status="finalizing", finalizing_at=int(time.time()), x_failure=error(
+                        batch.update(status=BatchStatus.FINALIZING, finalizing_at=int(time.time()), x_failure=error(
                             "file_not_found", f"{exc} The batch stopped; the answers it had are in its output "
                             "and error files."))
                         await self.store.save(batch)
@@ -286,7 +287,7 @@ class Runner:
                     waiter.cancel()
             if await self._stopping(batch):  # asked before the last line finished: cancelled, with everything done
                 return
-            batch.update(status="finalizing", finalizing_at=int(time.time()))
+            batch.update(status=BatchStatus.FINALIZING, finalizing_at=int(time.time()))
             await self.store.save(batch)
         finally:
             for task, (line, _) in running.items():
@@ -315,7 +316,7 @@ class Runner:
         asked = await self.store.cancel_asked(batch["id"])
         if asked is None:
             return False
-        batch.update(status="cancelling", cancelling_at=int(asked))
+        batch.update(status=BatchStatus.CANCELLING, cancelling_at=int(asked))
         await self.store.save(batch)
         return True
 

@@ -15,14 +15,16 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from app.batches.lines import BATCHABLE
+from app.batches.records import DONE, BatchStatus
 from app.cli import output, remote
 from app.cli.models import settings_from
 from app.cli.output import CliError, styled
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings")
-ENDED = ("completed", "failed", "cancelled", "expired")
-
-_STYLES = {"completed": "green", "failed": "red", "expired": "red", "cancelled": "yellow", "cancelling": "yellow"}
+_STYLES = {BatchStatus.COMPLETED: "green", BatchStatus.FAILED: "red", BatchStatus.EXPIRED: "red",
+           BatchStatus.CANCELLED: "yellow", BatchStatus.CANCELLING: "yellow"}
+# what `create` exits 0 for: a batch under way, or one that completed
+_FINE = (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING, BatchStatus.COMPLETED)
 
 
 def add_parser(sub: Any) -> None:
@@ -34,7 +36,7 @@ def add_parser(sub: Any) -> None:
                                 description="Upload FILE (one request a line: custom_id, method, url, body) and "
                                 "run it as a batch; --wait shows its progress and writes the output when it ends.")
     create.add_argument("file", type=Path, help="the JSONL file of requests")
-    create.add_argument("--endpoint", choices=ENDPOINTS, default="/v1/chat/completions",
+    create.add_argument("--endpoint", choices=BATCHABLE, default=BATCHABLE[0],
                         help="the endpoint every line calls (default %(default)s)")
     create.add_argument("--window", default="24h", help="completion window, in hours (default %(default)s)")
     create.add_argument("--wait", action="store_true", help="wait for the batch to end, with a progress bar")
@@ -138,7 +140,7 @@ def cmd_create(args: argparse.Namespace) -> int:
                    _status(batch), f"; `foundry-gateway batches show {batch['id']}`")
     else:
         output.note(batch["id"], ": ", _status(batch), f" ({_progress(batch)} done)")
-    return 0 if batch["status"] in ("validating", "in_progress", "finalizing", "completed") else 1
+    return 0 if batch["status"] in _FINE else 1
 
 
 def cmd_output(args: argparse.Namespace) -> int:
@@ -173,7 +175,7 @@ def _wait(client: httpx.Client, batch: dict[str, Any]) -> dict[str, Any]:
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task(batch["id"], total=None)
-        while batch["status"] not in ENDED:
+        while batch["status"] not in DONE:
             counts = batch["request_counts"]
             progress.update(task, total=counts["total"] or None, completed=counts["completed"] + counts["failed"],
                             description=f"{batch['id']} {batch['status']}")
@@ -205,8 +207,9 @@ def _show(batch: dict[str, Any]) -> None:
     rows = [["status", _status(batch)], ["endpoint", batch["endpoint"]], ["done", _progress(batch)],
             ["input file", batch["input_file_id"]], ["output file", batch["output_file_id"] or "–"],
             ["error file", batch["error_file_id"] or "–"], ["window", batch["completion_window"]]]
-    for name in ("created", "in_progress", "finalizing", "completed", "failed", "cancelling", "cancelled",
-                 "expired", "expires"):
+    stamps = (BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING, BatchStatus.COMPLETED, BatchStatus.FAILED,
+              BatchStatus.CANCELLING, BatchStatus.CANCELLED, BatchStatus.EXPIRED)
+    for name in ("created", *stamps, "expires"):  # each status's time, as its ``<status>_at`` field
         stamp = batch.get(f"{name}_at")
         if stamp:
             rows.append([name.replace("_", " "), _when(stamp)])

@@ -113,7 +113,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             entry[field] = getattr(args, field)
     for field in LIMITS:
         if getattr(args, field):
-            entry[field] = getattr(args, field)
+            entry[field.value] = getattr(args, field)
     if args.priority:
         entry["priority"] = args.priority
     data["keys"].append(entry)

@@ -45,7 +45,6 @@ REJECTION_REASONS = frozenset({
     "overloaded", "invalid_api_key", "body_too_large", "headers_too_large", "shutting_down",
     "request_timeout", "insufficient_storage", "conversation_too_large", "previous_response_not_found",
 })
-ROUTES = ("chat", "completions", "responses", "embeddings", "transcriptions")
 STATUS_CLASSES = ("2xx", "4xx", "5xx", "aborted")
 CACHE_RESULTS = ("hit", "miss", "bypass", "coalesced")
 

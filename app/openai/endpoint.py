@@ -56,7 +56,6 @@ class Memory(Protocol):
 class Endpoint:
     name: ClassVar[str]  # metric and log label, and the key of its upstream URL
     path: ClassVar[str]  # where apps call it
-    upstream_path: ClassVar[str]  # the same route under the upstream's /v1
     capability: ClassVar[str]  # what a model must be able to do
     streams: ClassVar[bool] = True  # it takes "stream": true
     summary: ClassVar[str]  # its line in the OpenAPI document
@@ -65,6 +64,7 @@ class Endpoint:
     # a stream may end without ever deciding how it started (the Responses API's typed events)
     ends_undecided: ClassVar[bool] = False
     cacheable: ClassVar[bool] = True  # its answers may be kept and replayed (the response cache)
+    batchable: ClassVar[bool] = True  # a batch's lines may call it (a JSON body: the Batch API's ``url``)
 
     # --- the request ---------------------------------------------------------------------------------------
 

@@ -28,10 +28,10 @@ class Transcriptions(Endpoint):
     name = "transcriptions"
     operation = "transcription"
     path = "/v1/audio/transcriptions"
-    upstream_path = "/audio/transcriptions"
     capability = "transcription"
     streams = False
     cacheable = False  # uploads: a key would hash megabytes of audio for answers rarely asked twice
+    batchable = False  # a multipart upload: a batch line's body is JSON
     summary = "Speech to text, routed to transcription models"
 
     def request_content(self) -> JSON:

@@ -40,6 +40,18 @@ def test_a_yaml_error_never_quotes_the_file() -> None:
 
 
 def test_concurrency_slots_are_the_gateways_not_the_clients_request_ids() -> None:
-    from app.proxy.exchange import Exchange
+    from app.proxy.outcome import next_slot
 
-    assert Exchange("chat", "same-id").slot != Exchange("chat", "same-id").slot
+    assert next_slot() != next_slot()  # a Call's slot: never the X-Request-Id a client may repeat
+
+
+def test_quotas_are_the_keys_file_fields_and_the_stores_reasons() -> None:
+    from app.access.keys import LIMITS, Quota
+    from app.state.base import REASONS
+
+    assert [q.value for q in Quota] == ["requests_per_minute", "tokens_per_minute", "tokens_per_day",
+                                        "max_concurrency"]
+    assert tuple(Quota) == LIMITS and {Quota(r) for r in REASONS.values()} == set(Quota)
+    key = parse_keys(json.dumps({"keys": [{"name": "t", "key": "k" * 8, "tokens_per_day": 5}]})).keys[0]
+    shown = key.describe()
+    assert shown["tokens_per_day"] == 5 and all(type(field) is str for field in shown)  # orjson takes only str keys

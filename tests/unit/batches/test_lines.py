@@ -71,3 +71,11 @@ def test_a_byte_order_mark_before_the_first_line_is_no_part_of_it() -> None:
 def test_a_line_longer_than_a_request_body_is_a_problem() -> None:
     lines, errors = read_lines(_line("a") + b"\n" + _line("b", pad="x" * 500), URL, 10, max_line_bytes=300)
     assert [x.custom_id for x in lines] == ["a"] and [(e["line"], e["code"]) for e in errors] == [(2, "line_too_long")]
+
+
+def test_the_endpoints_a_batch_may_call_are_the_openai_tables_json_ones() -> None:
+    from app.batches.lines import BATCHABLE
+    from app.openai import ENDPOINTS
+
+    assert BATCHABLE == ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings")
+    assert set(BATCHABLE) | {"/v1/audio/transcriptions"} == {e.path for e in ENDPOINTS}  # a multipart upload: not

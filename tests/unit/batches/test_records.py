@@ -52,3 +52,16 @@ def test_the_runner_reads_only_the_active_batches(tmp_path: Path) -> None:
         await store.aclose()
 
     asyncio.run(run())
+
+
+def test_statuses_are_the_batch_apis_strings_stored_as_such() -> None:
+    import orjson
+
+    from app.batches.records import ACTIVE, DONE, BatchStatus
+
+    assert [s.value for s in BatchStatus] == ["validating", "in_progress", "finalizing", "completed", "failed",
+                                              "expired", "cancelling", "cancelled"]
+    assert set(ACTIVE) | set(DONE) == set(BatchStatus) and not set(ACTIVE) & set(DONE)
+    record = new_batch("batch_x", "team", "file-x", "/v1/chat/completions", "24h", 3600, None, "here")
+    stored = orjson.loads(orjson.dumps(record))
+    assert stored["status"] == "validating" and type(stored["status"]) is str and stored["status"] in ACTIVE
