@@ -49,8 +49,9 @@ chromium:  ## install Debian's chromium if missing (the console tests drive it h
 run: $(VENV)/.installed-run model  ## run the gateway on 127.0.0.1:$(PORT) (make run PORT=9000) before a managed Foundry Local with the tiny models
 	$(VENV)/bin/foundry-gateway serve --port $(PORT)
 
-lint: install  ## ruff, mypy (also as on Windows and macOS), the import layers (lint-imports) and hadolint
+lint: install  ## ruff, mypy (also as on Windows and macOS), the import layers (lint-imports), vulture and hadolint
 	$(VENV)/bin/ruff check app tests scripts
+	$(VENV)/bin/vulture app vulture_whitelist.py --min-confidence 60
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --platform win32 app

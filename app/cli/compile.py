@@ -16,6 +16,7 @@ from app.cli import output
 from app.cli.output import CliError, styled
 from app.cli.registry import added, registry_path
 from app.core.registry import load_registry
+from app.curation.compile import PRECISIONS, PROVIDERS
 
 
 def add_parser(sub: Any) -> None:
@@ -25,9 +26,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("hf_folder", metavar="HF_FOLDER", help="a Hugging Face checkpoint folder (config.json, weights, "
                                                          "tokenizer)")
     p.add_argument("--name", required=True, help="the registry name apps will use")
-    p.add_argument("--precision", choices=["int4", "fp16", "fp32"], default="int4", help="weights (default int4)")
-    p.add_argument("--execution-provider", choices=["cpu", "cuda", "dml", "webgpu", "NvTensorRtRtx"], default="cpu",
-                   help="where it runs (default cpu)")
+    p.add_argument("--precision", choices=PRECISIONS, default="int4", help="weights (default int4)")
+    p.add_argument("--execution-provider", choices=PROVIDERS, default="cpu", help="where it runs (default cpu)")
     p.add_argument("--task", action="append", help="task it serves (repeatable; default chat; embeddings also "
                                                     "exposes hidden states)")
     p.add_argument("--out", help="output folder (default: models/NAME beside the registry)")

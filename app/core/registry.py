@@ -7,7 +7,6 @@ names the file, the entry and the field, because a registry is edited by hand.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 from collections.abc import Iterable, Iterator
@@ -319,15 +318,3 @@ def _validate_entry(
         pinned=bool(switches["pinned"]),
         measured=measured,
     )
-
-
-def dump_registry(entries: Iterable[ModelEntry], base_dir: Path | None = None) -> bytes:
-    """Serialise entries back to ``models.json`` (paths relative to ``base_dir`` where possible)."""
-    out = []
-    for entry in entries:
-        item = entry.to_dict()
-        if entry.path is not None and base_dir is not None:
-            with contextlib.suppress(ValueError):
-                item["path"] = str(entry.path.relative_to(base_dir.resolve()))
-        out.append(item)
-    return orjson.dumps(out, option=orjson.OPT_INDENT_2) + b"\n"

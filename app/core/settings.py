@@ -80,7 +80,8 @@ class UpstreamSettings(BaseModel):
     )
     upstream_transport: Literal["fast", "httpx", "aiohttp"] = Field(
         "fast", description="HTTP client under httpx for the upstream: `fast` (this project's, measured cheapest), "
-        "`httpx` (httpx's own pool) or `aiohttp` (needs `httpx-aiohttp`). For comparisons and as an escape hatch.",
+        "`httpx` (httpx's own pool) or `aiohttp` (needs the extra: `pip install 'foundry-gateway[aiohttp]'`). For "
+        "comparisons and as an escape hatch.",
     )
     upstream_tcp_tuning: bool = Field(
         True, description="Linux: `TCP_QUICKACK` re-armed after every read and `TCP_NODELAY` on upstream "
@@ -145,9 +146,6 @@ class Routing(BaseModel):
         None, ge=0, description="Override the host's RAM in GiB (when the upstream runs elsewhere)."
     )
     ram_reserve_gb: float = Field(1.0, ge=0, description="GiB kept free for the OS and the gateway itself.")
-    allow_unknown_models: bool = Field(
-        False, description="Forward a `model` that is not in the registry as-is instead of answering 404."
-    )
     default_max_tokens: int = Field(
         512, ge=1, description="`max_tokens` added when a request has none (Foundry Local rejects those)."
     )

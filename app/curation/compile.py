@@ -50,7 +50,6 @@ class Plan:
     output_bytes: int
     disk_bytes: int  # output, plus the builder's intermediate copy
     ram_bytes: int  # the checkpoint in fp32 while the builder converts it
-    ram_gb_estimate: float  # for the registry: what serving it will roughly take
 
 
 def builder_python(explicit: str | None = None) -> str:
@@ -131,7 +130,6 @@ def plan(hf_dir: Path, precision: str, supported: list[str]) -> Plan:
         architecture=str(architecture), parameters=parameters,
         context_length=int(context) if isinstance(context, int) else None,
         output_bytes=output, disk_bytes=2 * output + weights, ram_bytes=parameters * 4 + output,
-        ram_gb_estimate=round(max(0.1, output * 1.3 / 1024**3), 2),
     )
 
 

@@ -30,7 +30,6 @@ ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 class Chat(Endpoint):
     name = "chat"
     path = "/v1/chat/completions"
-    upstream_path = "/chat/completions"
     capability = "chat"
     summary = "OpenAI chat completions, routed by task and RAM"
     example: ClassVar[JSON] = {"model": "auto", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 32}

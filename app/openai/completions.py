@@ -24,7 +24,6 @@ class Completions(Chat):
     name = "completions"
     operation = "text_completion"
     path = "/v1/completions"
-    upstream_path = "/completions"
     summary = "OpenAI completions (translated to chat for Foundry Local)"
     example: ClassVar[JSON] = {"model": "auto", "prompt": "Say hello", "max_tokens": 32}
 

@@ -26,7 +26,6 @@ class Embeddings(Endpoint):
     name = "embeddings"
     operation = "embeddings"
     path = "/v1/embeddings"
-    upstream_path = "/embeddings"
     capability = "embeddings"
     streams = False
     summary = "Embeddings (float or base64), routed to embedding models"

@@ -33,7 +33,6 @@ _CONTENT = re.compile(rb'"delta"\s*:\s*"[^"]')
 class Responses(Endpoint):
     name = "responses"
     path = "/v1/responses"
-    upstream_path = "/responses"
     capability = "chat"
     summary = "The Responses API (JSON or typed events), routed like chat"
     example: ClassVar[JSON] = {"model": "auto", "input": "Say hello", "max_output_tokens": 32}

@@ -15,18 +15,56 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
+from enum import StrEnum
 
 from app.core.errors import NO_RETRY, GatewayError
 from app.core.registry import ModelEntry, Registry
 
-# What each proxied endpoint needs of a model, and the task its requests have when no header names one.
-ENDPOINT_NEEDS = {"chat": "chat", "completions": "chat", "responses": "chat", "embeddings": "embeddings",
-                  "transcriptions": "transcription"}
 _FEATURE_WORDS = {"tools": "tool calls (`tools`)", "json_schema": "`response_format` json_schema",
                   "vision": "image input", "embeddings": "embeddings", "transcription": "audio transcription",
                   "chat": "chat"}
 
 AUTO_MODELS = frozenset({"", "auto", "default"})
+
+
+# The words below are what /v1/route, the 503s' ``candidates`` and the X-Gateway-Route header show, and the
+# ``reason`` label of gateway_routing_decisions_total: they are ``str`` and their values never change.
+
+class Decision(StrEnum):
+    """What the policy did with one candidate."""
+
+    SELECTED = "selected"
+    FALLBACK = "fallback"
+    SKIPPED = "skipped"
+
+
+class Skip(StrEnum):
+    """The fixed reasons a candidate is skipped (the others say figures: RAM, latency, the breaker's cause)."""
+
+    NOT_ALLOWED = "not allowed for this key"
+    NOT_ON_UPSTREAM = "not available on the upstream"
+
+
+class RouteKind(StrEnum):
+    """How the model was chosen: named by the request, or by the policy."""
+
+    PINNED = "pinned"
+    AUTO = "auto"
+
+
+class RamSource(StrEnum):
+    """Where the RAM figure a fit was judged on comes from."""
+
+    REGISTRY = "registry"  # the entry's min_ram_gb
+    MEASURED = "measured"  # what it was measured to use, once that is larger
+
+
+class RankBy(StrEnum):
+    """How viable models are ordered (``GATEWAY_RANK_BY``)."""
+
+    ORDER = "order"  # the registry's
+    RATING = "rating"  # the team's mean rating for the task
+    LATENCY = "latency"  # measured p50
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +73,10 @@ class Verdict:
 
     model: str
     min_ram_gb: float
-    decision: str  # "selected" | "fallback" | "skipped"
-    reason: str
+    decision: Decision
+    reason: str  # a Skip, or words with the figures
     ram_gb: float = 0.0  # the figure fit was judged on
-    ram_source: str = "registry"  # "registry" (min_ram_gb) or "measured"
+    ram_source: RamSource = RamSource.REGISTRY
 
     def as_dict(self) -> dict[str, object]:
         return {"model": self.model, "min_ram_gb": self.min_ram_gb, "decision": self.decision, "reason": self.reason,
@@ -50,7 +88,7 @@ class Route:
     task: str
     model: ModelEntry
     fallbacks: tuple[ModelEntry, ...]
-    reason: str  # "pinned" or "auto": the metric label and the start of X-Gateway-Route
+    reason: RouteKind  # the metric label and the start of X-Gateway-Route
     explanation: str
     verdicts: tuple[Verdict, ...]
 
@@ -85,22 +123,22 @@ def _gb(value: float) -> str:
     return f"{round(value, 2):g} GiB"
 
 
-def ram_need(entry: ModelEntry, measured: Mapping[str, float] | None) -> tuple[float, str]:
+def ram_need(entry: ModelEntry, measured: Mapping[str, float] | None) -> tuple[float, RamSource]:
     """The RAM a model is taken to need and where the figure comes from: the registry's ``min_ram_gb``, or what
     it was measured to use once that is larger."""
     got = (measured or {}).get(entry.name)
     if got is not None and got > entry.min_ram_gb:
-        return got, "measured"
-    return entry.min_ram_gb, "registry"
+        return got, RamSource.MEASURED
+    return entry.min_ram_gb, RamSource.REGISTRY
 
 
-def _verdict(entry: ModelEntry, decision: str, reason: str, measured: Mapping[str, float] | None) -> Verdict:
+def _verdict(entry: ModelEntry, decision: Decision, reason: str, measured: Mapping[str, float] | None) -> Verdict:
     ram, source = ram_need(entry, measured)
     return Verdict(entry.name, entry.min_ram_gb, decision, reason, ram, source)
 
 
-def _figure(ram: float, source: str) -> str:
-    return _gb(ram) if source == "registry" else f"measured {_gb(ram)}"
+def _figure(ram: float, source: RamSource) -> str:
+    return _gb(ram) if source == RamSource.REGISTRY else f"measured {_gb(ram)}"
 
 
 def choose(
@@ -114,7 +152,7 @@ def choose(
     cooling: Mapping[str, str] | None = None,
     need: Set[str] = frozenset({"chat"}),
     measured: Mapping[str, float] | None = None,
-    rank_by: str = "order",
+    rank_by: str = RankBy.ORDER,
     latency_budget_ms: float | None = None,
     allowed: Set[str] | None = None,
     pinned: Mapping[str, float] | None = None,
@@ -153,11 +191,11 @@ def choose(
     viable: list[tuple[ModelEntry, str]] = []
     for entry in entries:
         if allowed is not None and entry.name not in allowed:
-            verdicts.append(_verdict(entry, "skipped", "not allowed for this key", measured))
+            verdicts.append(_verdict(entry, Decision.SKIPPED, Skip.NOT_ALLOWED, measured))
             continue
         missing = [c for c in need if c not in entry.capabilities]
         if missing:
-            verdicts.append(_verdict(entry, "skipped", f"no {', '.join(missing)}", measured))
+            verdicts.append(_verdict(entry, Decision.SKIPPED, f"no {', '.join(missing)}", measured))
             continue
         ram, source = ram_need(entry, measured)
         p95 = entry.measured.latency_p95_ms if entry.measured else None
@@ -166,7 +204,7 @@ def choose(
         elif beside := beside_pinned(entry, ram, budget_gb, pinned):
             reason = beside
         elif available is not None and entry.name not in available:
-            reason = NOT_ON_UPSTREAM
+            reason = Skip.NOT_ON_UPSTREAM
         elif cooling and entry.name in cooling:
             reason = cooling[entry.name]
         elif latency_budget_ms is not None and p95 is not None and p95 > latency_budget_ms:
@@ -174,29 +212,29 @@ def choose(
         else:
             viable.append((entry, f"fits ({_figure(ram, source)} ≤ {_gb(budget_gb)})"))
             continue
-        verdicts.append(_verdict(entry, "skipped", reason, measured))
+        verdicts.append(_verdict(entry, Decision.SKIPPED, reason, measured))
 
     if not viable:
-        if verdicts and all(v.reason == "not allowed for this key" for v in verdicts):
+        if verdicts and all(v.reason == Skip.NOT_ALLOWED for v in verdicts):
             raise GatewayError(403, f"This key may use no model for task '{chosen_task}'.", code="model_not_allowed")
         cooling_out = any(v.reason == (cooling or {}).get(v.model) for v in verdicts)  # skipped only for that
         raise _nothing_viable(entries, chosen_task, budget_gb, verdicts, measured, cooling_out)
     ranked = rank(viable, rank_by, chosen_task)
     for position, (entry, reason) in enumerate(ranked):
-        verdicts.append(_verdict(entry, "selected" if position == 0 else "fallback",
-                                 f"{reason}; {merit(entry, rank_by, chosen_task)}" if rank_by != "order" else reason,
+        verdicts.append(_verdict(entry, Decision.SELECTED if position == 0 else Decision.FALLBACK,
+                                 f"{reason}; {merit(entry, rank_by, chosen_task)}" if rank_by != RankBy.ORDER
+                                 else reason,
                                  measured))
     order = {e.name: i for i, e in enumerate(entries)}
     verdicts.sort(key=lambda v: order[v.model])  # listed as the registry has them, whatever the ranking
     winner = ranked[0][0]
-    if rank_by == "order":
+    if rank_by == RankBy.ORDER:
         explanation = f"first viable of {len(entries)} for task {chosen_task}"
     else:
         explanation = f"{merit(winner, rank_by, chosen_task)}; best of {len(ranked)} viable by {rank_by}"
-    return Route(chosen_task, winner, tuple(e for e, _ in ranked[1:]), "auto", explanation, tuple(verdicts))
+    return Route(chosen_task, winner, tuple(e for e, _ in ranked[1:]), RouteKind.AUTO, explanation, tuple(verdicts))
 
 
-RANK_BY = ("order", "rating", "latency")
 
 
 def latency_budget(value: str) -> float:
@@ -214,12 +252,12 @@ def latency_budget(value: str) -> float:
 def rank(viable: list[tuple[ModelEntry, str]], rank_by: str, task: str) -> list[tuple[ModelEntry, str]]:
     """Viable models in the order they are tried: by the registry (stable), or best measured first with the
     unmeasured after them in registry order."""
-    if rank_by == "rating":
+    if rank_by == RankBy.RATING:
         def key(item: tuple[ModelEntry, str]) -> tuple[int, float]:
             rating = item[0].measured.rating_for(task) if item[0].measured else None
             return (0, -rating[0]) if rating else (1, 0.0)
         return sorted(viable, key=key)
-    if rank_by == "latency":
+    if rank_by == RankBy.LATENCY:
         def by_latency(item: tuple[ModelEntry, str]) -> tuple[int, float]:
             p50 = item[0].measured.latency_p50_ms if item[0].measured else None
             return (0, p50) if p50 is not None else (1, 0.0)
@@ -229,10 +267,10 @@ def rank(viable: list[tuple[ModelEntry, str]], rank_by: str, task: str) -> list[
 
 def merit(entry: ModelEntry, rank_by: str, task: str) -> str:
     """What the ranking saw in a model, in words ("rating 4.3 (n=30) for code")."""
-    if rank_by == "rating":
+    if rank_by == RankBy.RATING:
         rating = entry.measured.rating_for(task) if entry.measured else None
         return f"rating {rating[0]:.1f} (n={rating[1]}) for {task}" if rating else "not rated"
-    if rank_by == "latency":
+    if rank_by == RankBy.LATENCY:
         p50 = entry.measured.latency_p50_ms if entry.measured else None
         return f"latency p50 {p50:,.0f} ms" if p50 is not None else "latency not measured"
     return ""
@@ -285,8 +323,8 @@ def _pinned(
         fix = missing_fix(entry)
         raise GatewayError(503, f"Model '{entry.name}' is not available on the upstream: {fix}.",
                            code="model_unavailable", param="model", headers=dict(NO_RETRY), detail={"fix": fix})
-    verdict = _verdict(entry, "selected", f"pinned by request ('{requested}'); {_figure(ram, source)}", measured)
-    return Route(chosen_task, entry, (), "pinned", f"model '{requested}' requested", (verdict,))
+    verdict = _verdict(entry, Decision.SELECTED, f"pinned by request ('{requested}'); {_figure(ram, source)}", measured)
+    return Route(chosen_task, entry, (), RouteKind.PINNED, f"model '{requested}' requested", (verdict,))
 
 
 def _nobody_can(task: str, missing: list[str], entries: tuple[ModelEntry, ...]) -> GatewayError:
@@ -296,9 +334,6 @@ def _nobody_can(task: str, missing: list[str], entries: tuple[ModelEntry, ...]) 
     return GatewayError(400, f"No model for task '{task}' can do {features} (the registry's models for it: "
                              f"{', '.join(e.name for e in entries)}). A model that can is declared in models.json "
                              f"with \"capabilities\": [{example}] on its entry.", code="unsupported_value")
-
-
-NOT_ON_UPSTREAM = "not available on the upstream"
 
 
 def _nothing_viable(entries: tuple[ModelEntry, ...], task: str, budget_gb: float,
@@ -318,7 +353,7 @@ def _nothing_viable(entries: tuple[ModelEntry, ...], task: str, budget_gb: float
                             detail={"candidates": candidates})
     skipped = "; ".join(f"{v.model}: {v.reason}" for v in verdicts)
     message = f"No model for task '{task}' is available right now ({skipped})."
-    missing = [e for e in entries for v in verdicts if v.model == e.name and v.reason == NOT_ON_UPSTREAM]
+    missing = [e for e in entries for v in verdicts if v.model == e.name and v.reason == Skip.NOT_ON_UPSTREAM]
     if missing:
         fix = missing_fix(missing[0])
         message += f" To bring {missing[0].name}: {fix}."

@@ -84,7 +84,6 @@ class Node:
     why_down: str = "not polled yet"
     models: dict[str, ModelState] = field(default_factory=dict)
     front_in_flight: dict[str, int] = field(default_factory=dict)
-    polled_at: float = 0.0
     failures: int = 0  # requests that failed in a row
     ejections: int = 0  # outlier ejections in a row (each one longer)
     ejected_until: float = 0.0  # no re-admission before (monotonic)
@@ -120,7 +119,8 @@ class Fleet:
             if found is None:
                 wanted.update({n.name: (n.url, source) for n in self.nodes.values() if n.source == source})
                 if not any(n.source == source for n in self.nodes.values()):  # never resolved: try the name itself
-                    wanted.update({name: (url, source) for name, url in expand([source], lambda h, _: []).items()})
+                    unresolved = expand([source], lambda _host, _port: [])
+                    wanted.update({name: (url, source) for name, url in unresolved.items()})
             else:
                 wanted.update({name: (url, source) for name, url in found.items()})
         for name, (url, source) in wanted.items():
@@ -186,7 +186,6 @@ class Fleet:
         except (httpx.HTTPError, ValueError, KeyError, TypeError, OverflowError) as exc:
             self.eject(node.name, f"status poll failed: {exc.__class__.__name__}")
             return
-        node.polled_at = time.monotonic()
         if ready and not node.healthy:
             if not self.may_admit(node):
                 return

@@ -78,7 +78,6 @@ class ManagedFoundry:
         self.on_down: list[Callable[[str], None]] = []
         self.on_restart: list[Callable[[str], None]] = []
         self.on_restart_failed: list[Callable[[str], None]] = []
-        self.ready_info: dict[str, object] = {}
         self._proc: asyncio.subprocess.Process | None = None
         self._drain: asyncio.Task[None] | None = None
         self._started_at = 0.0
@@ -124,7 +123,6 @@ class ManagedFoundry:
             await self._terminate()
             raise
         self.url = str(info["url"])
-        self.ready_info = info
         self._started_at = time.monotonic()
         self._last_start_ok = True
         self.serving = True

@@ -371,15 +371,6 @@ class FastTransport(httpx.AsyncBaseTransport):
 
     # --- the pool ----------------------------------------------------------------------------------------
 
-    @property
-    def connections(self) -> int:
-        """Open connections (idle ones included): what ``max_connections`` bounds."""
-        return self._open
-
-    @property
-    def idle_connections(self) -> int:
-        return sum(len(idle) for idle in self._idle.values())
-
     def _put_idle(self, conn: _Connection) -> None:
         idle = self._idle.setdefault(conn.key, [])
         if len(idle) >= self.max_idle:

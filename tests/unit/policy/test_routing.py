@@ -190,3 +190,18 @@ def test_a_missing_capable_model_is_not_retried_unless_another_is_only_cooling_d
     with pytest.raises(GatewayError) as missing:
         choose(two, **{**params, "available": frozenset()})  # type: ignore[arg-type]
     assert missing.value.headers.get("x-should-retry") == "false"
+
+
+def test_verdicts_words_are_the_ones_users_read() -> None:
+    from app.policy.routing import Decision, RamSource, RankBy, RouteKind, Skip
+
+    assert [d.value for d in Decision] == ["selected", "fallback", "skipped"]
+    assert [s.value for s in Skip] == ["not allowed for this key", "not available on the upstream"]
+    assert [k.value for k in RouteKind] == ["pinned", "auto"] and [r.value for r in RamSource] == ["registry",
+                                                                                                  "measured"]
+    assert [r.value for r in RankBy] == ["order", "rating", "latency"]
+    route = pick(32, task="code", available=frozenset({"tiny-chat"}))
+    assert route.header.startswith("auto; ")  # type: ignore[attr-defined]
+    shown = json.loads(json.dumps(route.as_dict()))  # type: ignore[attr-defined]
+    assert shown["reason"] == "auto" and {c["decision"] for c in shown["candidates"]} == {"selected", "skipped"}
+    assert {c["ram_source"] for c in shown["candidates"]} == {"registry"}
