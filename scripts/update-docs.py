@@ -38,12 +38,17 @@ def module_map() -> str:
     for package in LAYERS:
         folder = ROOT / "app" / package
         lines.append(f"  {package + '/':<16}{summary(folder / '__init__.py')}")
-        for module in sorted(folder.glob("*.py")):
-            if module.name in ("__init__.py", "__main__.py"):
-                continue
-            lines.append(f"    {module.name:<22}{summary(module)}")
+        lines += _modules(folder, "    ")
+        for sub in sorted(p for p in folder.iterdir() if (p / "__init__.py").is_file()):
+            lines.append(f"    {sub.name + '/':<22}{summary(sub / '__init__.py')}")
+            lines += _modules(sub, "      ")
     lines.append("```")
     return "\n".join(lines)
+
+
+def _modules(folder: Path, indent: str) -> list[str]:
+    return [f"{indent}{module.name:<{26 - len(indent)}}{summary(module)}" for module in sorted(folder.glob("*.py"))
+            if module.name not in ("__init__.py", "__main__.py")]
 
 
 def render(text: str) -> str:

@@ -20,6 +20,8 @@ from app.core import tracing
 from app.core.portable import event_loop
 from app.core.registry import load_registry
 from app.core.settings import Settings, load_settings
+from app.upstream.client import transport_problem
+from app.upstream.profile import PROFILES
 
 
 def add_parser(sub: Any) -> None:
@@ -51,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["GATEWAY_REGISTRY_PATH"] = args.registry
     settings = load_settings()
     registry = load_registry(settings.registry_path)  # fail fast, with the precise message, before binding
-    problem = tracing.problem()
+    problem = tracing.problem() or transport_problem(settings)
     if problem:
         output.error(problem)
         return 2
@@ -121,7 +123,7 @@ def workers_problem(settings: Settings, model_limits: list[int]) -> str | None:
     workers = settings.workers
     if settings.upstream_mode == "managed":
         return "several workers need an external upstream (each worker would start its own runtime)."
-    if settings.upstream_kind == "foundry":
+    if PROFILES[settings.upstream_kind].manages_models:
         return ("with a Foundry Local upstream every worker would load and unload models on its own, and one "
                 "worker's LRU or idle unload could unload a model another worker is streaming on. One worker "
                 "relays well over 1,000 requests/s (docs/performance.md); run one, or several gateways each with "

@@ -6,6 +6,7 @@ never answers with anything else, whatever went wrong.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -73,19 +74,53 @@ def bad_request(message: str, *, param: str | None = None, code: str = "invalid_
     return GatewayError(400, message, param=param, code=code)
 
 
+class FailureCause(StrEnum):
+    """Why an attempt failed before content reached the client: what the breaker, outlier ejection and the
+    fallback metric decide by (by type, never by parsing a label)."""
+
+    CONNECT = "connect"  # the upstream could not be reached: says nothing of the model
+    BROKEN = "broken"  # the connection broke before the answer's first byte
+    TIMEOUT = "timeout"  # no first byte (or no next one) in time
+    BAD_RESPONSE = "bad_response"  # not the format asked for
+    LOAD_FAILED = "load_failed"  # the runtime could not load the model
+    MISSING = "missing"  # the upstream does not have the model (404)
+    COOLING = "cooling"  # the breaker is open (or its probe out) for the model
+    BUSY = "busy"  # the upstream said 429: busy, not failing
+    UPSTREAM_ERROR = "upstream_error"  # the upstream answered 5xx
+
+    @property
+    def failing(self) -> bool:
+        """Does it count against the model (breaker) or the node (outlier ejection)? Busy and cooling do not."""
+        return self not in (FailureCause.BUSY, FailureCause.COOLING)
+
+    @property
+    def outlier(self) -> bool:
+        """A node that answers, but not in time or not well (Envoy's consecutive gateway failures)."""
+        return self in (FailureCause.TIMEOUT, FailureCause.BAD_RESPONSE, FailureCause.UPSTREAM_ERROR)
+
+
 class Retry(Exception):
     """A failure before any content reached the client: the next candidate model may take over.
 
-    ``cause`` is the short label for metrics and headers (``timeout``, ``http_500``, …); ``transport``
-    says the upstream could not be reached at all, which tells the circuit breaker nothing about the
-    model itself.
+    ``cause`` says why (:class:`FailureCause`); ``status`` is the upstream's HTTP status when it answered one;
+    ``transport`` says the upstream could not be reached at all, which tells the circuit breaker nothing about the
+    model itself. ``label`` is the short text for metrics and headers (``timeout``, ``http_500``, …).
     """
 
-    def __init__(self, error: GatewayError, cause: str, *, transport: bool = False) -> None:
+    def __init__(self, error: GatewayError, cause: FailureCause, *, status: int = 0, transport: bool = False) -> None:
         super().__init__(error.message)
         self.error = error
         self.cause = cause
+        self.status = status
         self.transport = transport
+
+    @property
+    def label(self) -> str:
+        return f"http_{self.status}" if self.status else self.cause.value
+
+
+class TracingUnavailable(RuntimeError):
+    """Tracing was asked for, but the OpenTelemetry packages are not installed."""
 
 
 # --- named errors: each built in one place ---------------------------------------------------------------------
@@ -116,6 +151,13 @@ def request_timeout(seconds: float) -> GatewayError:
     """The client stopped sending its request body (``GATEWAY_BODY_TIMEOUT``)."""
     return GatewayError(408, f"The request body did not arrive: nothing came for {seconds:g}s "
                         "(GATEWAY_BODY_TIMEOUT).", code="request_timeout", headers={"connection": "close"})
+
+
+def store_unavailable() -> GatewayError:
+    """The state store (SQLite or Redis) cannot be reached: the one 503 every route gives for it."""
+    return GatewayError(503, "The state store is unavailable (stored responses, files, batches cannot be read or "
+                        "written now); try again shortly.", code="state_store_unavailable",
+                        headers={"retry-after": "2"})
 
 
 def shutting_down() -> GatewayError:

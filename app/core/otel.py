@@ -10,13 +10,11 @@ follow the GenAI semantic conventions (``gen_ai.*``) plus the gateway's own (``g
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -25,10 +23,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from app import __version__
-from app.core.settings import Settings
-
-_INT64 = 2**63
-_SYSTEMS = {"foundry": "foundry_local", "openai": "openai"}
+from app.core.errors import TracingUnavailable
 
 
 def exporter_type() -> type[SpanExporter]:
@@ -41,8 +36,6 @@ def exporter_type() -> type[SpanExporter]:
                 OTLPSpanExporter as GrpcExporter,
             )
         except ImportError:
-            from app.core.tracing import TracingUnavailable
-
             raise TracingUnavailable("OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs opentelemetry-exporter-otlp-proto-grpc; "
                                      "the [otel] extra has the HTTP exporter (http/protobuf)") from None
         found: type[SpanExporter] = GrpcExporter
@@ -56,7 +49,7 @@ class OtelTracer:
     """The gateway's own TracerProvider (not the global one: FastAPI's and other libraries' telemetry stays as
     the user set it), batching spans to the OTLP exporter on a background thread."""
 
-    def __init__(self, settings: Settings, exporter: SpanExporter | None = None) -> None:
+    def __init__(self, system: str, exporter: SpanExporter | None = None) -> None:
         resource = Resource.create({"service.version": __version__})  # + OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
         if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
             resource = resource.merge(Resource({"service.name": "foundry-gateway"}))
@@ -64,8 +57,7 @@ class OtelTracer:
         self.provider.add_span_processor(BatchSpanProcessor(exporter or exporter_type()()))
         self.tracer = self.provider.get_tracer("foundry-gateway", __version__)
         self.propagator = TraceContextTextMapPropagator()
-        self.system = "foundry_gateway" if settings.nodes else _SYSTEMS.get(settings.upstream_kind, "openai")
-        self.log_prompts = settings.log_prompts
+        self.system = system
 
     def request(self, headers: Mapping[bytes, bytes], operation: str, route: str, request_id: str) -> OtelRequest:
         carrier = {name: headers[raw].decode("latin-1") for name, raw in (("traceparent", b"traceparent"),
@@ -123,74 +115,32 @@ class OtelRequest:
                                             start_time=self._ns(start))
         span.end(end_time=self._ns(end))
 
-    def attempt_end(self, ex: Any, error: BaseException | None) -> None:
+    def attempt_end(self, *, response_model: str | None, first_token: tuple[float, float] | None,
+                    error_type: str | None, error: str, client_left: bool) -> None:
         attempt, self.attempt = self.attempt, None
         if attempt is None:
             return
-        if ex.sent and ex.upstream_id:  # ex.sent is this attempt's (an earlier one's upstream_id may linger)
-            attempt.set_attribute("gen_ai.response.model", ex.upstream_id)
-        if ex.ttft and ex.sent_at:
+        if response_model:
+            attempt.set_attribute("gen_ai.response.model", response_model)
+        if first_token is not None:
             first = self.owner.tracer.start_span("first token", context=trace.set_span_in_context(attempt),
-                                                 start_time=self._ns(ex.sent_at))
-            first.end(end_time=self._ns(ex.started + ex.ttft))
-        if isinstance(error, asyncio.CancelledError):  # the client left: not the upstream's failure
+                                                 start_time=self._ns(first_token[0]))
+            first.end(end_time=self._ns(first_token[1]))
+        if client_left:  # the client left: not the upstream's failure
             attempt.set_attribute("gateway.client_left", True)
-        elif error is not None:
-            attempt.set_attribute("error.type", getattr(error, "cause", "") or type(error).__name__)
-            attempt.set_status(Status(StatusCode.ERROR, str(error)[:200]))
-        elif ex.broken:  # the upstream failed after content reached the client
-            attempt.set_attribute("error.type", "broken")
-            attempt.set_status(Status(StatusCode.ERROR, ex.error[:200] or "the upstream failed mid-response"))
+        elif error_type is not None:
+            attempt.set_attribute("error.type", error_type)
+            attempt.set_status(Status(StatusCode.ERROR, error[:200]))
         attempt.end()
 
-    def finish(self, ex: Any) -> None:
+    def finish(self, attributes: Mapping[str, Any], *, name: str | None, error: str | None, client_left: bool) -> None:
         span = self.span
         if span.is_recording():
-            span.set_attributes(_attributes(ex, self.owner.log_prompts))
-            if ex.aborted:
+            span.set_attributes(attributes)
+            if client_left:
                 span.set_attribute("gateway.client_left", True)
-            elif ex.status >= 500 or ex.status == 0:
-                span.set_status(Status(StatusCode.ERROR, ex.error[:200] or f"HTTP {ex.status}"))
-            if ex.entry is not None:
-                span.update_name(f"{self.operation} {ex.entry.name}")  # GenAI: "{operation} {model}"
+            elif error is not None:
+                span.set_status(Status(StatusCode.ERROR, error[:200]))
+            if name is not None:
+                span.update_name(f"{self.operation} {name}")  # GenAI: "{operation} {model}"
         span.end()
-
-
-def _attributes(ex: Any, log_prompts: bool) -> dict[str, Any]:
-    body: dict[str, Any] = ex.body or {}
-    found: dict[str, Any] = {"http.response.status_code": ex.status, "gateway.stream": bool(ex.stream)}
-    requested = body.get("model")
-    if isinstance(requested, str):
-        found["gen_ai.request.model"] = requested
-    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-        if isinstance(body.get(name), int) and -_INT64 <= body[name] < _INT64:  # OTLP ints are 64-bit
-            found["gen_ai.request.max_tokens"] = body[name]
-            break
-    if isinstance(body.get("temperature"), int | float):
-        found["gen_ai.request.temperature"] = float(body["temperature"])
-    if ex.upstream_id:
-        found["gen_ai.response.model"] = ex.upstream_id
-    usage = ex.usage or {}
-    for key, name in (("prompt_tokens", "input_tokens"), ("input_tokens", "input_tokens"),
-                      ("completion_tokens", "output_tokens"), ("output_tokens", "output_tokens")):
-        if isinstance(usage.get(key), int):
-            found[f"gen_ai.usage.{name}"] = usage[key]
-    if ex.ttft:
-        found["gen_ai.server.time_to_first_token"] = round(ex.ttft, 6)
-    for name, value in (("gateway.task", ex.task), ("gateway.route.reason", ex.route.reason if ex.route else None),
-                        ("gateway.model", ex.entry.name if ex.entry else None), ("gateway.node", ex.node),
-                        ("gateway.key", ex.key.name if ex.key else None), ("gateway.cache", ex.cache),
-                        ("gateway.priority", ex.priority), ("gateway.fallbacks", ex.fallbacks or None)):
-        if value is not None:
-            found[name] = value
-    if ex.queue_wait:
-        found["gateway.queue_wait_s"] = round(ex.queue_wait, 6)
-    if ex.load_wait:
-        found["gateway.load_wait_s"] = round(ex.load_wait, 6)
-    if ex.error:
-        found["error.type"] = ex.cause or "error"
-    if log_prompts and body:
-        prompt = body.get("messages") or body.get("input") or body.get("prompt")
-        if prompt is not None:
-            found["gen_ai.prompt"] = orjson.dumps(prompt).decode()[:8000]
-    return found

@@ -13,14 +13,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from app.core.settings import Settings
-
-
-class TracingUnavailable(RuntimeError):
-    """Tracing was asked for, but the OpenTelemetry packages are not installed."""
+from app.core.errors import TracingUnavailable
 
 
 class RequestTrace(Protocol):
@@ -36,9 +31,14 @@ class RequestTrace(Protocol):
 
     def phase(self, name: str, start: float, end: float) -> None: ...
 
-    def attempt_end(self, ex: Any, error: BaseException | None) -> None: ...
+    def attempt_end(self, *, response_model: str | None, first_token: tuple[float, float] | None,
+                    error_type: str | None, error: str, client_left: bool) -> None:
+        """The attempt's span ends: the model that answered, when the first token came (sent, first: the proxy's
+        clock), the failure (``error_type`` None: none)."""
 
-    def finish(self, ex: Any) -> None: ...
+    def finish(self, attributes: Mapping[str, Any], *, name: str | None, error: str | None, client_left: bool) -> None:
+        """The request's span ends with its attributes, renamed ``{operation} {name}`` when the model is known;
+        ``error``: the span's error status (None: ok)."""
 
 
 class Tracer(Protocol):
@@ -56,11 +56,12 @@ def enabled(env: Mapping[str, str] = os.environ) -> bool:
     return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
-def configure(settings: Settings) -> Tracer | None:
-    """The tracer when the environment asks for traces, else None (and no OpenTelemetry import)."""
+def configure(system: str) -> Tracer | None:
+    """The tracer when the environment asks for traces, else None (and no OpenTelemetry import); ``system``: the
+    ``gen_ai.system`` of the spans (what the upstream is)."""
     if not enabled():
         return None
-    tracer: Tracer = _otel().OtelTracer(settings)
+    tracer: Tracer = _otel().OtelTracer(system)
     return tracer
 
 

@@ -14,6 +14,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from app.access.control import Access
+from app.core import tracing
 from app.core.hardware import GIB, host_memory
 from app.core.metrics import Metrics
 from app.core.recent import Recent
@@ -51,7 +52,7 @@ class Gateway:
                                on_change=lambda model, is_open: metrics.breaker_open.labels(model).set(int(is_open)))
         self.fleet = Fleet(settings, on_change=lambda node, up: metrics.node_up.labels(node).set(int(up))) \
             if settings.nodes else None  # front mode: nodes, not a runtime, behind this gateway
-        measured = settings.foundry_cache_dir / FOOTPRINTS if settings.upstream_kind == "foundry" else None
+        measured = settings.foundry_cache_dir / FOOTPRINTS if self.upstream.profile.manages_models else None
         footprints = Footprints(measured)
         self.inventory = Inventory(self.upstream, metrics, budget_gb=lambda: self.memory.budget_gb,
                                    load_timeout=settings.load_timeout, idle_unload_after=settings.idle_unload_after,
@@ -66,6 +67,8 @@ class Gateway:
         self.conversations = Conversations(self.state, settings, self.disk)  # stored responses (the Responses API)
         self.cache = ResponseCache(settings, metrics, self.state)  # answers kept for requests that come again
         self.recent = Recent()  # the last minutes, for the console
+        # one trace per request, None unless OTEL_EXPORTER_OTLP_ENDPOINT is set (and nothing of OpenTelemetry loaded)
+        self.tracer = tracing.configure("foundry_gateway" if self.fleet else self.upstream.profile.system)
         self.draining = False
         self._tasks: list[asyncio.Task[Any]] = []
         for apply in (self._registry_changed, self.inventory.set_registry, self.router.apply, self.admission.apply,

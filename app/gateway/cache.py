@@ -7,7 +7,7 @@ in it (replaced by fresh ones on every replay), the route that answered, and its
 
 A model's entries are dropped when its registry entry changes (its fingerprint is also part of every key, so
 entries in a shared Redis are never served for a changed model either). Which requests may use the cache, the
-keys, and joining identical requests in flight are ``app.proxy.caching``'s.
+keys, and joining identical requests in flight are ``app.proxy.stages.caching``'s.
 """
 
 from __future__ import annotations

@@ -1,62 +1,44 @@
-"""One proxied request's record and its reply: what it did (for metrics and the access log) and a lazy
-ASGI responder that lets a stream start with keep-alive comments and still end in an error event.
+"""One proxied request's working record (:class:`Exchange`) and its reply: a lazy ASGI responder that lets a
+stream start with keep-alive comments and still end in an error event.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import IO, Any
+from typing import Any
 
-import orjson
-
-from app.access.keys import ApiKey
 from app.core.errors import GatewayError
-from app.core.metrics import Metrics
-from app.core.metrics import status_class as status_class_of
 from app.core.registry import ModelEntry
 from app.core.tracing import RequestTrace
 from app.openai.sse import error_event
 from app.policy.routing import Route
 from app.proxy.flights import Flight
+from app.proxy.outcome import CacheResult, Call, Outcome
 
 clock = time.perf_counter
 
 
-_SLOT_PREFIX = os.urandom(6).hex()
-_slots = itertools.count(1)
-
-
 class Exchange:
-    """What one request did, for metrics and the access log."""
+    """The pipeline's working record of one request, between its frozen :class:`Call` and its :class:`Outcome`:
+    written by the stages as they go, read once at the end by :meth:`outcome`."""
 
     __slots__ = (
-        "aborted", "answer", "body", "broken", "cache", "cause", "deadline", "entry", "error", "fallbacks", "finished",
-        "flight", "key",
-        "load_wait", "metered", "node", "priority", "queue_wait", "relayed", "request_id", "route", "route_name",
-        "sent", "sent_at", "slot", "started", "status", "stream", "task", "tpot", "trace", "ttft", "upstream_id",
-        "upstream_wait", "usage",
+        "aborted", "answer", "body", "broken", "cache", "call", "cause", "entry", "error", "fallbacks", "finished",
+        "flight", "load_wait", "metered", "node", "queue_wait", "relayed", "route", "sent", "sent_at", "status",
+        "stream", "task", "tpot", "trace", "ttft", "upstream_id", "upstream_wait", "usage",
     )
 
-    def __init__(self, route_name: str, request_id: str) -> None:
-        self.route_name = route_name
-        self.request_id = request_id
-        self.started = clock()
-        self.deadline = 0.0  # event-loop time by which the whole request must be done
+    def __init__(self, call: Call) -> None:
+        self.call = call
         self.status = 0
         self.stream = False
         self.aborted = False  # the client went away
         self.finished = False  # the last byte went to the client
         self.sent = False  # the request reached the upstream (as far as anyone can tell)
         self.broken = False  # the upstream failed after content reached the client
-        self.priority = "interactive"
-        self.key: ApiKey | None = None  # the team key it came with (GATEWAY_KEYS_FILE)
         self.metered = False  # admitted against the key's quotas: its usage is charged at the end
         self.node: str | None = None  # front mode: the node that answered
-        self.slot = f"{_SLOT_PREFIX}-{next(_slots)}"  # its own id for quota slots (X-Request-Id is the client's)
         self.sent_at = 0.0  # when the request went to the upstream (for the adaptive limit's service time)
         self.task: str | None = None
         self.entry: ModelEntry | None = None
@@ -71,12 +53,28 @@ class Exchange:
         self.usage: dict[str, Any] | None = None
         self.relayed = Transcript()  # a stream's blocks as sent: what a client that left is charged for
         self.answer: dict[str, Any] | None = None  # the whole answer as the client got it (JSON, or a stream's end)
-        self.cache: str | None = None  # what the response cache did: hit, miss, bypass, coalesced (None: off)
+        self.cache: CacheResult | None = None  # what the response cache did (None: off)
         self.flight: Flight | None = None  # the generation it leads, which identical requests may follow
         self.error = ""
         self.cause = ""
         self.fallbacks = 0
         self.trace: RequestTrace | None = None  # its OpenTelemetry trace (None: tracing off)
+
+    def outcome(self) -> Outcome:
+        """What the request did, frozen: all the observers see."""
+        route, trace = self.route, self.trace
+        failed = self.status >= 400 or self.status == 0
+        return Outcome(
+            call=self.call, status=self.status, duration=clock() - self.call.started, aborted=self.aborted,
+            broken=self.broken, stream=self.stream, task=self.task,
+            model=self.entry.name if self.entry is not None else None, upstream_id=self.upstream_id, node=self.node,
+            reason=route.reason if route is not None else None,
+            explanation=self.error if failed and self.error else route.explanation if route is not None else None,
+            fallbacks=self.fallbacks, cause=self.cause, error=self.error, usage=self.usage, cache=self.cache,
+            metered=self.metered, ttft=self.ttft, tpot=self.tpot, upstream_wait=self.upstream_wait,
+            queue_wait=self.queue_wait, load_wait=self.load_wait, body=self.body,
+            trace_id=trace.trace_id if trace is not None else None,
+            exemplar=trace.exemplar if trace is not None else None)
 
 
 class Transcript:
@@ -119,14 +117,14 @@ class Responder:
         # what to keep of the whole answer before the client has its end (a stored response): a follow-up the
         # client sends the moment it has the answer finds it kept; called once, then None
         self.keep: Callable[[dict[str, Any]], Awaitable[None]] | None = None
-        self.extra: list[tuple[bytes, bytes]] = [(b"x-request-id", ex.request_id.encode())]
+        self.extra: list[tuple[bytes, bytes]] = [(b"x-request-id", ex.call.request_id.encode())]
         self.quota: list[tuple[bytes, bytes]] = []  # the key's x-ratelimit-* headers
         self.cache: tuple[tuple[bytes, bytes], ...] = ()  # X-Gateway-Cache
         self.budget: tuple[tuple[bytes, bytes], ...] = ()  # X-Gateway-Default-Max-Tokens, when the gateway chose it
 
     def set_route(self, entry: ModelEntry, task: str, header: str, node: str | None = None) -> None:
         self.extra = [
-            (b"x-request-id", self.ex.request_id.encode()),
+            (b"x-request-id", self.ex.call.request_id.encode()),
             (b"x-gateway-model", entry.name.encode()),
             (b"x-gateway-task", task.encode()),
             (b"x-gateway-route", header.encode("ascii", "replace")),
@@ -174,70 +172,3 @@ class Responder:
             return
         self.ex.status = err.status if self.ex.status == 200 else self.ex.status
         await self.body(error_event(err.message, err.type, err.code), more=False)
-
-
-def record(ex: Exchange, metrics: Metrics, access_log: IO[str] | None, log_prompts: bool) -> None:
-    """Metrics for a finished request, and its access-log line."""
-    elapsed = clock() - ex.started
-    series = metrics.series(ex.route_name, ex.task, ex.entry.name if ex.entry else None)
-    status_class = status_class_of(ex.status, ex.aborted)
-    series.status[status_class].inc()
-    series.duration.observe(elapsed, ex.trace.exemplar if ex.trace is not None else None)
-    if ex.upstream_wait:
-        series.upstream.observe(ex.upstream_wait)
-    if ex.tpot:
-        series.tpot.observe(ex.tpot)
-    usage = ex.usage
-    if ex.cache is not None:
-        metrics.cache_results[ex.cache].inc()
-    if ex.cache in ("hit", "coalesced"):  # not generated: saved
-        total = (usage or {}).get("total_tokens")
-        if isinstance(total, int) and total > 0:
-            metrics.cache_tokens_saved.inc(total)
-    elif usage:
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if isinstance(prompt, int) and prompt > 0:
-            series.input_tokens.inc(prompt)
-        if isinstance(completion, int) and completion > 0:
-            series.output_tokens.inc(completion)
-    overhead = max(0.0, elapsed - ex.upstream_wait - ex.queue_wait - ex.load_wait)
-    metrics.overhead.labels(ex.route_name).observe(overhead)
-    if access_log is not None:
-        _log(ex, access_log, elapsed, overhead, status_class, log_prompts)
-
-
-def _log(ex: Exchange, out: IO[str], elapsed: float, overhead: float, status_class: str, log_prompts: bool) -> None:
-    usage = ex.usage or {}
-    line: dict[str, Any] = {
-        "ts": round(time.time(), 3),
-        "request_id": ex.request_id,
-        "route": ex.route_name,
-        "task": ex.task,
-        "model": ex.entry.name if ex.entry else None,
-        "upstream_id": ex.upstream_id or None,
-        "status": ex.status,
-        "outcome": status_class,
-        "stream": ex.stream,
-        "reason": ex.route.reason if ex.route else None,
-        "fallbacks": ex.fallbacks,
-        "duration_ms": round(elapsed * 1000, 3),
-        "ttft_ms": round(ex.ttft * 1000, 3) if ex.ttft else None,
-        "upstream_ms": round(ex.upstream_wait * 1000, 3),
-        "queue_ms": round(ex.queue_wait * 1000, 3),
-        "load_ms": round(ex.load_wait * 1000, 3),
-        "overhead_ms": round(overhead * 1000, 3),
-        "prompt_tokens": usage.get("prompt_tokens"),
-        "completion_tokens": usage.get("completion_tokens"),
-    }
-    if usage.get("estimated"):
-        line["usage_estimated"] = True  # the stream was cut before the upstream's usage came
-    if ex.cache is not None:
-        line["cache"] = ex.cache
-    if ex.trace is not None:
-        line["trace_id"] = ex.trace.trace_id
-    if ex.error:
-        line["error"] = ex.error[:300]
-    if log_prompts and ex.body is not None:
-        line["request"] = ex.body
-    with contextlib.suppress(OSError, ValueError):
-        out.write(orjson.dumps(line).decode() + "\n")

@@ -3,13 +3,13 @@
 Every request pays for this code, so it avoids FastAPI's routing and dependency machinery, reads the body once and
 relays the upstream's bytes as they arrive. The flow:
 
-  read body → parse and check (the endpoint) → route (task, RAM, inventory, breaker) within the key's allow-lists
-  → the response cache: a kept answer, or an identical request's generation to follow (``caching``) → the key's
-  quotas → places in order (``fallback``) → per place one attempt (``attempt``: admit, load, send, relay) →
-  the answer kept → metrics, access log, the key charged
+  a frozen ``Call`` (who, which endpoint, priority, deadline) → read body → parse and check (the endpoint)
+  → the stages (``app.proxy.stages``): routing → caching → quota → fallback → attempt (lease, send, relay)
+  → the answer kept → the ``Outcome``, frozen, to each observer once (``app.proxy.observers``: the key charged,
+  metrics, access log, the console's recent list, the trace)
 
 Who is calling was decided before (``app.access.middleware``); where attempts run — this gateway's runtime or the
-nodes of a front — is the backend's business (``app.proxy.backend``). ``GATEWAY_TOTAL_TIMEOUT`` bounds all of it.
+nodes of a front — is the backend's business (``app.proxy.stages.backend``). ``GATEWAY_TOTAL_TIMEOUT`` bounds all.
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from app.access.middleware import Caller, caller_of
-from app.core import tracing
-from app.core.errors import GatewayError, body_too_large, shutting_down
-from app.core.registry import ModelEntry
+from app.core.errors import GatewayError, body_too_large, shutting_down, store_unavailable
 from app.core.tokens import estimate
 from app.gateway import Gateway
 from app.openai import Endpoint
@@ -35,13 +33,16 @@ from app.openai.embeddings import Embeddings
 from app.openai.endpoint import Memory
 from app.openai.inspector import generated_texts
 from app.policy.limiter import PRIORITIES
-from app.policy.routing import latency_budget
 from app.proxy.activity import Activity
-from app.proxy.backend import LocalBackend, NodeBackend
-from app.proxy.caching import Caching
-from app.proxy.exchange import Exchange, Responder, clock, record
-from app.proxy.fallback import Fallback
-from app.proxy.semantic import embedder
+from app.proxy.exchange import Exchange, Responder, clock
+from app.proxy.observers import AccessLog, Charge, MetricsObserver, Observer, Recent, Trace
+from app.proxy.outcome import Call, Outcome, next_slot
+from app.proxy.stages.backend import LocalBackend, NodeBackend
+from app.proxy.stages.caching import Caching
+from app.proxy.stages.fallback import Fallback
+from app.proxy.stages.quota import Quota
+from app.proxy.stages.routing import Routing
+from app.proxy.stages.semantic import embedder
 from app.state import StoreDown
 
 Scope = MutableMapping[str, Any]
@@ -59,26 +60,41 @@ class Proxy:
         self.settings = gateway.settings
         self.metrics = gateway.metrics
         self.task_header = gateway.settings.task_header.lower().encode()
-        self.single_choice = gateway.upstream.kind == "foundry"  # Foundry Local silently ignores n > 1
+        self.single_choice = gateway.upstream.profile.single_choice  # Foundry Local silently ignores n > 1
         backend = NodeBackend(gateway) if gateway.fleet is not None else LocalBackend(gateway)
+        self.routing = Routing(gateway, self.task_header)
+        self.quota = Quota(gateway.access, gateway.settings.default_max_tokens)
         self.fallback = Fallback(gateway, backend)
-        self.caching = Caching(gateway.settings, gateway.cache, gateway.access)
-        if self.caching.semantic is not None:
-            self.caching.embed = embedder(self, Embeddings(), self.task_header)
-        self.tracer = tracing.configure(gateway.settings)  # None unless OTEL_EXPORTER_OTLP_ENDPOINT is set
+        self.caching = Caching(gateway.settings, gateway.cache, gateway.access,
+                               embed=embedder(self, Embeddings(), self.task_header))
+        self.tracer = gateway.tracer  # None unless OTEL_EXPORTER_OTLP_ENDPOINT is set
         self.activity = Activity()  # requests running by priority: what batches pace themselves by
-        self.out = sys.stderr
+        settings = gateway.settings
+        # what sees each request's outcome, once, at the end
+        self.charge = Charge(gateway.access, cached_free=not self.caching.charge)
+        self.observers: list[Observer] = [MetricsObserver(gateway.metrics)]
+        if settings.access_log:
+            self.observers.append(AccessLog(sys.stderr, settings.log_prompts))
+        self.observers.append(Recent(gateway.recent))
+        self.trace = Trace(settings.log_prompts)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any, endpoint: Endpoint) -> None:
         headers = dict(scope["headers"])  # last value wins: fine for the few headers read here
         rid = headers.get(b"x-request-id")
         request_id = rid.decode("ascii") if rid and _VISIBLE_ID.fullmatch(rid) else f"{_ID_PREFIX}-{next(_ids)}"
-        ex = Exchange(endpoint.name, request_id)
-        ex.deadline = asyncio.get_running_loop().time() + self.settings.total_timeout
+        caller = caller_of(scope)
+        key = caller.key
+        started = clock()
+        refused: GatewayError | None = None  # said once the body is read (the client may still be sending it)
+        try:
+            priority = _priority(headers.get(b"x-priority"), key.priority if key else None)
+        except GatewayError as err:
+            priority, refused = "interactive", err
+        call = Call(request_id, endpoint.name, key, priority,
+                    asyncio.get_running_loop().time() + self.settings.total_timeout, started, next_slot())
+        ex = Exchange(call)
         if self.tracer is not None:
             ex.trace = self.tracer.request(headers, endpoint.operation, endpoint.path, request_id)
-        caller = caller_of(scope)
-        ex.key = caller.key
         reply = Responder(send, ex)
         watcher: asyncio.Task[None] | None = None
         self.metrics.in_flight.inc()
@@ -90,13 +106,14 @@ class Proxy:
                 if raw is None:
                     ex.aborted = True
                     return
-                ex.priority = _priority(headers.get(b"x-priority"), ex.key.priority if ex.key else None)
+                if refused is not None:
+                    raise refused
                 watcher = asyncio.ensure_future(self._watch(receive, ex, asyncio.current_task()))
-                self.activity.begin(ex.priority)
+                self.activity.begin(priority)
                 try:
                     await self._serve(ex, reply, endpoint, raw, headers, caller)
                 finally:
-                    self.activity.end(ex.priority)
+                    self.activity.end(priority)
             except GatewayError as err:
                 if not ex.upstream_id:  # refused by the gateway itself, before any upstream call
                     self.metrics.rejections.labels(self.metrics.rejection_label(err.code)).inc()
@@ -115,60 +132,44 @@ class Proxy:
         finally:
             if watcher is not None:
                 watcher.cancel()
-            try:
-                await self._finish(ex, endpoint)
-            finally:
-                if ex.trace is not None:
-                    ex.trace.finish(ex)  # last: it carries the usage _finish may have counted
+            await self._finish(ex, endpoint)
 
     async def _serve(self, ex: Exchange, reply: Responder, endpoint: Endpoint, raw: bytes,
                      headers: dict[bytes, bytes], caller: Caller) -> None:
-        """Parse and check the body, bring in what it refers to (a stored conversation), route it within what the
-        key may use, answer it from the cache or an identical request in flight (``app.proxy.caching``), else
-        admit it within the key's quotas and try the places; keep what later requests may refer to."""
-        gw = self.gw
+        """The stages in order (``app.proxy.stages``): parse and check the body, bring in what it refers to (a
+        stored conversation), route it, answer it from the cache or an identical request in flight, else admit it
+        within the key's quotas and try the route's places; keep what later requests may refer to."""
         body = await endpoint.parse(raw, _text(headers.get(b"content-type")) or "")
         endpoint.validate(body, single_choice=self.single_choice)
         ex.body = endpoint.logged(body)
-        memory = gw.conversations.memory(caller, endpoint.body_limit(self.settings))
+        memory = self.gw.conversations.memory(caller, endpoint.body_limit(self.settings))
         asked = body  # as the client sent it: what a stored turn keeps
         if endpoint.keeps(asked):
             reply.keep = lambda answer: self._keep(ex, endpoint, asked, answer, memory)
         try:
             body = await endpoint.recall(body, memory)
         except StoreDown:
-            raise GatewayError(503, "The state store is unavailable: a stored response cannot be read now.",
-                               code="state_store_unavailable") from None
+            raise store_unavailable() from None
         ex.stream = endpoint.streams and body.get("stream") is True
         model = body.get("model")
         if isinstance(model, str) and model != model.strip():
-            model = body["model"] = model.strip()  # the one name every check below and the routing see
-        budget_header = headers.get(b"x-latency-budget-ms")
-        budget = latency_budget(budget_header.decode("latin-1")) if budget_header is not None else None
-        requested = model if isinstance(model, str) else None
-        allowed = gw.access.allowed(ex.key, gw.registry)
-        gw.access.check_model(ex.key, gw.registry.lookup(requested) if requested else None, allowed)
-        route = gw.router.route(requested, _text(headers.get(self.task_header)), endpoint.needs(body), budget,
-                                allowed)
-        gw.access.check_route(ex.key, route, allowed)
-        ex.route, ex.task, ex.entry = route, route.task, route.model
-        plan = self.caching.plan(endpoint, body, headers.get(b"cache-control"), route.model,
-                                 gw.inventory.upstream_id(route.model), ex, reply) if self.caching.on else None
-        if plan is not None and plan.read and await self.caching.answered(ex, reply, plan):
+            body["model"] = model.strip()  # the one name every check below and the routing see
+        route = self.routing.route(ex, endpoint, body, headers)
+        caching = self.caching
+        plan = caching.plan(endpoint, body, headers.get(b"cache-control"), route.model,
+                            self.gw.inventory.upstream_id(route.model), ex, reply) if caching.on else None
+        if plan is not None and plan.read and await caching.answered(ex, reply, plan):
             await self._remember(ex, reply)
             return
-        flight = self.caching.lead(plan, ex, reply) if plan is not None else None
+        flight = caching.lead(plan, ex, reply) if plan is not None else None
         try:
-            if ex.key is not None:
-                ex.metered = ex.key.limited  # before the await: a request cancelled mid-admission frees its slot
-                tokens = await self._reservation(endpoint, body, route.model) if ex.key.counts_tokens else 0
-                reply.quota = await gw.access.admit(ex.key, ex.slot, tokens)
+            reply.quota = await self.quota.admit(ex, endpoint, body, route.model)
             self.metrics.routing.labels(self.metrics.task_label(route.task), route.model.name, route.reason).inc()
             reply.set_route(route.model, route.task, route.header)
             await self.fallback.run(ex, reply, endpoint, body, route)
         finally:
             if flight is not None and plan is not None:
-                await self.caching.land(flight, plan, ex)  # kept if whole; followers told it ended
+                await caching.land(flight, plan, ex)  # kept if whole; followers told it ended
         await self._remember(ex, reply)
 
     @staticmethod
@@ -183,21 +184,7 @@ class Proxy:
         try:
             await endpoint.remember(body, answer, memory)
         except StoreDown as exc:  # the client gets its answer; a later reference to it will say not found
-            log.error("request %s: its answer could not be stored: %s", ex.request_id, exc)
-
-    async def _reservation(self, endpoint: Endpoint, body: dict[str, Any], entry: ModelEntry) -> int:
-        """The tokens a request may spend, reserved against its key's token quota at admission: its prompt
-        (counted with the model's tokenizer where the gateway has it, in a thread; else ~4 bytes a token) and its
-        output budget (as asked, else the model's default) for each answer it asks for (``n``)."""
-        texts = endpoint.prompt_texts(body)
-        if entry.path is not None and (entry.path / "tokenizer.json").is_file():
-            prompt = await asyncio.to_thread(estimate, entry.path, texts)
-        else:
-            prompt = estimate(None, texts)
-        budget = endpoint.output_budget(body)
-        if budget is None:
-            budget = entry.max_tokens_default(self.settings.default_max_tokens)
-        return prompt + budget * endpoint.choices(body)
+            log.error("request %s: its answer could not be stored: %s", ex.call.request_id, exc)
 
     # --- the request's body and its client ---------------------------------------------------------------------
 
@@ -243,25 +230,19 @@ class Proxy:
     # --- after the last byte -------------------------------------------------------------------------------------
 
     async def _finish(self, ex: Exchange, endpoint: Endpoint) -> None:
-        """Usage counted if the upstream's never came, the key charged, metrics, the access log, the console."""
-        if ex.relayed and not isinstance((ex.usage or {}).get("completion_tokens"), int):
-            await self._estimate_usage(ex, endpoint)
-        free = ex.cache in ("hit", "coalesced") and not self.caching.charge  # not generated: not spent
-        if ex.key is not None and not free:
-            usage = ex.usage or {}
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            with contextlib.suppress(Exception):  # a quota store failing now is logged and counted by Access
-                await self.gw.access.charge(ex.key, ex.slot, prompt if isinstance(prompt, int) else 0,
-                                            completion if isinstance(completion, int) else 0, metered=ex.metered)
-        self.metrics.in_flight.dec()
-        record(ex, self.metrics, self.out if self.settings.access_log else None, self.settings.log_prompts)
-        failed = ex.status >= 400 or ex.status == 0
-        self.gw.recent.observe(status=ex.status, ttft_s=ex.ttft, route=ex.route_name,
-                               model=ex.entry.name if ex.entry else None, task=ex.task,
-                               reason=ex.route.reason if ex.route else "refused",
-                               why=ex.error if failed and ex.error else ex.route.explanation if ex.route else None,
-                               node=ex.node, duration_s=clock() - ex.started, request_id=ex.request_id,
-                               key=ex.key.name if ex.key else None)
+        """Usage counted if the upstream's never came; then the outcome, frozen, to each observer once."""
+        outcome: Outcome | None = None
+        try:
+            if ex.relayed and not isinstance((ex.usage or {}).get("completion_tokens"), int):
+                await self._estimate_usage(ex, endpoint)
+            outcome = ex.outcome()
+            await self.charge.observe(outcome)
+            for observer in self.observers:
+                observer.observe(outcome)
+        finally:
+            self.metrics.in_flight.dec()
+            if ex.trace is not None:
+                self.trace.observe(ex.outcome() if outcome is None else outcome, ex.trace)
 
     async def _estimate_usage(self, ex: Exchange, endpoint: Endpoint) -> None:
         """A stream cut before the upstream's usage came (the client left, the upstream broke): what was
@@ -273,7 +254,7 @@ class Proxy:
             prompt_tokens, completion_tokens = await asyncio.to_thread(
                 lambda: (estimate(model_dir, prompt), ex.relayed.scaled(estimate(model_dir, generated))))
         except Exception:  # an estimate is never worth a failed request
-            log.exception("counting the tokens of request %s failed", ex.request_id)
+            log.exception("counting the tokens of request %s failed", ex.call.request_id)
             return
         ex.usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                     "total_tokens": prompt_tokens + completion_tokens, "estimated": True}

@@ -27,7 +27,14 @@ from app import __version__
 from app.access.middleware import AuthMiddleware, send_error
 from app.batches import Batches
 from app.core import logs
-from app.core.errors import GatewayError, body_too_large, error_body, file_too_large, insufficient_storage
+from app.core.errors import (
+    GatewayError,
+    body_too_large,
+    error_body,
+    file_too_large,
+    insufficient_storage,
+    store_unavailable,
+)
 from app.core.settings import Settings, load_settings
 from app.gateway import Gateway
 from app.openai import BY_PATH, Endpoint
@@ -112,9 +119,7 @@ def _install_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(StoreDown)
     async def store_down(_: Request, exc: StoreDown) -> JSONResponse:
-        return _error_response(GatewayError(503, "The state store is unavailable (stored responses, files, batches "
-                                            "cannot be read or written now); try again shortly.",
-                                            code="state_store_unavailable", headers={"retry-after": "2"}))
+        return _error_response(store_unavailable())
 
     @api.exception_handler(ClientDisconnect)
     async def client_left(_: Request, exc: ClientDisconnect) -> Response:
@@ -148,8 +153,8 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> ASGIApp:
             await batch_api.runner.stop()  # first: a line must not meet a draining proxy and fail for it
             gw.draining = True
             await gw.stop()
-            if proxy.tracer is not None:
-                proxy.tracer.shutdown()  # the spans still batched go out before the process ends
+            if gw.tracer is not None:
+                gw.tracer.shutdown()  # the spans still batched go out before the process ends
 
     api = FastAPIOffline(  # /docs with Swagger UI served from the package, not a CDN
         title="foundry-gateway",

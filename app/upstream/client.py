@@ -1,9 +1,9 @@
 """The one shared HTTP client to the upstream, and the upstream's URL layout.
 
 Foundry Local serves its local catalog under a prefix (``/catalogs/local/v1/...``) and manages models
-with ``GET .../models/load/{alias}``; a plain OpenAI-compatible server has ``/v1/...`` only. This
-module hides that difference. The base URL can change at run time (a restarted managed runtime
-comes back on a new port), so URLs are rebuilt by ``set_base_url``.
+with ``GET .../models/load/{alias}``; a plain OpenAI-compatible server has ``/v1/...`` only. The
+upstream's profile (``app.upstream.profile``) says which. The base URL can change at run time (a restarted
+managed runtime comes back on a new port), so URLs are rebuilt by ``set_base_url``.
 
 The client is httpx (the design card) over ``FastTransport``, a lean keep-alive pool: measured in
 docs/performance.md, httpx's default pool costs several ms of CPU per request at concurrency 32. The
@@ -14,6 +14,7 @@ per-request cookie, auth and redirect machinery that a gateway to a loopback ups
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import ssl
 from typing import Any
@@ -23,6 +24,7 @@ import orjson
 
 from app.core.portable import can_quickack
 from app.core.settings import Settings
+from app.upstream.profile import PROFILES
 from app.upstream.transport import FastTransport, ssl_context
 
 log = logging.getLogger("foundry_gateway.upstream")
@@ -32,10 +34,11 @@ class Upstream:
     """Pooled keep-alive connections to the upstream plus its route layout."""
 
     def __init__(self, settings: Settings, base_url: str | None = None, kind: str | None = None) -> None:
-        self.kind = kind or settings.upstream_kind
-        self.prefix = settings.foundry_catalog_prefix.rstrip("/") if self.kind == "foundry" else ""
-        self.has_completions = self.kind != "foundry"
-        self.manages_models = self.kind == "foundry"
+        self.profile = PROFILES[kind or settings.upstream_kind]
+        self.kind = self.profile.name
+        self.prefix = self.profile.prefix(settings.foundry_catalog_prefix)
+        self.has_completions = self.profile.has_completions
+        self.manages_models = self.profile.manages_models
         headers = {"content-type": "application/json"}
         if settings.upstream_api_key:
             headers["authorization"] = f"Bearer {settings.upstream_api_key}"
@@ -65,20 +68,8 @@ class Upstream:
             base = base[:-3]
         self.base_url = base
         # Foundry Local on this host: its transcription endpoint takes a path it reads from its own disk
-        self.reads_our_files = self.kind == "foundry" and _loopback(httpx.URL(base).host)
-        api = f"{base}{self.prefix}/v1"
-        self.urls = {
-            "chat": f"{api}/chat/completions",
-            "completions": f"{api}/completions",
-            "responses": f"{api}/responses",
-            "embeddings": f"{api}/embeddings",
-            "transcriptions": f"{api}/audio/transcriptions",
-            "models": f"{api}/models",
-            "loaded": f"{base}{self.prefix}/models/loaded",
-            "load": f"{base}{self.prefix}/models/load/",
-            "unload": f"{base}{self.prefix}/models/unload/",
-            "status": f"{base}/status",
-        }
+        self.reads_our_files = self.profile.reads_our_files(_loopback(httpx.URL(base).host))
+        self.urls = self.profile.urls(base, self.prefix)
         self._url_objects = {name: httpx.URL(url) for name, url in self.urls.items()}
 
 
@@ -135,6 +126,17 @@ class Upstream:
         await self.client.aclose()
 
 
+AIOHTTP_MISSING = "GATEWAY_UPSTREAM_TRANSPORT=aiohttp needs httpx-aiohttp: pip install 'foundry-gateway[aiohttp]'"
+
+
+def transport_problem(settings: Settings) -> str | None:
+    """Why the transport ``GATEWAY_UPSTREAM_TRANSPORT`` names cannot be used here, or None: ``serve`` says it in
+    one line before it binds a port."""
+    if settings.upstream_transport == "aiohttp" and importlib.util.find_spec("httpx_aiohttp") is None:
+        return AIOHTTP_MISSING
+    return None
+
+
 def make_transport(settings: Settings) -> httpx.AsyncBaseTransport:
     """The transport named by ``GATEWAY_UPSTREAM_TRANSPORT`` (docs/performance.md compares them)."""
     tls = upstream_ssl_context(settings)
@@ -143,7 +145,10 @@ def make_transport(settings: Settings) -> httpx.AsyncBaseTransport:
             max_connections=None, max_keepalive_connections=settings.max_in_flight,
             keepalive_expiry=settings.upstream_keepalive))
     if settings.upstream_transport == "aiohttp":
-        from httpx_aiohttp import AiohttpTransport
+        try:
+            from httpx_aiohttp import AiohttpTransport
+        except ImportError:
+            raise ImportError(AIOHTTP_MISSING, name="httpx_aiohttp") from None
 
         return AiohttpTransport(verify=tls, limits=httpx.Limits(  # type: ignore[no-any-return]
             max_connections=None, max_keepalive_connections=settings.max_in_flight,

@@ -10,7 +10,7 @@ failure here is a :class:`~app.core.errors.Retry`:
   no first byte in time          504 upstream_timeout      cause "timeout"
   not the format asked for       502 upstream_bad_response cause "bad_response"
 
-After content reached the client the relay ends the stream with one error event instead (``app.proxy.relay``).
+After content reached the client the relay ends the stream with one error event instead (``app.proxy.stages.relay``).
 
 What an upstream says of a refusal is passed on to the client only after its internals are taken out — source
 locations (``search_options.cc:108``), C++ signatures, URLs and file paths of the host — and kept whole in the log.
@@ -24,7 +24,7 @@ import re
 import httpx
 import orjson
 
-from app.core.errors import GatewayError, Retry
+from app.core.errors import FailureCause, GatewayError, Retry
 
 log = logging.getLogger("foundry_gateway.upstream")
 _CODE = re.compile(
@@ -41,15 +41,15 @@ def transport_failure(model: str, exc: httpx.HTTPError) -> Retry:
     """An httpx error while sending or before the answer's first byte."""
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return Retry(GatewayError(503, f"Upstream unreachable for model '{model}': {exc}",
-                                  code="upstream_unavailable"), "connect", transport=True)
+                                  code="upstream_unavailable"), FailureCause.CONNECT, transport=True)
     return Retry(GatewayError(502, f"Upstream failed for model '{model}': {exc.__class__.__name__}: {exc}",
-                              code="upstream_error"), "broken")
+                              code="upstream_error"), FailureCause.BROKEN)
 
 
 def broke_mid_answer(exc: httpx.HTTPError) -> Retry:
     """An httpx error while reading a JSON answer (nothing reached the client yet)."""
     return Retry(GatewayError(502, f"Upstream failed mid-response: {exc.__class__.__name__}",
-                              code="upstream_error"), "broken")
+                              code="upstream_error"), FailureCause.BROKEN)
 
 
 def broke_mid_stream(exc: httpx.HTTPError) -> GatewayError:
@@ -60,16 +60,16 @@ def broke_mid_stream(exc: httpx.HTTPError) -> GatewayError:
 
 def sent_nothing(model: str, seconds: float) -> Retry:
     return Retry(GatewayError(504, f"Model '{model}' sent nothing for {seconds:g}s.", code="upstream_timeout"),
-                 "timeout")
+                 FailureCause.TIMEOUT)
 
 
 def stalled(seconds: float) -> Retry:
     return Retry(GatewayError(504, f"The upstream stopped sending its answer for {seconds:g}s.",
-                              code="upstream_timeout"), "timeout")
+                              code="upstream_timeout"), FailureCause.TIMEOUT)
 
 
 def bad_response(message: str) -> Retry:
-    return Retry(GatewayError(502, message, code="upstream_bad_response"), "bad_response")
+    return Retry(GatewayError(502, message, code="upstream_bad_response"), FailureCause.BAD_RESPONSE)
 
 
 def clean(message: str) -> str:

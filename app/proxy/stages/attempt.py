@@ -3,7 +3,7 @@
   admit (backend) → ready: load on demand (backend) → send → read to the stream's first decisive event → relay
 
 Ownership: everything the attempt takes — limiter slots, the model's turn and in-use mark, the upstream response,
-a staged upload — is recorded in :class:`~app.proxy.backend.Held` the moment it is taken, and every way out
+a staged upload — is recorded in :class:`~app.proxy.stages.backend.Held` the moment it is taken, and every way out
 (success, timeout, the client leaving, a bug) gives it back, the response first: nobody's generation runs on
 unseen while its slot is free, and no fallback starts while the first model still works on the same prompt.
 The request's deadline bounds all of it; while the upstream has the request, the first-byte timeout too (one
@@ -20,18 +20,32 @@ from typing import Any, cast
 import httpx
 import orjson
 
-from app.core.errors import GatewayError, Retry, total_timeout
+from app.core.errors import FailureCause, GatewayError, Retry, total_timeout
 from app.core.tokens import counter
+from app.core.tracing import RequestTrace
 from app.gateway import Gateway
 from app.openai import Endpoint, Target
 from app.openai.sse import EventSplitter, event_data, event_json, split_events
-from app.proxy.backend import Backend, Held, Place
+from app.policy.breaker import Permit
 from app.proxy.exchange import Exchange, Responder, clock
-from app.proxy.keepalive import KeepAlive, retrieve
-from app.proxy.relay import relay_json, relay_stream
-from app.upstream.errors import bad_response, refusal, sent_nothing, transport_failure
+from app.proxy.stages.backend import Backend, Chance, Held, Lease, Place
+from app.proxy.stages.keepalive import KeepAlive, retrieve
+from app.proxy.stages.relay import relay_json, relay_stream
+from app.upstream.client import Upstream
+from app.upstream.errors import bad_response, sent_nothing, transport_failure
+from app.upstream.errors import refusal as refusal_error
+from app.upstream.profile import Refusal
 
 _DONE_EVENT = b"[DONE]"
+
+
+class _SendAgain(Exception):
+    """A send that failed in a way the place may forgive once (:class:`~app.proxy.stages.backend.Chance`)."""
+
+    def __init__(self, chance: Chance, failure: Exception) -> None:
+        super().__init__(str(failure))
+        self.chance = chance
+        self.failure = failure
 
 
 class Attempt:
@@ -42,49 +56,48 @@ class Attempt:
         self.uploads = gateway.settings.foundry_cache_dir.resolve() / "uploads"
 
     async def run(self, ex: Exchange, reply: Responder, endpoint: Endpoint, body: dict[str, Any],
-                  where: Place) -> None:
+                  where: Place, permit: Permit) -> None:
+        """Lease the place, send (once more if it forgives the failure), relay; the lease gives back what it held
+        and says its one verdict on the place however this ends."""
         ex.node = where.node
         ex.sent = False  # of this attempt: the breaker's verdict is about this model only
-        self._budget(reply, endpoint, body, where)
-        held = Held()
         trace = ex.trace
         if trace is not None:
             trace.attempt_begin(where.entry.name, where.node)
         failure: BaseException | None = None
-        counting: asyncio.Future[int | None] | None = None
-        texts = endpoint.counted_inputs(body)
-        if texts is not None:  # the upstream reports no usage: counted meanwhile, off the event loop
-            counting = asyncio.ensure_future(asyncio.to_thread(counter(where.entry.path), texts))
-            counting.add_done_callback(retrieve)
         try:
-            keepalive = KeepAlive(reply, self.settings.keepalive_interval) if ex.stream else None
-            try:
-                async with asyncio.timeout_at(ex.deadline) as timer:
-                    response, chunks, first, target = await self._open(ex, endpoint, body, where, held, timer)
-            except TimeoutError:
-                if asyncio.get_running_loop().time() >= ex.deadline:
-                    raise total_timeout(self.settings.total_timeout) from None
-                raise sent_nothing(where.entry.name, self.settings.first_byte_timeout) from None
-            finally:
-                if keepalive is not None:
-                    await keepalive.stop()
-            if ex.stream:
-                await relay_stream(ex, reply, response, chunks, first, idle_timeout=self.settings.idle_timeout,
-                                   metrics=self.metrics, inspector=endpoint.inspector(body, target, clock))
-            else:
-                finish = endpoint.answer(body, target, await counting if counting is not None else None)
-                await relay_json(ex, reply, response, chunks, idle_timeout=self.settings.idle_timeout, finish=finish,
-                                 usage_of=endpoint.usage, as_text=endpoint.as_text(body))
-            self.backend.completed(ex, where, held)
+            async with self.backend.lease(ex, where, permit) as lease:
+                self._budget(reply, endpoint, body, where)
+                counting: asyncio.Future[int | None] | None = None
+                texts = endpoint.counted_inputs(body)
+                if texts is not None:  # the upstream reports no usage: counted meanwhile, off the event loop
+                    counting = asyncio.ensure_future(asyncio.to_thread(counter(where.entry.path), texts))
+                    counting.add_done_callback(retrieve)
+                keepalive = KeepAlive(reply, self.settings.keepalive_interval) if ex.stream else None
+                deadline = ex.call.deadline
+                try:
+                    async with asyncio.timeout_at(deadline) as timer:
+                        response, chunks, first, target = await self._open(ex, endpoint, body, lease, timer)
+                except TimeoutError:
+                    if asyncio.get_running_loop().time() >= deadline:
+                        raise total_timeout(self.settings.total_timeout) from None
+                    raise sent_nothing(where.entry.name, self.settings.first_byte_timeout) from None
+                finally:
+                    if keepalive is not None:
+                        await keepalive.stop()
+                if ex.stream:
+                    await relay_stream(ex, reply, response, chunks, first, idle_timeout=self.settings.idle_timeout,
+                                       metrics=self.metrics, inspector=endpoint.inspector(body, target, clock))
+                else:
+                    finish = endpoint.answer(body, target, await counting if counting is not None else None)
+                    await relay_json(ex, reply, response, chunks, idle_timeout=self.settings.idle_timeout,
+                                     finish=finish, usage_of=endpoint.usage, as_text=endpoint.as_text(body))
         except BaseException as exc:
             failure = exc
             raise
         finally:
-            try:
-                await held.give_back()
-            finally:
-                if trace is not None:
-                    trace.attempt_end(ex, failure)
+            if trace is not None:
+                _end_span(trace, ex, failure)
 
     def _budget(self, reply: Responder, endpoint: Endpoint, body: dict[str, Any], where: Place) -> None:
         """An output budget over the model's context is a clear 400 before anything is sent; one the gateway adds
@@ -99,84 +112,96 @@ class Attempt:
         default = self.backend.default_max_tokens(where) if budget is None else None
         reply.budget = ((b"x-gateway-default-max-tokens", str(default).encode()),) if default is not None else ()
 
-    async def _open(self, ex: Exchange, endpoint: Endpoint, body: dict[str, Any], where: Place, held: Held,
+    async def _open(self, ex: Exchange, endpoint: Endpoint, body: dict[str, Any], lease: Lease,
                     timer: asyncio.Timeout) -> tuple[httpx.Response, AsyncIterator[bytes], bytes, Target]:
-        """Admit, load, send; return the response (already ``held``), its byte iterator, for streams the bytes up
-        to the first decisive event (Foundry Local may answer 200 with a lone error event), and the target."""
+        """Admit, load, send; return the response (already held), its byte iterator, for streams the bytes up to
+        the first decisive event (Foundry Local may answer 200 with a lone error event), and the target."""
         trace = ex.trace
         queued = clock() if trace is not None else 0.0
-        await self.backend.admit(ex, where, held)
+        upstream = await lease.admit()
         if trace is not None:
             trace.phase("queue", queued, clock())
-        backend = self.backend
-        upstream = backend.upstream(where)
         staged = endpoint.staged(body)  # an upload a runtime on this host reads from a file (None for most)
         staged = staged if staged is not None and upstream.reads_our_files else None
-        staged_file = await self._stage(staged, held) if staged is not None else None
-        sending = backend.sending()
-        loop = asyncio.get_running_loop()
+        staged_file = await self._stage(staged, lease.held) if staged is not None else None
         while True:
-            timer.reschedule(ex.deadline)
+            timer.reschedule(ex.call.deadline)
             loading, waited = (clock() if trace is not None else 0.0), ex.load_wait
-            await backend.ready(ex, where, sending)
+            ex.upstream_id = await lease.ready()
             if trace is not None and ex.load_wait > waited:
                 trace.phase("model load", loading, clock())
-            ex.upstream_id = backend.upstream_id(where)
-            target = Target(ex.upstream_id, stream=ex.stream, default_max_tokens=backend.default_max_tokens(where),
-                            has_completions=upstream.has_completions, parse_tool_calls=where.entry.parse_tool_calls,
-                            staged_file=staged_file)
-            payload, content_type = endpoint.payload(body, target)
-            started = ex.sent_at = clock()
-            timer.reschedule(min(ex.deadline, loop.time() + backend.first_byte_timeout()))
-            error: dict[str, Any] | None = None
-            raw = first = b""
+            target = Target(ex.upstream_id, stream=ex.stream, default_max_tokens=self.backend.default_max_tokens(
+                lease.where), has_completions=upstream.has_completions,
+                parse_tool_calls=lease.where.entry.parse_tool_calls, staged_file=staged_file)
             try:
-                extra = backend.forwarded(ex)
-                if trace is not None:
-                    extra = [*(extra or ()), *trace.headers()]
-                response = await upstream.open(endpoint.upstream_route(target), payload, content_type, extra)
-                ex.sent = True
-                held.responses.append(response)  # owned from its first byte
-                chunks = aiter(cast(httpx.AsyncByteStream, response.stream))  # raw bytes, no decoding layer
-                if response.status_code >= 400:
-                    raw = await response.aread()
-                elif ex.stream:
-                    first, error = await self._first_events(response, chunks, endpoint)
-            except httpx.HTTPError as exc:
-                refused = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-                if isinstance(exc, httpx.ConnectError | httpx.ReadError | httpx.RemoteProtocolError) \
-                        and await backend.reconnect(ex, sending, refused=refused):
-                    continue
-                raise transport_failure(where.entry.name, exc) from None
-            finally:
-                ex.upstream_wait += clock() - started
-            if response.status_code < 400:
-                if not ex.stream or error is None:
-                    return response, chunks, first, target
-                raw = orjson.dumps({"error": error})  # HTTP 200, then a failure before any content
-                status = 400 if _is_client_error(error) else 502
-            else:
-                status = response.status_code
-            message = raw.decode("utf-8", "replace")
-            if status == 400 and "not loaded" in message.lower() and backend.reload(where, sending):
-                await response.aclose()
-                continue
-            raise self._failure(endpoint, where, response, status, raw, message)
+                return await self._send(ex, endpoint, body, lease, upstream, target, timer)
+            except _SendAgain as again:
+                if not await lease.again(again.chance):
+                    raise again.failure from None
+
+    async def _send(self, ex: Exchange, endpoint: Endpoint, body: dict[str, Any], lease: Lease, upstream: Upstream,
+                    target: Target, timer: asyncio.Timeout
+                    ) -> tuple[httpx.Response, AsyncIterator[bytes], bytes, Target]:
+        """One send: the response once it decided how it starts, or the failure (``_SendAgain`` when the place
+        may forgive it)."""
+        where, trace = lease.where, ex.trace
+        payload, content_type = endpoint.payload(body, target)
+        started = ex.sent_at = clock()
+        timer.reschedule(min(ex.call.deadline, asyncio.get_running_loop().time() + self.backend.first_byte_timeout()))
+        error: dict[str, Any] | None = None
+        raw = first = b""
+        try:
+            extra = self.backend.forwarded(ex)
+            if trace is not None:
+                extra = [*(extra or ()), *trace.headers()]
+            response = await upstream.open(endpoint.upstream_route(target), payload, content_type, extra)
+            ex.sent = True
+            lease.held.responses.append(response)  # owned from its first byte
+            chunks = aiter(cast(httpx.AsyncByteStream, response.stream))  # raw bytes, no decoding layer
+            if response.status_code >= 400:
+                raw = await response.aread()
+            elif ex.stream:
+                first, error = await self._first_events(response, chunks, endpoint)
+        except httpx.HTTPError as exc:
+            lost = transport_failure(where.entry.name, exc)
+            if isinstance(exc, httpx.ConnectError):
+                raise _SendAgain(Chance.REFUSED, lost) from None
+            if isinstance(exc, httpx.ReadError | httpx.RemoteProtocolError):
+                raise _SendAgain(Chance.BROKE, lost) from None
+            raise lost from None
+        finally:
+            ex.upstream_wait += clock() - started
+        profile = upstream.profile
+        if response.status_code < 400:
+            if not ex.stream or error is None:
+                return response, chunks, first, target
+            raw = orjson.dumps({"error": error})  # HTTP 200, then a failure before any content
+            status = profile.stream_error_status(error)
+        else:
+            status = response.status_code
+        refusal = profile.refusal(status, raw.decode("utf-8", "replace"))
+        failure = self._failure(endpoint, where, response, status, raw, refusal)
+        if refusal is Refusal.NOT_LOADED:
+            await response.aclose()
+            raise _SendAgain(Chance.NOT_LOADED, failure)
+        raise failure
 
     def _failure(self, endpoint: Endpoint, where: Place, response: httpx.Response, status: int, raw: bytes,
-                 message: str) -> Exception:
+                 refusal: Refusal) -> Exception:
         """An upstream's refusal as the client hears it, or as a ``Retry`` when another model may do better."""
-        failure = refusal(status, raw, where.entry.name)
-        if status == 429 and (wait := response.headers.get("retry-after")):
+        failure = refusal_error(status, raw, where.entry.name)
+        if refusal is Refusal.BUSY and (wait := response.headers.get("retry-after")):
             failure.headers["retry-after"] = wait  # the upstream (or node) said when: the client hears it
-        if status >= 500 and (fault := endpoint.client_error(status, failure.message, where.entry.name)):
+        if refusal is Refusal.FAILED and (fault := endpoint.client_error(status, failure.message, where.entry.name)):
             return fault
-        if status == 404 and "model" in message.lower():
+        if refusal is Refusal.MISSING:
             self.backend.missing(where)
             return Retry(GatewayError(503, f"Model '{where.entry.name}' is missing on the upstream: "
-                                           f"{failure.message}", code="model_unavailable"), "missing")
-        if status >= 500 or status == 429:
-            return Retry(failure, f"http_{status}")
+                                           f"{failure.message}", code="model_unavailable"), FailureCause.MISSING)
+        if refusal is Refusal.BUSY:
+            return Retry(failure, FailureCause.BUSY, status=status)
+        if refusal is Refusal.FAILED:
+            return Retry(failure, FailureCause.UPSTREAM_ERROR, status=status)
         return failure
 
     async def _stage(self, staged: tuple[str, bytes], held: Held) -> str:
@@ -226,7 +251,17 @@ class Attempt:
         raise bad_response("The upstream's stream ended before its first event.")
 
 
-def _is_client_error(error: dict[str, Any]) -> bool:
-    kind = str(error.get("type", ""))
-    message = str(error.get("message", "")).lower()
-    return kind == "invalid_request_error" and "not loaded" not in message and "not found" not in message
+def _end_span(trace: RequestTrace, ex: Exchange, failure: BaseException | None) -> None:
+    """The attempt's span ends with what this attempt did."""
+    first_token = (ex.sent_at, ex.call.started + ex.ttft) if ex.ttft and ex.sent_at else None
+    client_left = isinstance(failure, asyncio.CancelledError)
+    error_type: str | None = None
+    error = ""
+    if isinstance(failure, Retry):
+        error_type, error = failure.label, str(failure)
+    elif failure is not None and not client_left:
+        error_type, error = type(failure).__name__, str(failure)
+    elif failure is None and ex.broken:  # the upstream failed after content reached the client
+        error_type, error = "broken", ex.error or "the upstream failed mid-response"
+    trace.attempt_end(response_model=ex.upstream_id if ex.sent and ex.upstream_id else None,
+                      first_token=first_token, error_type=error_type, error=error, client_left=client_left)

@@ -9,13 +9,14 @@ whose fault a failure is (the model's, for the circuit breaker; or the node's, f
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import httpx
 
-from app.core.errors import GatewayError, Retry
+from app.core.errors import FailureCause, GatewayError, Retry
 from app.core.registry import ModelEntry
 from app.gateway import Gateway
 from app.policy.breaker import Permit
@@ -24,11 +25,6 @@ from app.policy.placement import place
 from app.policy.routing import Route
 from app.proxy.exchange import Exchange, clock
 from app.upstream.client import Upstream
-
-# what makes a node an outlier, failure after failure (Envoy's consecutive gateway failures): it answers, but not
-# in time or not well. A refused connection ejects at once instead; a connection that breaks is a node going down,
-# which the refusals that follow say.
-_OUTLIER_CAUSES = frozenset({"timeout", "bad_response"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +75,65 @@ class Sending:
         self.restarts = restarts  # the runtime's restart count when the attempt began
 
 
+class Chance(Enum):
+    """Why an attempt might send its request once more, on the same place."""
+
+    REFUSED = "refused"  # the connection never opened
+    BROKE = "broke"  # the connection broke before any answer
+    NOT_LOADED = "not_loaded"  # the runtime said the model is not loaded
+
+
+class Lease:
+    """One attempt's hold on a place, from :meth:`Backend.lease`: what it sends to and with, its second chances,
+    and — on the way out — what it held given back, then the one verdict on the place (breaker, outlier
+    ejection) by how the attempt ended."""
+
+    __slots__ = ("backend", "ex", "held", "permit", "sending", "upstream", "where")
+
+    def __init__(self, backend: Backend, ex: Exchange, where: Place, permit: Permit) -> None:
+        self.backend = backend
+        self.ex = ex
+        self.where = where
+        self.permit = permit
+        self.held = Held()
+        self.sending = backend.sending()
+        self.upstream: Upstream | None = None
+
+    async def admit(self) -> Upstream:
+        """Take the place's admission (limiter slots, the model's turn; queue waits counted in the exchange);
+        the upstream to send to."""
+        await self.backend.admit(self.ex, self.where, self.held)
+        self.upstream = upstream = self.backend.upstream(self.where)
+        return upstream
+
+    async def ready(self) -> str:
+        """The model made ready to answer (or ``Retry``); its id on the upstream."""
+        await self.backend.ready(self.ex, self.where, self.sending)
+        return self.backend.upstream_id(self.where)
+
+    async def again(self, chance: Chance) -> bool:
+        """Send once more on this place? Each second chance is given at most once per attempt."""
+        if chance is Chance.NOT_LOADED:
+            return self.backend.reload(self.where, self.sending)
+        return await self.backend.reconnect(self.ex, self.sending, refused=chance is Chance.REFUSED)
+
+    async def close(self, error: BaseException | None) -> None:
+        backend, ex, where = self.backend, self.ex, self.where
+        try:
+            if error is None:
+                backend.completed(ex, where, self.held)
+        finally:
+            await self.held.give_back()
+            if error is None:
+                backend.done(self.permit, where, ex)
+            elif isinstance(error, Retry):
+                backend.failed(self.permit, where, error)
+            elif isinstance(error, GatewayError):
+                backend.refused(self.permit, where, ex, error)
+            else:  # the client left, or a bug: no verdict on the place
+                backend.breaker.cancel(self.permit)
+
+
 class Backend:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
@@ -86,6 +141,17 @@ class Backend:
 
     def places(self, route: Route) -> list[Place]:
         return [Place(entry) for entry in (route.model, *route.fallbacks)]
+
+    @contextlib.asynccontextmanager
+    async def lease(self, ex: Exchange, where: Place, permit: Permit) -> AsyncIterator[Lease]:
+        """Hold ``where`` for one attempt (see :class:`Lease`)."""
+        lease = Lease(self, ex, where, permit)
+        try:
+            yield lease
+        except BaseException as exc:
+            await lease.close(exc)
+            raise
+        await lease.close(None)
 
     async def admit(self, ex: Exchange, where: Place, held: Held) -> None:
         """Take what the attempt holds while it runs (queue waits counted in ``ex``)."""
@@ -159,7 +225,7 @@ class LocalBackend(Backend):
         entry = where.entry
         model_limiter = gw.admission.limiter(entry)
         for limiter in (gw.admission.overall, model_limiter):
-            ex.queue_wait += await limiter.acquire(ex.priority)
+            ex.queue_wait += await limiter.acquire(ex.call.priority)
             held.releases.append(limiter.release)
         held.slot = (model_limiter, model_limiter.limit)
         if gw.upstream.manages_models:  # models that cannot co-reside take turns, grouped (no swap thrash)
@@ -175,22 +241,22 @@ class LocalBackend(Backend):
         runtime = self.gw.runtime
         while True:
             if not sending.recovered and not runtime.serving:  # a managed runtime restarts: wait for it
-                sending.recovered = await runtime.recovered(ex.deadline)
+                sending.recovered = await runtime.recovered(ex.call.deadline)
             try:
                 ex.load_wait += await self.gw.inventory.ensure_loaded(where.entry)
                 return
             except GatewayError as err:
                 if err.code != "upstream_unavailable":
-                    raise Retry(err, "load_failed") from None
-                if sending.recovered or not await runtime.recovered(ex.deadline):
-                    raise Retry(err, "connect", transport=True) from None
+                    raise Retry(err, FailureCause.LOAD_FAILED) from None
+                if sending.recovered or not await runtime.recovered(ex.call.deadline):
+                    raise Retry(err, FailureCause.CONNECT, transport=True) from None
                 sending.recovered = True
 
     def upstream_id(self, where: Place) -> str:
         return self.gw.inventory.upstream_id(where.entry)
 
     def default_max_tokens(self, where: Place) -> int | None:
-        if self.gw.upstream.kind != "foundry":
+        if not self.gw.upstream.profile.needs_max_tokens:
             return None
         return where.entry.max_tokens_default(self.gw.settings.default_max_tokens)
 
@@ -199,7 +265,7 @@ class LocalBackend(Backend):
         attempt). A connection that broke before any answer is sent again only if the runtime was restarted
         meanwhile — the old one took the request down with it, so nothing is generated twice."""
         runtime = self.gw.runtime
-        if sending.recovered or not await runtime.recovered(ex.deadline):
+        if sending.recovered or not await runtime.recovered(ex.call.deadline):
             return False
         sending.recovered = True
         return refused or runtime.restarts != sending.restarts
@@ -223,10 +289,10 @@ class LocalBackend(Backend):
                                     tokens if isinstance(tokens, int) and tokens > 0 else 1, limit)
 
     def failed(self, permit: Permit, where: Place, retry: Retry) -> None:
-        if retry.cause == "http_429":  # busy, not failing
+        if not retry.cause.failing:  # busy (429), not failing
             self.breaker.cancel(permit)
         else:
-            self.breaker.failure(permit, f"{retry.cause}: {retry.error.message}", transport=retry.transport)
+            self.breaker.failure(permit, f"{retry.label}: {retry.error.message}", transport=retry.transport)
 
     def refused(self, permit: Permit, where: Place, ex: Exchange, err: GatewayError) -> None:
         self.verdict(permit, ex, healthy=err.status < 500, error=err.message)
@@ -262,9 +328,10 @@ class NodeBackend(Backend):
         fleet, node, model = self.gw.fleet, where.node, where.entry.name
         assert fleet is not None and node is not None
         if node not in fleet.nodes:  # left the fleet (re-resolution) since the placement
-            raise Retry(GatewayError(503, f"Node {node} left the fleet.", code="upstream_unavailable"), "connect")
+            raise Retry(GatewayError(503, f"Node {node} left the fleet.", code="upstream_unavailable"),
+                        FailureCause.CONNECT)
         overall = self.gw.admission.overall
-        ex.queue_wait += await overall.acquire(ex.priority)
+        ex.queue_wait += await overall.acquire(ex.call.priority)
         held.releases.append(overall.release)
         fleet.started(node, model)
         held.releases.append(lambda: fleet.ended(node, model))
@@ -274,7 +341,7 @@ class NodeBackend(Backend):
         return self.gw.fleet.nodes[where.node].upstream
 
     def forwarded(self, ex: Exchange) -> list[tuple[str, str]] | None:
-        return [("x-priority", ex.priority), ("x-request-id", ex.request_id)]
+        return [("x-priority", ex.call.priority), ("x-request-id", ex.call.request_id)]
 
     def first_byte_timeout(self) -> float:
         # a node may queue the request and load the model before its first byte: its own timers bound those
@@ -290,9 +357,9 @@ class NodeBackend(Backend):
         fleet = self.gw.fleet
         assert fleet is not None and where.node is not None
         if retry.transport:
-            fleet.eject(where.node, f"{retry.cause}: {retry.error.message}")
-        elif retry.cause in _OUTLIER_CAUSES or retry.cause.startswith("http_5"):  # busy (429) is not failing
-            fleet.failed(where.node, f"{retry.cause}: {retry.error.message}")
+            fleet.eject(where.node, f"{retry.label}: {retry.error.message}")
+        elif retry.cause.outlier:  # it answers, but not in time or not well; busy (429) is not failing
+            fleet.failed(where.node, f"{retry.label}: {retry.error.message}")
 
     def refused(self, permit: Permit, where: Place, ex: Exchange, err: GatewayError) -> None:
         self.verdict(permit, ex, healthy=True, error=err.message)

@@ -35,7 +35,8 @@ from app.openai import Endpoint
 from app.openai.sse import event_json, split_events
 from app.proxy.exchange import Exchange, Responder
 from app.proxy.flights import Flight
-from app.proxy.semantic import SemanticIndex, Vector
+from app.proxy.outcome import CacheResult
+from app.proxy.stages.semantic import SemanticIndex, Vector
 
 JSON = dict[str, Any]
 Embed = Callable[[str], Awaitable[list[float] | None]]
@@ -65,7 +66,8 @@ class Plan:
 
 
 class Caching:
-    def __init__(self, settings: Settings, cache: ResponseCache, access: Access) -> None:
+    def __init__(self, settings: Settings, cache: ResponseCache, access: Access,
+                 embed: Embed | None = None) -> None:
         self.mode = settings.cache
         self.shared_scope = settings.cache_scope == "shared"
         self.charge = settings.cache_charge == "full"
@@ -75,7 +77,8 @@ class Caching:
         self.access = access
         self.flights: dict[str, Flight] = {}
         self.semantic = SemanticIndex(settings.cache_semantic) if settings.cache_semantic > 0 else None
-        self.embed: Embed | None = None  # the embedding of a question (the proxy's: through the gateway itself)
+        # the embedding of a question (the proxy's: through the gateway itself), when the semantic cache is on
+        self.embed = embed if self.semantic is not None else None
 
     @property
     def on(self) -> bool:
@@ -87,11 +90,11 @@ class Caching:
         directives = control.decode("latin-1").lower() if control else ""
         if not endpoint.cacheable or "no-store" in directives or (
                 self.mode != "all" and not endpoint.deterministic(body)):
-            ex.cache = "bypass"
+            ex.cache = CacheResult.BYPASS
             reply.cache = _BYPASS
             return None
         found = _MAX_AGE.search(directives)
-        scope = "" if self.shared_scope or ex.key is None else ex.key.name
+        scope = "" if self.shared_scope or ex.call.key is None else ex.call.key.name
         usage = ex.stream and isinstance(body.get("stream_options"), dict) and \
             bool(body["stream_options"].get("include_usage"))
         head = [endpoint.name, upstream_id, self.cache.fingerprints.get(entry.name, ""), scope, ex.stream, usage]
@@ -131,7 +134,7 @@ class Caching:
     def lead(self, plan: Plan, ex: Exchange, reply: Responder) -> Flight:
         """This request generates, its messages recorded to be kept; identical requests that come meanwhile
         follow it (unless another generation of the same runs: a ``no-cache`` request generates on its own)."""
-        ex.cache = "miss"
+        ex.cache = CacheResult.MISS
         reply.cache = _MISS
         shared = plan.shared and plan.key not in self.flights
         flight = Flight(shared=shared, idle_timeout=self.idle_timeout, replay_limit=self.replay_limit)
@@ -159,9 +162,9 @@ class Caching:
 
     async def _admit(self, ex: Exchange, reply: Responder, tokens: int) -> None:
         """Answers not generated are free, unless GATEWAY_CACHE_CHARGE=full: then admitted and charged as usual."""
-        if self.charge and ex.key is not None:
-            ex.metered = ex.key.limited
-            reply.quota = await self.access.admit(ex.key, ex.slot, tokens)
+        if self.charge and ex.call.key is not None:
+            ex.metered = ex.call.key.limited
+            reply.quota = await self.access.admit(ex.call.key, ex.call.slot, tokens)
 
     async def _similar(self, ex: Exchange, reply: Responder, plan: Plan) -> bool:
         """Answer with the kept answer to the closest question, if it is close enough."""
@@ -200,9 +203,9 @@ class Caching:
     async def _send(self, ex: Exchange, reply: Responder, entry: Entry, similarity: float | None = None) -> None:
         body, ex.answer = self.replay(entry)
         await reply.kept(ex.answer)  # a stored response, kept under its fresh id before the client has it
-        ex.cache, ex.usage, ex.upstream_id = "hit", entry.usage, ""
+        ex.cache, ex.usage, ex.upstream_id = CacheResult.HIT, entry.usage, ""
         route = [(k.encode(), v.encode("latin-1")) for k, v in entry.headers]
-        reply.extra = [(b"x-request-id", ex.request_id.encode()),
+        reply.extra = [(b"x-request-id", ex.call.request_id.encode()),
                        *((k, b"cache hit; " + v if k == b"x-gateway-route" else v) for k, v in route)]
         reply.cache = _HIT if similarity is None else \
             (*_HIT, (b"x-gateway-cache-similarity", f"{similarity:.4f}".encode()))
@@ -222,8 +225,8 @@ class Caching:
                 return False
             start = flight.messages[0]
         await self._admit(ex, reply, 0)
-        ex.cache = "coalesced"
-        own = [(b"x-request-id", ex.request_id.encode()), *reply.quota, (b"x-gateway-cache", b"coalesced")]
+        ex.cache = CacheResult.COALESCED
+        own = [(b"x-request-id", ex.call.request_id.encode()), *reply.quota, (b"x-gateway-cache", b"coalesced")]
 
         def first(message: JSON) -> JSON:
             headers = [(k, v) for k, v in message["headers"]

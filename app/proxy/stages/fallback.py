@@ -1,20 +1,21 @@
 """Fallback over the places a route gives: the chosen model first, then its fallbacks (in front mode, each on the
 nodes placement ranks for it). Anything that fails before the first content byte reached the client may move on
 to the next place; after that a stream ends with one OpenAI-style error event. Each place's circuit breaker
-permit is handed back with its verdict, by the backend that knows whose fault a failure was."""
+permit is handed back with its verdict by the attempt's lease, as the backend that knows whose fault a failure
+was decides."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from app.core.errors import GatewayError, Retry
+from app.core.errors import FailureCause, GatewayError, Retry
 from app.gateway import Gateway
 from app.openai import Endpoint
 from app.policy.routing import Route
-from app.proxy.attempt import Attempt
-from app.proxy.backend import Backend
 from app.proxy.exchange import Exchange, Responder
+from app.proxy.stages.attempt import Attempt
+from app.proxy.stages.backend import Backend, Place
 
 log = logging.getLogger("foundry_gateway.proxy")
 
@@ -38,36 +39,35 @@ class Fallback:
             if permit is None:  # opened, or its probe is out, since the route was chosen
                 why = self.breaker.skipped().get(where.entry.name, "cooling down")
                 failure = failure or Retry(GatewayError(503, f"Model '{where.entry.name}': {why}.",
-                                                        code="model_unavailable"), "cooling")
+                                                        code="model_unavailable"), FailureCause.COOLING)
                 continue
             ex.entry = where.entry
+            if position:
+                try:
+                    await self._announce(ex, reply, route, places[position - 1], where)
+                except BaseException:
+                    self.breaker.cancel(permit)  # the client left: no verdict on the place
+                    raise
             try:
-                if position:
-                    previous = places[position - 1].where
-                    reply.set_route(where.entry, route.task, f"fallback; {ex.cause or 'cooling'} on {previous}"
-                                    + (f"; node {where.node}: {where.why}" if where.node else ""), node=where.node)
-                    if reply.started:  # keep-alive comments already sent the headers: say it in the stream
-                        await reply.body(f": fallback; {ex.cause or 'cooling'} on {previous}, "
-                                         f"now {where.where}\n\n".encode())
-                await self.attempt.run(ex, reply, endpoint, body, where)
+                await self.attempt.run(ex, reply, endpoint, body, where, permit)  # the lease says the verdict
             except Retry as retry:
                 failure = retry
-                ex.cause = retry.cause
-                self.backend.failed(permit, where, retry)
+                ex.cause = retry.label
                 if position + 1 < len(places):
                     ex.fallbacks += 1
                     self.metrics.fallbacks.labels(self.metrics.task_label(route.task), where.entry.name,
-                                                  retry.cause).inc()
-                    log.warning("request %s: %s failed (%s), falling back", ex.request_id, where.entry.name,
+                                                  retry.label).inc()
+                    log.warning("request %s: %s failed (%s), falling back", ex.call.request_id, where.entry.name,
                                 retry.error.message)
                 continue
-            except GatewayError as err:
-                self.backend.refused(permit, where, ex, err)
-                raise
-            except BaseException:
-                self.breaker.cancel(permit)
-                raise
-            self.backend.done(permit, where, ex)
             return
         assert failure is not None
         raise failure.error
+
+    @staticmethod
+    async def _announce(ex: Exchange, reply: Responder, route: Route, previous: Place, where: Place) -> None:
+        """Say the fallback: in ``X-Gateway-Route``, or in the stream if keep-alive comments already started it."""
+        reply.set_route(where.entry, route.task, f"fallback; {ex.cause or 'cooling'} on {previous.where}"
+                        + (f"; node {where.node}: {where.why}" if where.node else ""), node=where.node)
+        if reply.started:
+            await reply.body(f": fallback; {ex.cause or 'cooling'} on {previous.where}, now {where.where}\n\n".encode())

@@ -64,7 +64,7 @@ async def relay_json(
     idle: _IdleTimer | None = None
     try:
         async with asyncio.timeout(None) as timeout:
-            idle = _IdleTimer(timeout, idle_timeout, ex.deadline)
+            idle = _IdleTimer(timeout, idle_timeout, ex.call.deadline)
             while True:  # chunk by chunk, so a body that stalls midway hits the idle timeout
                 idle.touch()
                 try:
@@ -130,7 +130,7 @@ async def relay_stream(
     idle: _IdleTimer | None = None
     try:
         async with asyncio.timeout(None) as timeout:
-            idle = _IdleTimer(timeout, idle_timeout, ex.deadline)
+            idle = _IdleTimer(timeout, idle_timeout, ex.call.deadline)
             idle.sending = True
             if not reply.started:
                 await reply.start(response.status_code, b"text/event-stream")
@@ -144,8 +144,8 @@ async def relay_stream(
                     ex.relayed.add(block)
                     if ttft_pending and inspector.first_content:  # observed now, not when the stream ends
                         ttft_pending = False
-                        ex.ttft = inspector.first_content - ex.started
-                        metrics.series(ex.route_name, ex.task, ex.entry.name if ex.entry else None
+                        ex.ttft = inspector.first_content - ex.call.started
+                        metrics.series(ex.call.endpoint, ex.task, ex.entry.name if ex.entry else None
                                        ).ttft.observe(ex.ttft, ex.trace.exemplar if ex.trace is not None else None)
                 idle.touch()
                 idle.sending = False

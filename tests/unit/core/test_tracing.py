@@ -1,17 +1,17 @@
-"""``app.core.tracing`` and ``app.core.otel`` on their own: when the environment turns traces on, and what one
-request's trace holds — spans, parents, GenAI attributes, the traceparent for the next hop, the exemplar — exported
-to the SDK's in-memory exporter."""
+"""``app.core.tracing``, ``app.core.otel`` and the proxy's trace observer on their own: when the environment turns
+traces on, and what one request's trace holds — spans, parents, GenAI attributes, the traceparent for the next hop,
+the exemplar — exported to the SDK's in-memory exporter."""
 
 from __future__ import annotations
 
-import asyncio
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from app.access.keys import ApiKey
 from app.core import tracing
-from app.core.settings import Settings
+from app.proxy.observers.trace import Trace
+from app.proxy.outcome import CacheResult, Call, Outcome
 from tests.helpers import require_module
 
 require_module("opentelemetry.sdk")
@@ -35,24 +35,31 @@ def test_traces_are_on_only_when_an_endpoint_is_set(env: dict[str, str], on: boo
     assert tracing.enabled(env) is on
 
 
-def exchange(**changes: Any) -> SimpleNamespace:
-    """What the proxy's Exchange holds at the end of a streamed request that worked."""
+def outcome(**changes: Any) -> Outcome:
+    """What the proxy's outcome holds at the end of a streamed request that worked."""
     fields: dict[str, Any] = {
-        "upstream_id": "tiny-chat-cpu", "ttft": 0.012, "sent_at": 100.001, "started": 100.0, "status": 200,
-        "stream": True, "usage": {"prompt_tokens": 9, "completion_tokens": 6}, "task": "chat",
-        "route": SimpleNamespace(reason="auto"), "entry": SimpleNamespace(name="tiny-chat"), "node": None,
-        "key": SimpleNamespace(name="team-a"), "cache": "miss", "priority": "interactive", "fallbacks": 0,
-        "queue_wait": 0.0005, "load_wait": 0.0, "error": "", "cause": "", "aborted": False,
-        "sent": True, "broken": False,
+        "call": Call("req-1", "chat", ApiKey(name="team-a", sha256="0"), "interactive", 0.0, 100.0, "slot-1"),
+        "status": 200, "duration": 0.05, "aborted": False, "broken": False, "stream": True, "task": "chat",
+        "model": "tiny-chat", "upstream_id": "tiny-chat-cpu", "node": None, "reason": "auto", "explanation": None,
+        "fallbacks": 0, "cause": "", "error": "", "usage": {"prompt_tokens": 9, "completion_tokens": 6},
+        "cache": CacheResult.MISS, "metered": False, "ttft": 0.012, "tpot": 0.0, "upstream_wait": 0.04,
+        "queue_wait": 0.0005, "load_wait": 0.0, "trace_id": None, "exemplar": None,
         "body": {"model": "auto", "max_tokens": 20, "temperature": 0, "messages": [{"role": "user",
                                                                                     "content": "secret prompt"}]}}
-    return SimpleNamespace(**{**fields, **changes})
+    return Outcome(**{**fields, **changes})
 
 
-def traced(log_prompts: bool = False, flags: str = "01", state: bytes = b"") -> tuple[OtelTracer,
-                                                                                         InMemorySpanExporter, Any]:
+OK_ATTEMPT: dict[str, Any] = {"response_model": "tiny-chat-cpu", "first_token": (100.001, 100.012),
+                              "error_type": None, "error": "", "client_left": False}
+
+
+def finish(request: Any, result: Outcome, log_prompts: bool = False) -> None:
+    Trace(log_prompts).observe(result, request)
+
+
+def traced(flags: str = "01", state: bytes = b"") -> tuple[OtelTracer, InMemorySpanExporter, Any]:
     exporter = InMemorySpanExporter()
-    tracer = OtelTracer(Settings(_env_file=None, log_prompts=log_prompts), exporter)  # type: ignore[call-arg]
+    tracer = OtelTracer("foundry_local", exporter)
     headers = {b"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-{flags}".encode()}
     if state:
         headers[b"tracestate"] = state
@@ -66,8 +73,8 @@ def test_one_request_is_a_server_span_over_an_attempt_and_its_phases() -> None:
     request.attempt_begin("tiny-chat", None)
     request.phase("queue", 100.0002, 100.0007)
     hop = dict(request.headers())  # what the runtime is sent: the attempt's span
-    request.attempt_end(exchange(), None)
-    request.finish(exchange())
+    request.attempt_end(**OK_ATTEMPT)
+    finish(request, outcome())
     tracer.shutdown()
     spans = {span.name: span for span in exporter.get_finished_spans()}
     assert set(spans) == {"chat tiny-chat", "attempt tiny-chat", "queue", "first token"}
@@ -92,10 +99,10 @@ def test_one_request_is_a_server_span_over_an_attempt_and_its_phases() -> None:
 
 
 def test_a_failed_attempt_is_an_error_span_and_the_prompt_only_with_log_prompts() -> None:
-    tracer, exporter, request = traced(log_prompts=True)
+    tracer, exporter, request = traced()
     request.attempt_begin("tiny-chat", "node-1")
-    request.attempt_end(exchange(ttft=0.0), RuntimeError("upstream 500"))
-    request.finish(exchange(status=502, error="all models failed", cause="http_500"))
+    request.attempt_end(**{**OK_ATTEMPT, "first_token": None, "error_type": "http_500", "error": "upstream 500"})
+    finish(request, outcome(status=502, error="all models failed", cause="http_500"), log_prompts=True)
     tracer.shutdown()
     spans = {span.name: span for span in exporter.get_finished_spans()}
     attempt, server = spans["attempt tiny-chat"], spans["chat tiny-chat"]
@@ -111,8 +118,8 @@ def test_a_trace_the_caller_did_not_sample_records_nothing_but_still_propagates(
     request.attempt_begin("tiny-chat", None)
     [(name, value)] = request.headers()
     assert name == "traceparent" and value.startswith(f"00-{CALLER_TRACE}-") and value.endswith("-00")
-    request.attempt_end(exchange(), None)
-    request.finish(exchange())
+    request.attempt_end(**OK_ATTEMPT)
+    finish(request, outcome())
     tracer.shutdown()
     assert exporter.get_finished_spans() == ()
 
@@ -120,8 +127,8 @@ def test_a_trace_the_caller_did_not_sample_records_nothing_but_still_propagates(
 def test_a_client_that_left_is_said_not_an_error() -> None:
     tracer, exporter, request = traced()
     request.attempt_begin("tiny-chat", None)
-    request.attempt_end(exchange(), asyncio.CancelledError())
-    request.finish(exchange(status=0, aborted=True))
+    request.attempt_end(**{**OK_ATTEMPT, "client_left": True})
+    finish(request, outcome(status=0, aborted=True))
     tracer.shutdown()
     spans = {span.name: span for span in exporter.get_finished_spans()}
     for name in ("chat tiny-chat", "attempt tiny-chat"):
@@ -133,8 +140,8 @@ def test_the_callers_tracestate_travels_on_and_the_service_is_named() -> None:
     tracer, exporter, request = traced(state=b"vendor=abc,other=1")
     request.attempt_begin("tiny-chat", None)
     assert dict(request.headers())["tracestate"] == "vendor=abc,other=1"
-    request.attempt_end(exchange(), None)
-    request.finish(exchange())
+    request.attempt_end(**OK_ATTEMPT)
+    finish(request, outcome())
     tracer.shutdown()
     assert {span.resource.attributes["service.name"] for span in exporter.get_finished_spans()} == {"foundry-gateway"}
 
@@ -142,10 +149,11 @@ def test_the_callers_tracestate_travels_on_and_the_service_is_named() -> None:
 def test_odd_requests_and_attempts_are_told_as_they_were() -> None:
     tracer, exporter, request = traced()
     request.attempt_begin("model-a", None)  # refused before it reached the upstream: no response model
-    request.attempt_end(exchange(sent=False, upstream_id="model-a-old"), RuntimeError("breaker open"))
+    request.attempt_end(response_model=None, first_token=None, error_type="RuntimeError", error="breaker open",
+                        client_left=False)
     request.attempt_begin("model-b", None)  # content went out, then the upstream broke
-    request.attempt_end(exchange(broken=True, error="the upstream closed the stream"), None)
-    request.finish(exchange(body={"model": "auto", "max_tokens": 2**64 - 1}))  # valid JSON, too big for OTLP
+    request.attempt_end(**{**OK_ATTEMPT, "error_type": "broken", "error": "the upstream closed the stream"})
+    finish(request, outcome(body={"model": "auto", "max_tokens": 2**64 - 1}))  # valid JSON, too big for OTLP
     tracer.shutdown()
     spans = {span.name: span for span in exporter.get_finished_spans()}
     assert "gen_ai.response.model" not in (spans["attempt model-a"].attributes or {})

@@ -17,9 +17,10 @@ from app.core.registry import build_registry
 from app.core.settings import Settings
 from app.gateway.cache import Entry, ResponseCache
 from app.openai import BY_NAME
-from app.proxy.caching import Caching, Plan
 from app.proxy.exchange import Exchange, Responder
 from app.proxy.flights import Flight
+from app.proxy.outcome import Call
+from app.proxy.stages.caching import Caching, Plan
 
 REGISTRY = build_registry([{"name": "chat-a", "task": "chat", "min_ram_gb": 1}])
 ENTRY = REGISTRY.entries[0]
@@ -34,9 +35,8 @@ def _caching(**settings: object) -> Caching:
 
 def _plan(caching: Caching, body: dict[str, Any], endpoint: str = "chat", control: bytes | None = None,
           key: str | None = None, stream: bool = False, upstream_id: str = "chat-a:1") -> tuple[Plan | None, str]:
-    ex = Exchange(endpoint, "r1")
+    ex = Exchange(Call.of(endpoint, "r1", ApiKey(name=key, sha256="0") if key else None))
     ex.stream = stream
-    ex.key = ApiKey(name=key, sha256="0") if key else None
     plan = caching.plan(BY_NAME[endpoint], body, control, ENTRY, upstream_id, ex, Responder(None, ex))
     return plan, str(ex.cache)
 
@@ -94,7 +94,7 @@ def _finished(messages: list[dict[str, Any]], status: int = 200, stream: bool = 
         for message in messages:
             await send(message)
         assert sent == messages
-        ex = Exchange("chat", "r1")
+        ex = Exchange(Call.of("chat", "r1"))
         ex.status, ex.entry, ex.stream = status, ENTRY, stream
         return flight, ex
 

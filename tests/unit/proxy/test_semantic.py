@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.proxy.semantic import SemanticIndex
+from app.proxy.stages.semantic import SemanticIndex
 
 
 def _v(*values: float) -> np.ndarray:
