@@ -4,6 +4,7 @@ stream start with keep-alive comments and still end in an error event.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,12 +26,13 @@ class Exchange:
 
     __slots__ = (
         "aborted", "answer", "body", "broken", "cache", "call", "cause", "entry", "error", "fallbacks", "finished",
-        "flight", "load_wait", "metered", "node", "queue_wait", "relayed", "route", "sent", "sent_at", "status",
-        "stream", "task", "tpot", "trace", "ttft", "upstream_id", "upstream_wait", "usage",
+        "flight", "load_wait", "metered", "node", "owner", "queue_wait", "relayed", "route", "sent", "sent_at",
+        "status", "stream", "task", "tpot", "trace", "ttft", "upstream_id", "upstream_wait", "usage",
     )
 
-    def __init__(self, call: Call) -> None:
+    def __init__(self, call: Call, owner: asyncio.Task[Any] | None = None) -> None:
         self.call = call
+        self.owner = owner  # the task serving it: what a timer or the client leaving cancels
         self.status = 0
         self.stream = False
         self.aborted = False  # the client went away

@@ -92,11 +92,11 @@ class Proxy:
             priority, refused = "interactive", err
         call = Call(request_id, endpoint.name, key, priority,
                     asyncio.get_running_loop().time() + self.settings.total_timeout, started, next_slot())
-        ex = Exchange(call)
+        ex = Exchange(call, asyncio.current_task())
         if self.tracer is not None:
             ex.trace = self.tracer.request(headers, endpoint.operation, endpoint.path, request_id)
         reply = Responder(send, ex)
-        watcher: asyncio.Task[None] | None = None
+        watcher: _ClientWatch | None = None
         self.metrics.in_flight.inc()
         try:
             try:
@@ -108,7 +108,7 @@ class Proxy:
                     return
                 if refused is not None:
                     raise refused
-                watcher = asyncio.ensure_future(self._watch(receive, ex, asyncio.current_task()))
+                watcher = _ClientWatch(receive, ex)
                 self.activity.begin(priority)
                 try:
                     await self._serve(ex, reply, endpoint, raw, headers, caller)
@@ -122,16 +122,15 @@ class Proxy:
             if not ex.aborted:
                 raise
             # the client went away: what the request held was given back on the way out
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
+            if ex.owner is not None:
+                ex.owner.uncancel()
         except Exception as exc:  # a bug must still give the client an OpenAI error, not a dropped connection
             log.exception("unhandled error in %s request %s", endpoint.name, request_id)
             with contextlib.suppress(Exception):
                 await reply.fail(GatewayError(500, f"Internal gateway error: {exc.__class__.__name__}"))
         finally:
             if watcher is not None:
-                watcher.cancel()
+                watcher.stop()
             await self._finish(ex, endpoint)
 
     async def _serve(self, ex: Exchange, reply: Responder, endpoint: Endpoint, raw: bytes,
@@ -215,18 +214,6 @@ class Proxy:
             parts.append(part)
         return b"".join(parts)
 
-    async def _watch(self, receive: Any, ex: Exchange, owner: asyncio.Task[Any] | None) -> None:
-        """Cancel the request when the client disconnects, so the upstream stops generating."""
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                if ex.finished or owner is None:
-                    return
-                ex.aborted = True
-                if ex.flight is None or not ex.flight.client_left():  # a flight goes on while others listen
-                    owner.cancel()
-                return
-
     # --- after the last byte -------------------------------------------------------------------------------------
 
     async def _finish(self, ex: Exchange, endpoint: Endpoint) -> None:
@@ -258,6 +245,43 @@ class Proxy:
             return
         ex.usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                     "total_tokens": prompt_tokens + completion_tokens, "estimated": True}
+
+
+class _ClientWatch:
+    """Cancels the request when its client disconnects, so the upstream stops generating — watched from
+    ``WATCH_AFTER`` on: a request answered sooner needs no task of its own (a disconnect that came meanwhile is
+    the first thing the watch reads)."""
+
+    __slots__ = ("ex", "handle", "receive", "task")
+    WATCH_AFTER = 0.02
+
+    def __init__(self, receive: Any, ex: Exchange) -> None:
+        self.receive = receive
+        self.ex = ex
+        self.task: asyncio.Task[None] | None = None
+        self.handle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(self.WATCH_AFTER, self._start)
+
+    def _start(self) -> None:
+        self.handle = None
+        self.task = asyncio.ensure_future(self._watch())
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        if self.task is not None:
+            self.task.cancel()
+
+    async def _watch(self) -> None:
+        ex = self.ex
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                if ex.finished or ex.owner is None:
+                    return
+                ex.aborted = True
+                if ex.flight is None or not ex.flight.client_left():  # a flight goes on while others listen
+                    ex.owner.cancel()
+                return
 
 
 def _priority(value: bytes | None, default: str | None = None) -> str:

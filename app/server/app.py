@@ -9,6 +9,7 @@ the environment, so every worker process builds the same app.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -138,7 +139,7 @@ def _install_error_handlers(api: FastAPI) -> None:
         return JSONResponse(error_body(f"Internal gateway error: {exc.__class__.__name__}", "api_error"), 500)
 
 
-def build_app(settings: Settings, gateway: Gateway | None = None) -> ASGIApp:
+def build_app(settings: Settings, gateway: Gateway | None = None, *, tune_gc: bool = False) -> ASGIApp:
     gw = gateway or Gateway(settings)
     proxy = Proxy(gw)
     batch_api = Batches(gw, proxy)
@@ -147,6 +148,8 @@ def build_app(settings: Settings, gateway: Gateway | None = None) -> ASGIApp:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gw.start()
         await batch_api.runner.start()
+        if tune_gc:
+            quiet_collector()
         try:
             yield
         finally:
@@ -190,4 +193,14 @@ def create_app(**overrides: Any) -> ASGIApp:
     settings = load_settings(**overrides)
     logs.configure(settings.log_level)
     GuardedProtocol.configure(settings.header_timeout, settings.body_timeout, settings.max_unauthenticated_connections)
-    return build_app(settings)
+    return build_app(settings, tune_gc=True)
+
+
+def quiet_collector() -> None:
+    """Once started, the process's own objects (modules, FastAPI's routes, pydantic's models, the registry) are
+    moved out of the cyclic collector's way (``gc.freeze``) and young collections made rarer: a request makes
+    hundreds of short-lived objects, and each full collection walked the whole start-up heap again. Measured
+    in docs/performance.md (about 5% of the gateway's CPU per request at 32 clients)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)

@@ -493,9 +493,13 @@ class FastTransport(httpx.AsyncBaseTransport):
         for name, value in request.headers.raw:
             head += (name, b": ", value, b"\r\n")
         head.append(b"\r\n")
-        payload = b"".join(head) + body
-        no_body = method == b"HEAD"
+        return await self.send_bytes(key, method, b"".join(head) + body, timeout, request)
 
+    async def send_bytes(self, key: tuple[str, str, int], method: bytes, payload: bytes, timeout: dict[str, Any],
+                         request: httpx.Request | None = None) -> httpx.Response:
+        """Send a request already encoded (head and body) to ``key`` (scheme, host, port): the hot path's way in,
+        skipping an ``httpx.Request`` the gateway would build only to have it taken apart here again."""
+        no_body = method == b"HEAD"
         conn: _Connection | None = None
         for attempt in (0, 1):
             conn = self._take_idle(key)  # the common case: no await, no pool bookkeeping

@@ -21,6 +21,7 @@ import httpx
 import orjson
 
 from app.core.errors import FailureCause, GatewayError, Retry, total_timeout
+from app.core.timer import Timer
 from app.core.tokens import counter
 from app.core.tracing import RequestTrace
 from app.gateway import Gateway
@@ -75,8 +76,11 @@ class Attempt:
                     counting.add_done_callback(retrieve)
                 keepalive = KeepAlive(reply, self.settings.keepalive_interval) if ex.stream else None
                 deadline = ex.call.deadline
+                task = ex.owner or asyncio.current_task()
+                assert task is not None
+                timer = Timer(task, deadline)  # the first byte's, then the answer's gaps; the deadline's always
                 try:
-                    async with asyncio.timeout_at(deadline) as timer:
+                    with timer:
                         response, chunks, first, target = await self._open(ex, endpoint, body, lease, timer)
                 except TimeoutError:
                     if asyncio.get_running_loop().time() >= deadline:
@@ -86,11 +90,12 @@ class Attempt:
                     if keepalive is not None:
                         await keepalive.stop()
                 if ex.stream:
-                    await relay_stream(ex, reply, response, chunks, first, idle_timeout=self.settings.idle_timeout,
-                                       metrics=self.metrics, inspector=endpoint.inspector(body, target, clock))
+                    await relay_stream(ex, reply, response, chunks, first, timer,
+                                       idle_timeout=self.settings.idle_timeout, metrics=self.metrics,
+                                       inspector=endpoint.inspector(body, target, clock))
                 else:
                     finish = endpoint.answer(body, target, await counting if counting is not None else None)
-                    await relay_json(ex, reply, response, chunks, idle_timeout=self.settings.idle_timeout,
+                    await relay_json(ex, reply, response, chunks, timer, idle_timeout=self.settings.idle_timeout,
                                      finish=finish, usage_of=endpoint.usage, as_text=endpoint.as_text(body))
         except BaseException as exc:
             failure = exc
@@ -113,7 +118,7 @@ class Attempt:
         reply.budget = ((b"x-gateway-default-max-tokens", str(default).encode()),) if default is not None else ()
 
     async def _open(self, ex: Exchange, endpoint: Endpoint, body: dict[str, Any], lease: Lease,
-                    timer: asyncio.Timeout) -> tuple[httpx.Response, AsyncIterator[bytes], bytes, Target]:
+                    timer: Timer) -> tuple[httpx.Response, AsyncIterator[bytes], bytes, Target]:
         """Admit, load, send; return the response (already held), its byte iterator, for streams the bytes up to
         the first decisive event (Foundry Local may answer 200 with a lone error event), and the target."""
         trace = ex.trace
@@ -140,7 +145,7 @@ class Attempt:
                     raise again.failure from None
 
     async def _send(self, ex: Exchange, endpoint: Endpoint, body: dict[str, Any], lease: Lease, upstream: Upstream,
-                    target: Target, timer: asyncio.Timeout
+                    target: Target, timer: Timer
                     ) -> tuple[httpx.Response, AsyncIterator[bytes], bytes, Target]:
         """One send: the response once it decided how it starts, or the failure (``_SendAgain`` when the place
         may forgive it)."""

@@ -9,10 +9,11 @@ whose fault a failure is (the model's, for the circuit breaker; or the node's, f
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from types import TracebackType
 
 import httpx
 
@@ -117,6 +118,13 @@ class Lease:
             return self.backend.reload(self.where, self.sending)
         return await self.backend.reconnect(self.ex, self.sending, refused=chance is Chance.REFUSED)
 
+    async def __aenter__(self) -> Lease:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        await self.close(error)
+
     async def close(self, error: BaseException | None) -> None:
         backend, ex, where = self.backend, self.ex, self.where
         try:
@@ -142,16 +150,9 @@ class Backend:
     def places(self, route: Route) -> list[Place]:
         return [Place(entry) for entry in (route.model, *route.fallbacks)]
 
-    @contextlib.asynccontextmanager
-    async def lease(self, ex: Exchange, where: Place, permit: Permit) -> AsyncIterator[Lease]:
-        """Hold ``where`` for one attempt (see :class:`Lease`)."""
-        lease = Lease(self, ex, where, permit)
-        try:
-            yield lease
-        except BaseException as exc:
-            await lease.close(exc)
-            raise
-        await lease.close(None)
+    def lease(self, ex: Exchange, where: Place, permit: Permit) -> Lease:
+        """Hold ``where`` for one attempt: ``async with backend.lease(...) as lease`` (see :class:`Lease`)."""
+        return Lease(self, ex, where, permit)
 
     async def admit(self, ex: Exchange, where: Place, held: Held) -> None:
         """Take what the attempt holds while it runs (queue waits counted in ``ex``)."""

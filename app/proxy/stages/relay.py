@@ -19,6 +19,7 @@ import orjson
 
 from app.core.errors import GatewayError, total_timeout
 from app.core.metrics import Metrics
+from app.core.timer import Timer
 from app.openai.inspector import StreamInspector
 from app.openai.sse import EventSplitter
 from app.proxy.exchange import Exchange, Responder, clock
@@ -28,32 +29,29 @@ Translate = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class _IdleTimer:
-    """Re-arms an ``asyncio.Timeout`` at most every 5% of the idle timeout: re-arming per chunk costs more
-    than relaying the chunk. It fires between 95% and 100% of ``idle`` after the last progress, or at the
-    deadline. ``sending`` says whether the wait was for the client (it stopped reading) or the upstream."""
+    """The attempt's timer moved on each progress to the idle timeout from now (never past the deadline); a move
+    later costs a float store. ``sending`` says whether the wait was for the client (it stopped reading) or the
+    upstream."""
 
-    __slots__ = ("deadline", "idle", "loop", "rearm_at", "sending", "timer")
+    __slots__ = ("deadline", "idle", "loop", "sending", "timer")
 
-    def __init__(self, timer: asyncio.Timeout, idle: float, deadline: float) -> None:
+    def __init__(self, timer: Timer, idle: float, deadline: float) -> None:
         self.timer = timer
         self.idle = idle
         self.deadline = deadline
         self.loop = asyncio.get_running_loop()
-        self.rearm_at = 0.0
         self.sending = False
 
     def touch(self) -> None:
-        now = self.loop.time()
-        if now >= self.rearm_at:
-            self.timer.reschedule(min(now + self.idle, self.deadline))
-            self.rearm_at = now + self.idle * 0.05
+        due = self.loop.time() + self.idle
+        self.timer.reschedule(due if due < self.deadline else self.deadline)
 
     def at_deadline(self) -> bool:
         return self.loop.time() >= self.deadline
 
 
 async def relay_json(
-    ex: Exchange, reply: Responder, response: httpx.Response, chunks: AsyncIterator[bytes], *,
+    ex: Exchange, reply: Responder, response: httpx.Response, chunks: AsyncIterator[bytes], timer: Timer, *,
     idle_timeout: float, finish: Translate | None = None,
     usage_of: Callable[[dict[str, Any]], dict[str, Any] | None] = lambda data: None, as_text: bool = False,
 ) -> None:
@@ -61,10 +59,10 @@ async def relay_json(
     text with ``as_text``: a transcription's text)."""
     started = clock()
     parts: list[bytes] = []
-    idle: _IdleTimer | None = None
+    idle = _IdleTimer(timer, idle_timeout, ex.call.deadline)
     try:
-        async with asyncio.timeout(None) as timeout:
-            idle = _IdleTimer(timeout, idle_timeout, ex.call.deadline)
+        idle.touch()
+        with timer:
             while True:  # chunk by chunk, so a body that stalls midway hits the idle timeout
                 idle.touch()
                 try:
@@ -83,7 +81,6 @@ async def relay_json(
             else:
                 await reply.whole(response.status_code, b"application/json", raw)
     except TimeoutError:
-        assert idle is not None
         if idle.sending:
             ex.aborted = True  # the client stopped reading: let it go, blame nobody
             return
@@ -121,16 +118,17 @@ def _checked_json(
 
 
 async def relay_stream(
-    ex: Exchange, reply: Responder, response: httpx.Response, chunks: AsyncIterator[bytes], first: bytes, *,
+    ex: Exchange, reply: Responder, response: httpx.Response, chunks: AsyncIterator[bytes], first: bytes,
+    timer: Timer, *,
     idle_timeout: float, metrics: Metrics, inspector: StreamInspector,
 ) -> None:
     splitter = EventSplitter()
     upstream_wait = 0.0
     ttft_pending = True
-    idle: _IdleTimer | None = None
+    idle = _IdleTimer(timer, idle_timeout, ex.call.deadline)
     try:
-        async with asyncio.timeout(None) as timeout:
-            idle = _IdleTimer(timeout, idle_timeout, ex.call.deadline)
+        idle.touch()
+        with timer:
             idle.sending = True
             if not reply.started:
                 await reply.start(response.status_code, b"text/event-stream")
@@ -168,7 +166,6 @@ async def relay_stream(
                 await reply.body(b"", more=False)
                 return
     except TimeoutError:
-        assert idle is not None
         if idle.sending:
             ex.aborted = True  # the client stopped reading: let it go, blame nobody
             return
