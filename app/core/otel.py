@@ -11,6 +11,7 @@ follow the GenAI semantic conventions (``gen_ai.*``) plus the gateway's own (``g
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +20,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, StaticSampler, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -45,6 +48,9 @@ def exporter_type() -> type[SpanExporter]:
     return OTLPSpanExporter
 
 
+_LOW_64 = (1 << 64) - 1  # what TraceIdRatioBased compares with its bound
+
+
 class OtelTracer:
     """The gateway's own TracerProvider (not the global one: FastAPI's and other libraries' telemetry stays as
     the user set it), batching spans to the OTLP exporter on a background thread."""
@@ -53,16 +59,26 @@ class OtelTracer:
         resource = Resource.create({"service.version": __version__})  # + OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
         if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
             resource = resource.merge(Resource({"service.name": "foundry-gateway"}))
-        self.provider = TracerProvider(resource=resource)  # the sampler from OTEL_TRACES_SAMPLER
+        self.ids = _ChosenIds()
+        self.provider = TracerProvider(resource=resource, id_generator=self.ids)  # sampler: OTEL_TRACES_SAMPLER
         self.provider.add_span_processor(BatchSpanProcessor(exporter or exporter_type()()))
         self.tracer = self.provider.get_tracer("foundry-gateway", __version__)
         self.propagator = TraceContextTextMapPropagator()
         self.system = system
+        self.root_bound = _root_bound(self.provider.sampler)
 
-    def request(self, headers: Mapping[bytes, bytes], operation: str, route: str, request_id: str) -> OtelRequest:
+    def request(self, headers: Mapping[bytes, bytes], operation: str, route: str,
+                request_id: str) -> OtelRequest | DroppedRequest:
         carrier = {name: headers[raw].decode("latin-1") for name, raw in (("traceparent", b"traceparent"),
                                                                          ("tracestate", b"tracestate"))
                    if raw in headers}
+        if not carrier and self.root_bound is not None:
+            # a new trace, its sampling a function of its id: decided here, so the ~90% dropped at 10% cost two
+            # random numbers, not the SDK's span machinery; a kept one gets that same id from the SDK
+            trace_id = random.getrandbits(128) or 1
+            if trace_id & _LOW_64 >= self.root_bound:
+                return DroppedRequest(trace_id)
+            self.ids.next_trace_id = trace_id
         context = self.propagator.extract(carrier) if carrier else None
         span = self.tracer.start_span(operation, context=context, kind=SpanKind.SERVER, attributes={
             "gen_ai.operation.name": operation, "gen_ai.system": self.system, "gen_ai.provider.name": self.system,
@@ -73,11 +89,62 @@ class OtelTracer:
         self.provider.shutdown()  # what is batched is exported before the process ends
 
 
+class DroppedRequest:
+    """A new trace the sampler drops: its ids still travel (``traceparent`` with the sampled flag off, so the
+    next hop drops it too), nothing is recorded."""
+
+    __slots__ = ("span_id", "trace_id")
+    exemplar = None
+    recording = False
+
+    def __init__(self, trace_id: int) -> None:
+        self.trace_id = format(trace_id, "032x")
+        self.span_id = random.getrandbits(64) or 1
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("traceparent", f"00-{self.trace_id}-{self.span_id:016x}-00")]
+
+    def attempt_begin(self, model: str, node: str | None) -> None:
+        pass
+
+    def phase(self, name: str, start: float, end: float) -> None:
+        pass
+
+    def attempt_end(self, *, response_model: str | None, first_token: tuple[float, float] | None,
+                    error_type: str | None, error: str, client_left: bool) -> None:
+        pass
+
+    def finish(self, attributes: Mapping[str, Any], *, name: str | None, error: str | None, client_left: bool) -> None:
+        pass
+
+
+class _ChosenIds(RandomIdGenerator):
+    """Random ids, except the trace id the tracer already chose (and sampled by) for the span it starts now."""
+
+    def __init__(self) -> None:
+        self.next_trace_id = 0
+
+    def generate_trace_id(self) -> int:
+        chosen, self.next_trace_id = self.next_trace_id, 0
+        return chosen or super().generate_trace_id()
+
+
+def _root_bound(sampler: Sampler) -> int | None:
+    """For a sampler that keeps a new trace by its id alone (``traceidratio``, ``parentbased_traceidratio``,
+    ``always_off``, their parent-based forms): the bound the id's low 64 bits must be under; else None."""
+    root = getattr(sampler, "_root", sampler) if isinstance(sampler, ParentBased) else sampler
+    if isinstance(root, TraceIdRatioBased):
+        return int(root.bound)
+    if isinstance(root, StaticSampler) and root._decision is Decision.DROP:  # always_off
+        return 0
+    return None
+
+
 class OtelRequest:
     """One request's spans. Phases are recorded after the fact with the proxy's own timestamps, so the hot path
     only reads the clock; nothing is recorded for a trace the sampler dropped, but its ids still propagate."""
 
-    __slots__ = ("attempt", "exemplar", "offset", "operation", "owner", "span", "trace_id")
+    __slots__ = ("attempt", "exemplar", "offset", "operation", "owner", "recording", "span", "trace_id")
 
     def __init__(self, owner: OtelTracer, span: trace.Span, operation: str) -> None:
         self.owner = owner
@@ -86,6 +153,7 @@ class OtelRequest:
         context = span.get_span_context()
         self.trace_id = format(context.trace_id, "032x")
         self.exemplar = {"trace_id": self.trace_id} if context.trace_flags.sampled else None
+        self.recording = span.is_recording()
         self.attempt: trace.Span | None = None
         self.offset = time.time_ns() - time.perf_counter_ns()  # the proxy's clock (perf_counter) to epoch ns
 

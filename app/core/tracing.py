@@ -23,6 +23,7 @@ class RequestTrace(Protocol):
 
     trace_id: str
     exemplar: dict[str, str] | None  # for Prometheus histograms: the trace id, when the trace is kept
+    recording: bool  # the sampler kept it: what is recorded is worth building (else only the ids travel)
 
     def headers(self) -> list[tuple[str, str]]:
         """``traceparent`` (and ``tracestate``) for the next hop: the current attempt as its parent."""

@@ -20,6 +20,9 @@ class Trace:
         self.log_prompts = log_prompts
 
     def observe(self, outcome: Outcome, trace: RequestTrace) -> None:
+        if not trace.recording:  # the sampler dropped it: its span ends, nothing is built for it
+            trace.finish({}, name=None, error=None, client_left=False)
+            return
         error = None
         if not outcome.aborted and outcome.failed:
             error = outcome.error or f"HTTP {outcome.status}"

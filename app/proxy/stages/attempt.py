@@ -101,7 +101,7 @@ class Attempt:
             failure = exc
             raise
         finally:
-            if trace is not None:
+            if trace is not None and trace.recording:
                 _end_span(trace, ex, failure)
 
     def _budget(self, reply: Responder, endpoint: Endpoint, body: dict[str, Any], where: Place) -> None:

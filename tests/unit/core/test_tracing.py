@@ -159,3 +159,39 @@ def test_odd_requests_and_attempts_are_told_as_they_were() -> None:
     assert "gen_ai.response.model" not in (spans["attempt model-a"].attributes or {})
     assert spans["attempt model-b"].status.status_code is StatusCode.ERROR
     assert "gen_ai.request.max_tokens" not in (spans["chat tiny-chat"].attributes or {})
+
+
+def test_a_new_trace_is_sampled_by_its_id_and_a_dropped_one_costs_no_span(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tracer decides a new trace's sampling itself, by the ratio sampler's rule: the dropped ones never reach
+    the SDK (their ids still travel, flagged not sampled), the kept ones are the SDK's spans with that same id."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.5")
+    exporter = InMemorySpanExporter()
+    tracer = OtelTracer("foundry_local", exporter)
+    assert tracer.root_bound == 1 << 63
+    kept, dropped = [], []
+    for i in range(200):
+        request = tracer.request({}, "chat", "/v1/chat/completions", f"req-{i}")
+        low = int(request.trace_id, 16) & ((1 << 64) - 1)
+        if request.recording:
+            assert low < tracer.root_bound and request.exemplar == {"trace_id": request.trace_id}
+            kept.append(request.trace_id)
+        else:
+            assert low >= tracer.root_bound and request.exemplar is None
+            [(name, value)] = request.headers()
+            version, trace_id, span_id, flags = value.split("-")
+            assert (name, version, trace_id, flags) == ("traceparent", "00", request.trace_id, "00")
+            assert len(span_id) == 16 and int(span_id, 16)
+            dropped.append(request.trace_id)
+        request.attempt_begin("tiny-chat", None)
+        finish(request, outcome())
+    tracer.shutdown()
+    assert kept and dropped  # 200 draws at one half
+    assert sorted(format(span.context.trace_id, "032x") for span in exporter.get_finished_spans()) == sorted(kept)
+
+
+def test_a_sampler_that_does_not_decide_by_id_alone_is_left_to_the_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
+    tracer = OtelTracer("foundry_local", InMemorySpanExporter())
+    assert tracer.root_bound is None and tracer.request({}, "chat", "/v1/chat/completions", "r").recording
+    tracer.shutdown()
