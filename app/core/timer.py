@@ -44,7 +44,7 @@ class Timer:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+                 _traceback: TracebackType | None) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None

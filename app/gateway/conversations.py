@@ -48,10 +48,10 @@ class Conversations:
         self.disk = disk
         self._kept: dict[str, int] = {}  # per owner, since the last trim
 
-    def memory(self, caller: Caller, limit: int) -> Memory:
+    def for_caller(self, caller: Caller, limit: int) -> StoredResponses:
         """What the Responses endpoint recalls from and keeps to, in this caller's space; ``limit``: the most bytes
         a recalled conversation may have (the endpoint's body limit)."""
-        return Memory(self, caller, limit)
+        return StoredResponses(self, caller, limit)
 
     def bound(self, caller: Caller) -> int:
         key = caller.key
@@ -129,8 +129,8 @@ class Conversations:
                          removed)
 
 
-class Memory:
-    """One caller's view of the stored responses (``app.openai.endpoint.Memory``), for one request."""
+class StoredResponses:
+    """One caller's view of the stored responses (``app.openai.endpoint.StoredResponses``), for one request."""
 
     __slots__ = ("caller", "conversations", "earlier", "limit")
 

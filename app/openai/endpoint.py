@@ -36,7 +36,7 @@ class Target(NamedTuple):
     staged_file: str | None = None  # a file written for a runtime that reads uploads from its own disk
 
 
-class Memory(Protocol):
+class StoredResponses(Protocol):
     """What an endpoint may keep beyond a request, in the caller's own space (the Responses API's stored
     responses); ``app.gateway.conversations`` is the one behind it."""
 
@@ -90,7 +90,7 @@ class Endpoint:
         """The capabilities a model needs to answer this body."""
         return frozenset({self.capability})
 
-    async def recall(self, body: JSON, memory: Memory) -> JSON:
+    async def recall(self, body: JSON, stored: StoredResponses) -> JSON:
         """The body with what it refers to brought in (the Responses API: ``previous_response_id``'s conversation)."""
         return body
 
@@ -99,7 +99,7 @@ class Endpoint:
         reaches the client)."""
         return False
 
-    async def remember(self, body: JSON, answer: JSON, memory: Memory) -> None:
+    async def remember(self, body: JSON, answer: JSON, stored: StoredResponses) -> None:
         """Keep what a later request may refer to, once the answer is whole (``body``: as the client sent it,
         before :meth:`recall`)."""
 

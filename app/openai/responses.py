@@ -22,7 +22,7 @@ import orjson
 
 from app.core.errors import bad_request
 from app.openai.checks import check_common, check_range, check_type, has_images, texts_of
-from app.openai.endpoint import Answer, Endpoint, Memory, Target, as_error
+from app.openai.endpoint import Answer, Endpoint, StoredResponses, Target, as_error
 from app.openai.inspector import StreamInspector
 
 JSON = dict[str, Any]
@@ -77,21 +77,21 @@ class Responses(Endpoint):
         budget = body.get("max_output_tokens")
         return budget if isinstance(budget, int) else None
 
-    async def recall(self, body: JSON, memory: Memory) -> JSON:
+    async def recall(self, body: JSON, stored: StoredResponses) -> JSON:
         """``previous_response_id``: that conversation (each turn's input, then its output) before this input —
         within the body limit as a whole; and, when the answer is to be stored, room for it (else a 507 now)."""
         if body.get("store") is not False:
-            memory.check_room()
+            stored.check_room()
         previous = body.get("previous_response_id")
         if previous is None:
             return body
-        history = await memory.recall(previous)
+        history = await stored.recall(previous)
         if history is None:
             raise bad_request(f"Previous response with id '{previous}' not found.", param="previous_response_id",
                               code="previous_response_not_found")
         assembled = {**body, "input": [*history, *input_items(body["input"])]}
-        if len(orjson.dumps(assembled)) > memory.limit:
-            raise bad_request(f"The request with the conversation of '{previous}' is larger than {memory.limit} "
+        if len(orjson.dumps(assembled)) > stored.limit:
+            raise bad_request(f"The request with the conversation of '{previous}' is larger than {stored.limit} "
                               "bytes, the most a request may send (GATEWAY_MAX_BODY_BYTES): start a new one, or send "
                               "its recent turns as input.", param="previous_response_id",
                               code="conversation_too_large")
@@ -100,13 +100,13 @@ class Responses(Endpoint):
     def keeps(self, body: JSON) -> bool:
         return body.get("store") is not False
 
-    async def remember(self, body: JSON, answer: JSON, memory: Memory) -> None:
+    async def remember(self, body: JSON, answer: JSON, stored: StoredResponses) -> None:
         """Keep this turn once: the input it added, the answer, and the response it continued."""
         if body.get("store") is False or not isinstance(answer.get("id"), str):
             return
         if answer.get("status") not in ("completed", "incomplete"):
             return
-        await memory.keep(answer["id"], {"input": input_items(body["input"]), "response": answer,
+        await stored.keep(answer["id"], {"input": input_items(body["input"]), "response": answer,
                                          "previous": body.get("previous_response_id")})
 
     def shareable(self, body: JSON) -> bool:

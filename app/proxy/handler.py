@@ -30,7 +30,7 @@ from app.core.tokens import estimate
 from app.gateway import Gateway
 from app.openai import Endpoint
 from app.openai.embeddings import Embeddings
-from app.openai.endpoint import Memory
+from app.openai.endpoint import StoredResponses
 from app.openai.inspector import generated_texts
 from app.policy.limiter import PRIORITIES
 from app.proxy.activity import Activity
@@ -141,12 +141,12 @@ class Proxy:
         body = await endpoint.parse(raw, _text(headers.get(b"content-type")) or "")
         endpoint.validate(body, single_choice=self.single_choice)
         ex.body = endpoint.logged(body)
-        memory = self.gw.conversations.memory(caller, endpoint.body_limit(self.settings))
+        stored = self.gw.conversations.for_caller(caller, endpoint.body_limit(self.settings))
         asked = body  # as the client sent it: what a stored turn keeps
         if endpoint.keeps(asked):
-            reply.keep = lambda answer: self._keep(ex, endpoint, asked, answer, memory)
+            reply.keep = lambda answer: self._keep(ex, endpoint, asked, answer, stored)
         try:
-            body = await endpoint.recall(body, memory)
+            body = await endpoint.recall(body, stored)
         except StoreDown:
             raise store_unavailable() from None
         ex.stream = endpoint.streams and body.get("stream") is True
@@ -179,9 +179,9 @@ class Proxy:
             await reply.kept(ex.answer)
 
     async def _keep(self, ex: Exchange, endpoint: Endpoint, body: dict[str, Any], answer: dict[str, Any],
-                    memory: Memory) -> None:
+                    stored: StoredResponses) -> None:
         try:
-            await endpoint.remember(body, answer, memory)
+            await endpoint.remember(body, answer, stored)
         except StoreDown as exc:  # the client gets its answer; a later reference to it will say not found
             log.error("request %s: its answer could not be stored: %s", ex.call.request_id, exc)
 

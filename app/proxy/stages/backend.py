@@ -122,7 +122,7 @@ class Lease:
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                        traceback: TracebackType | None) -> None:
+                        _traceback: TracebackType | None) -> None:
         await self.close(error)
 
     async def close(self, error: BaseException | None) -> None:
