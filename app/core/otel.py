@@ -72,7 +72,7 @@ class OtelTracer:
         carrier = {name: headers[raw].decode("latin-1") for name, raw in (("traceparent", b"traceparent"),
                                                                          ("tracestate", b"tracestate"))
                    if raw in headers}
-        if not carrier and self.root_bound is not None:
+        if not carrier and self.root_bound is not None and not trace.get_current_span().get_span_context().is_valid:
             # a new trace, its sampling a function of its id: decided here, so the ~90% dropped at 10% cost two
             # random numbers, not the SDK's span machinery; a kept one gets that same id from the SDK
             trace_id = random.getrandbits(128) or 1
@@ -83,6 +83,7 @@ class OtelTracer:
         span = self.tracer.start_span(operation, context=context, kind=SpanKind.SERVER, attributes={
             "gen_ai.operation.name": operation, "gen_ai.system": self.system, "gen_ai.provider.name": self.system,
             "http.request.method": "POST", "http.route": route, "gateway.request_id": request_id})
+        self.ids.next_trace_id = 0  # used by this span, or (a parent after all) by none: never by the next
         return OtelRequest(self, span, operation)
 
     def shutdown(self) -> None:

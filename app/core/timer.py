@@ -48,7 +48,8 @@ class Timer:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        if self.expired and self._task.uncancel() <= self._cancelling and kind is asyncio.CancelledError:
+        if self.expired and self._task.uncancel() <= self._cancelling and kind is not None \
+                and issubclass(kind, asyncio.CancelledError):
             raise TimeoutError from error
 
     def _arm(self) -> None:

@@ -229,7 +229,10 @@ class Proxy:
         finally:
             self.metrics.in_flight.dec()
             if ex.trace is not None:
-                self.trace.observe(ex.outcome() if outcome is None else outcome, ex.trace)
+                if outcome is not None:
+                    self.trace.observe(outcome, ex.trace)
+                else:  # the outcome could not be built (a bug, logged on the way out): the span still ends
+                    ex.trace.finish({}, name=None, error="the gateway failed to finish the request", client_left=False)
 
     async def _estimate_usage(self, ex: Exchange, endpoint: Endpoint) -> None:
         """A stream cut before the upstream's usage came (the client left, the upstream broke): what was

@@ -85,7 +85,9 @@ class Upstream:
             key, head = self._heads[route]
             parts = [head, b"content-type: ", content_type.encode("latin-1") if content_type else b"application/json",
                      b"\r\n"]
-            for name, value in extra or ():  # the proxy's own values: ids checked as visible ASCII, enums
+            for name, value in extra or ():  # ids checked as visible ASCII, enums, the trace context
+                if "\r" in value or "\n" in value:  # never a header of its own
+                    continue
                 parts.append(f"{name}: {value}\r\n".encode("latin-1"))
             parts.append(b"content-length: %d\r\n\r\n" % len(body))
             parts.append(body)

@@ -79,7 +79,9 @@ class Profile:
         fault, else 502 (the upstream's)."""
         kind = str(error.get("type", ""))
         message = str(error.get("message", "")).lower()
-        return 400 if kind == "invalid_request_error" and "not found" not in message else 502
+        # a node (itself a gateway) passes its runtime's "not loaded" on: the upstream's fault, not the request's
+        client = kind == "invalid_request_error" and "not found" not in message and "not loaded" not in message
+        return 400 if client else 502
 
 
 class OpenAICompatible(Profile):
@@ -106,11 +108,6 @@ class FoundryLocal(Profile):
         if status == 400 and "not loaded" in message.lower():
             return Refusal.NOT_LOADED
         return super().refusal(status, message)
-
-    def stream_error_status(self, error: dict[str, Any]) -> int:
-        if "not loaded" in str(error.get("message", "")).lower():
-            return 502
-        return super().stream_error_status(error)
 
 
 PROFILES: dict[str, Profile] = {profile.name: profile for profile in (FoundryLocal(), OpenAICompatible())}

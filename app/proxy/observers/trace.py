@@ -23,8 +23,8 @@ class Trace:
         if not trace.recording:  # the sampler dropped it: its span ends, nothing is built for it
             trace.finish({}, name=None, error=None, client_left=False)
             return
-        error = None
-        if not outcome.aborted and outcome.failed:
+        error = None  # a server span is an error for 5xx (or no answer), not for the client's 4xx
+        if not outcome.aborted and (outcome.status >= 500 or outcome.status == 0):
             error = outcome.error or f"HTTP {outcome.status}"
         trace.finish(attributes(outcome, self.log_prompts), name=outcome.model, error=error,
                      client_left=outcome.aborted)

@@ -63,11 +63,11 @@ class Attempt:
         ex.node = where.node
         ex.sent = False  # of this attempt: the breaker's verdict is about this model only
         trace = ex.trace
-        if trace is not None:
-            trace.attempt_begin(where.entry.name, where.node)
         failure: BaseException | None = None
         try:
             async with self.backend.lease(ex, where, permit) as lease:
+                if trace is not None:
+                    trace.attempt_begin(where.entry.name, where.node)
                 self._budget(reply, endpoint, body, where)
                 counting: asyncio.Future[int | None] | None = None
                 texts = endpoint.counted_inputs(body)

@@ -131,15 +131,17 @@ class Lease:
             if error is None:
                 backend.completed(ex, where, self.held)
         finally:
-            await self.held.give_back()
-            if error is None:
-                backend.done(self.permit, where, ex)
-            elif isinstance(error, Retry):
-                backend.failed(self.permit, where, error)
-            elif isinstance(error, GatewayError):
-                backend.refused(self.permit, where, ex, error)
-            else:  # the client left, or a bug: no verdict on the place
-                backend.breaker.cancel(self.permit)
+            try:
+                await self.held.give_back()
+            finally:  # said however the give-back went: a probe's permit never stays out
+                if error is None:
+                    backend.done(self.permit, where, ex)
+                elif isinstance(error, Retry):
+                    backend.failed(self.permit, where, error)
+                elif isinstance(error, GatewayError):
+                    backend.refused(self.permit, where, ex, error)
+                else:  # the client left, or a bug: no verdict on the place
+                    backend.breaker.cancel(self.permit)
 
 
 class Backend:

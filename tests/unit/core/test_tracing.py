@@ -15,6 +15,7 @@ from app.proxy.outcome import CacheResult, Call, Outcome
 from tests.helpers import require_module
 
 require_module("opentelemetry.sdk")
+from opentelemetry import trace as otel_trace  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
 
@@ -195,3 +196,32 @@ def test_a_sampler_that_does_not_decide_by_id_alone_is_left_to_the_sdk(monkeypat
     tracer = OtelTracer("foundry_local", InMemorySpanExporter())
     assert tracer.root_bound is None and tracer.request({}, "chat", "/v1/chat/completions", "r").recording
     tracer.shutdown()
+
+
+def test_a_clients_4xx_is_not_an_error_span_a_5xx_is() -> None:
+    tracer, exporter, request = traced()
+    finish(request, outcome(status=404, error="Model 'x' is not in the registry."))
+    _, _, failed = tracer, exporter, tracer.request({}, "chat", "/v1/chat/completions", "req-2")
+    finish(failed, outcome(status=503, error="all models cooling down"))
+    tracer.shutdown()
+    codes = sorted(span.status.status_code.name for span in exporter.get_finished_spans())
+    assert codes == ["ERROR", "UNSET"]
+
+
+def test_a_new_request_inside_a_current_span_is_its_child_whatever_the_ratio(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another instrumentation's span is current (the app's own ASGI middleware): the request continues its trace
+    and its sampling, it is not decided afresh by a new id."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
+    outer = OtelTracer("foundry_local", InMemorySpanExporter())  # the middleware's, keeping its traces
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")  # a new trace would always be dropped
+    exporter = InMemorySpanExporter()
+    tracer = OtelTracer("foundry_local", exporter)
+    with otel_trace.use_span(outer.tracer.start_span("middleware"), end_on_exit=True) as parent:
+        request = tracer.request({}, "chat", "/v1/chat/completions", "req-1")
+        assert request.recording and request.trace_id == format(parent.get_span_context().trace_id, "032x")
+        finish(request, outcome())
+    fresh = tracer.request({}, "chat", "/v1/chat/completions", "req-2")  # no current span, ratio 0: dropped
+    assert not fresh.recording and fresh.trace_id != request.trace_id
+    tracer.shutdown()
+    outer.shutdown()
