@@ -256,7 +256,7 @@ class Metrics:
 class RequestSeries:
     """The label children of one (route, task, model), resolved once."""
 
-    __slots__ = ("duration", "input_tokens", "output_tokens", "status", "tpot", "ttft", "upstream")
+    __slots__ = ("duration", "input_tokens", "output_tokens", "overhead", "status", "tpot", "ttft", "upstream")
 
     def __init__(self, m: Metrics, labels: tuple[str, str, str]) -> None:
         route, task, model = labels
@@ -267,6 +267,7 @@ class RequestSeries:
         self.upstream = m.upstream_duration.labels(route, task, model)
         self.input_tokens = m.tokens.labels(task, model, "input")
         self.output_tokens = m.tokens.labels(task, model, "output")
+        self.overhead = m.overhead.labels(route)
 
 
 def status_class(status: int, aborted: bool = False) -> str:

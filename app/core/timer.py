@@ -19,10 +19,10 @@ _EARLY = 0.001  # an event loop may run a timer up to its clock's resolution ear
 
 
 class Timer:
-    __slots__ = ("_armed_at", "_cancelling", "_handle", "_loop", "_task", "due", "expired")
+    __slots__ = ("_armed_at", "_cancelling", "_handle", "_task", "due", "expired", "loop")
 
     def __init__(self, task: asyncio.Task[object], due: float) -> None:
-        self._loop = task.get_loop()
+        self.loop = task.get_loop()
         self._task = task
         self.due = due
         self.expired = False
@@ -54,10 +54,10 @@ class Timer:
 
     def _arm(self) -> None:
         self._armed_at = self.due
-        self._handle = self._loop.call_at(self.due, self._fire)
+        self._handle = self.loop.call_at(self.due, self._fire)
 
     def _fire(self) -> None:
-        if self._loop.time() < self.due - _EARLY:  # moved later since it was armed: wait on
+        if self.loop.time() < self.due - _EARLY:  # moved later since it was armed: wait on
             self._arm()
             return
         self._handle = None

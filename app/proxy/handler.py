@@ -69,14 +69,13 @@ class Proxy:
                                embed=embedder(self, Embeddings(), self.task_header))
         self.tracer = gateway.tracer  # None unless OTEL_EXPORTER_OTLP_ENDPOINT is set
         self.activity = Activity()  # requests running by priority: what batches pace themselves by
-        settings = gateway.settings
         # what sees each request's outcome, once, at the end
         self.charge = Charge(gateway.access, cached_free=not self.caching.charge)
         self.observers: list[Observer] = [MetricsObserver(gateway.metrics)]
-        if settings.access_log:
-            self.observers.append(AccessLog(sys.stderr, settings.log_prompts))
+        if self.settings.access_log:
+            self.observers.append(AccessLog(sys.stderr, self.settings.log_prompts))
         self.observers.append(Recent(gateway.recent))
-        self.trace = Trace(settings.log_prompts)
+        self.trace = Trace(self.settings.log_prompts)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any, endpoint: Endpoint) -> None:
         headers = dict(scope["headers"])  # last value wins: fine for the few headers read here
@@ -223,7 +222,8 @@ class Proxy:
             if ex.relayed and not isinstance((ex.usage or {}).get("completion_tokens"), int):
                 await self._estimate_usage(ex, endpoint)
             outcome = ex.outcome()
-            await self.charge.observe(outcome)
+            if outcome.call.key is not None:  # only a team key is charged: no coroutine for the rest
+                await self.charge.observe(outcome)
             for observer in self.observers:
                 observer.observe(outcome)
         finally:

@@ -91,10 +91,6 @@ class Outcome:
     exemplar: dict[str, str] | None
 
     @property
-    def failed(self) -> bool:
-        return self.status >= 400 or self.status == 0
-
-    @property
     def overhead(self) -> float:
         """The gateway's own time: all of it but the upstream's, the queue's and the model load's."""
         return max(0.0, self.duration - self.upstream_wait - self.queue_wait - self.load_wait)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import Histogram
-
 from app.core.metrics import Metrics, status_class
 from app.proxy.outcome import Outcome
 
 
 class MetricsObserver:
-    __slots__ = ("metrics", "overhead")
+    __slots__ = ("metrics",)
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self.overhead: dict[str, Histogram] = {}  # label children by endpoint: ``labels()`` costs more than observing
 
     def observe(self, outcome: Outcome) -> None:
         metrics = self.metrics
@@ -35,7 +32,4 @@ class MetricsObserver:
                 series.input_tokens.inc(prompt)
             if (completion := outcome.tokens("completion_tokens")) > 0:
                 series.output_tokens.inc(completion)
-        overhead = self.overhead.get(outcome.call.endpoint)
-        if overhead is None:
-            overhead = self.overhead[outcome.call.endpoint] = metrics.overhead.labels(outcome.call.endpoint)
-        overhead.observe(outcome.overhead)
+        series.overhead.observe(outcome.overhead)

@@ -89,7 +89,7 @@ class Lease:
     and — on the way out — what it held given back, then the one verdict on the place (breaker, outlier
     ejection) by how the attempt ended."""
 
-    __slots__ = ("backend", "ex", "held", "permit", "sending", "upstream", "where")
+    __slots__ = ("backend", "ex", "held", "permit", "sending", "where")
 
     def __init__(self, backend: Backend, ex: Exchange, where: Place, permit: Permit) -> None:
         self.backend = backend
@@ -98,14 +98,12 @@ class Lease:
         self.permit = permit
         self.held = Held()
         self.sending = backend.sending()
-        self.upstream: Upstream | None = None
 
     async def admit(self) -> Upstream:
         """Take the place's admission (limiter slots, the model's turn; queue waits counted in the exchange);
         the upstream to send to."""
         await self.backend.admit(self.ex, self.where, self.held)
-        self.upstream = upstream = self.backend.upstream(self.where)
-        return upstream
+        return self.backend.upstream(self.where)
 
     async def ready(self) -> str:
         """The model made ready to answer (or ``Retry``); its id on the upstream."""

@@ -39,7 +39,7 @@ class _IdleTimer:
         self.timer = timer
         self.idle = idle
         self.deadline = deadline
-        self.loop = asyncio.get_running_loop()
+        self.loop = timer.loop
         self.sending = False
 
     def touch(self) -> None:
