@@ -4,7 +4,10 @@ host (SQLite) or the replicas behind one URL (Redis) hold a key to its quota tog
 
 ``admit`` checks the key's quotas before a request is queued, reserving the tokens it may spend, and returns the
 ``x-ratelimit-*`` headers OpenAI clients read (the tokens left count what requests in flight reserved);
-``charge`` settles the reservation to the tokens that really came back. The store down: fail open (default;
+``charge`` settles the reservation to the tokens that really came back. A key's budgets (``max_cost_per_day``,
+``max_tokens_per_month``) are checked against its usage (``app.access.usage``, read at most once a second): a request
+admitted while the key is under them may overspend by what that second and the requests in flight spend. The store
+down: fail open (default;
 logged loudly, counted in ``gateway_quota_store_errors_total``) or closed (503), by ``GATEWAY_QUOTA_FAIL_OPEN``.
 """
 
@@ -18,7 +21,8 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, cast
 
-from app.access.keys import ApiKey, KeyRing, KeysError, Quota, load_keys
+from app.access.keys import ApiKey, Budget, KeyRing, KeysError, Match, Quota, load_keys
+from app.access.usage import Spent, UsageBook
 from app.core.errors import GatewayError
 from app.core.files import file_mtime
 from app.core.metrics import Metrics
@@ -35,13 +39,15 @@ RATELIMIT_HEADERS = {Quota.REQUESTS_PER_MINUTE: b"requests", Quota.TOKENS_PER_MI
 
 
 class Access:
-    def __init__(self, settings: Settings, metrics: Metrics, store: StateStore) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, store: StateStore,
+                 usage: UsageBook | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.path: Path | None = settings.keys_file
         self.keyring = load_keys(self.path) if self.path is not None else KeyRing()  # broken at start: fatal
         self._mtime = file_mtime(self.path)
         self.store = store
+        self.usage = usage  # what keys spent, for their budgets (None: usage off, budgets not enforced)
         self._last_store_error = 0.0
         self._down_until = 0.0  # the store failed: until then it is not asked (one timeout, not one per request)
         self.metrics.key_names(k.name for k in self.keyring)
@@ -65,6 +71,10 @@ class Access:
 
     def find(self, token: str) -> ApiKey | None:
         return self.keyring.find(token) if token else None
+
+    def match(self, token: str) -> Match | None:
+        """The key a token belongs to, expired or not (the middleware's 401 says which)."""
+        return self.keyring.match(token) if token else None
 
     # --- what a key may use ---------------------------------------------------------------------------------
 
@@ -99,15 +109,17 @@ class Access:
     async def admit(self, key: ApiKey | None, slot: str, tokens: int = 0) -> list[tuple[bytes, bytes]]:
         """Admit a request against its key's quotas, reserving ``tokens`` (its prompt and output budget): the
         x-ratelimit headers, or a 429 carrying them."""
-        if key is None or not key.limited:
-            if key is not None:
-                self.metrics.key_requests.labels(key.name).inc()
+        if key is None:
             return []
+        spent = await self.check_budgets(key) if key.budgeted else []
+        if not key.limited:
+            self.metrics.key_requests.labels(key.name).inc()
+            return spent
         decision = cast(Decision | None, await self._guarded(
             self.store.admit(key.name, key.limits, slot, tokens, self.settings.total_timeout)))
         self.metrics.key_requests.labels(key.name).inc()
         if decision is None:  # the store is down and we fail open
-            return []
+            return spent
         headers = _headers(key, decision)
         if not decision.admitted:
             over = Quota(decision.reason) if decision.reason else None  # the store names the limit it is over
@@ -121,7 +133,35 @@ class Access:
                                     f"({_limit(key, over)}); retry in {wait}s.",
                                code="rate_limit_exceeded", type="rate_limit_error",
                                headers={"retry-after": str(wait), **{k.decode(): v.decode() for k, v in headers}})
-        return [(k, v) for k, v in headers]
+        return [*headers, *spent]
+
+    async def check_budgets(self, key: ApiKey) -> list[tuple[bytes, bytes]]:
+        """The key's budget headers, or a 429 carrying them when one is spent (``x-should-retry: false``: the
+        OpenAI SDK would otherwise retry a refusal that lasts until the window resets)."""
+        if self.usage is None:
+            return []
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT):
+                spent = await self.usage.spent(key.name)
+        except (StoreDown, TimeoutError, OSError) as exc:
+            self._store_error(exc)
+            if self.settings.quota_fail_open:
+                return []
+            raise GatewayError(503, "The usage store is unavailable and the gateway fails closed.",
+                               code="quota_store_unavailable") from exc
+        headers, over = _budget_headers(key, spent)
+        if over is None:
+            return headers
+        self.metrics.key_rejections.labels(key.name, over).inc()
+        resets = spent.day_resets if over == Budget.MAX_COST_PER_DAY else spent.month_resets
+        wait = max(1, math.ceil(resets - time.time()))
+        what = (f"its max cost per day ({spent.cost_today:.4g} of {key.max_cost_per_day:g})"
+                if over == Budget.MAX_COST_PER_DAY else
+                f"its max tokens per month ({spent.tokens_month} of {key.max_tokens_per_month})")
+        raise GatewayError(429, f"Key '{key.name}' has spent {what}; it resets in {_duration(wait)}.",
+                           code="insufficient_quota", type="insufficient_quota",
+                           headers={"retry-after": str(wait), "x-should-retry": "false",
+                                    **{k.decode(): v.decode() for k, v in headers}})
 
     def key_named(self, name: str) -> ApiKey | None:
         """The team key of that name in the keys file now (a batch runs as the key that created it)."""
@@ -171,6 +211,39 @@ class Access:
 
 def _limit(key: ApiKey, quota: Quota | None) -> str:
     return f"{getattr(key, quota)}" if quota else "?"
+
+
+def _budget_headers(key: ApiKey, spent: Spent) -> tuple[list[tuple[bytes, bytes]], Budget | None]:
+    """``x-ratelimit-{limit,remaining,reset}-cost-per-day`` and ``…-tokens-per-month``, and the budget spent."""
+    out: list[tuple[bytes, bytes]] = []
+    over: Budget | None = None
+    now = time.time()
+    for budget, limit, used, resets in (
+            (Budget.MAX_COST_PER_DAY, key.max_cost_per_day, spent.cost_today, spent.day_resets),
+            (Budget.MAX_TOKENS_PER_MONTH, key.max_tokens_per_month, spent.tokens_month, spent.month_resets)):
+        if not limit:
+            continue
+        name = budget.value.removeprefix("max_").replace("_", "-").encode()
+        left = max(0.0, limit - used)
+        money = budget == Budget.MAX_COST_PER_DAY
+        out += [(b"x-ratelimit-limit-" + name, _amount(limit, money)),
+                (b"x-ratelimit-remaining-" + name, _amount(left, money)),
+                (b"x-ratelimit-reset-" + name, f"{max(0.0, resets - now):.0f}s".encode())]
+        if used >= limit and over is None:
+            over = budget
+    return out, over
+
+
+def _amount(value: float, money: bool) -> bytes:
+    return (f"{value:.6g}" if money else str(int(value))).encode()
+
+
+def _duration(seconds: int) -> str:
+    if seconds < 3600:
+        return f"{max(1, seconds // 60)}m" if seconds >= 60 else f"{seconds}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h {seconds % 3600 // 60}m"
+    return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
 
 
 def _headers(key: ApiKey, decision: Decision) -> list[tuple[bytes, bytes]]:

@@ -99,9 +99,11 @@ class AuthMiddleware:
     def _api(self, token: bytes, admin: bool) -> Caller:
         if not self.flat and not self.keys_file:
             return ADMIN if admin else ANYONE  # no keys configured: open (the start-up warning says so)
-        key = self.access.find(token.decode("latin-1")) if token and len(self.access.keyring) else None
-        if key is not None:
-            return Caller(key=key)
+        match = self.access.match(token.decode("latin-1")) if token and len(self.access.keyring) else None
+        if match is not None:
+            if match.expired():
+                raise GatewayError(401, match.refusal(), code="expired_api_key", headers={"www-authenticate": "Bearer"})
+            return Caller(key=match.key)
         accepted = self.flat or ((self.admin,) if self.admin else ())  # the admin key opens everything
         if accepted and _matches(token, accepted):
             return ADMIN if admin else ANYONE

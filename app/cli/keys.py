@@ -1,5 +1,6 @@
-"""``foundry-gateway keys add|ls|rm``: team keys in ``GATEWAY_KEYS_FILE``. ``add`` generates a key, prints it
-once and stores only its SHA-256; ``ls`` never shows a key or a hash. ``--models`` must name models the registry
+"""``foundry-gateway keys add|ls|rm|rotate``: team keys in ``GATEWAY_KEYS_FILE``. ``add`` generates a key, prints
+it once and stores only its SHA-256; ``rotate`` issues a new secret and keeps the old one working for an overlap
+window (usage stays with the key's name); ``ls`` never shows a key or a hash. ``--models`` must name models the registry
 has, so a typo cannot leave a team with no model it may use."""
 
 from __future__ import annotations
@@ -8,11 +9,13 @@ import argparse
 import json
 import secrets
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from app.access.keys import LIMITS, KeysError, digest, parse_keys
+from app.access.keys import BUDGETS, LIMITS, KeysError, digest, iso, parse_keys
 from app.cli import output
+from app.cli.durations import span
 from app.cli.output import CliError, styled
 from app.core.registry import load_registry
 from app.core.settings import load_settings
@@ -31,6 +34,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--tokens-per-minute", type=int, default=0)
     p.add_argument("--tokens-per-day", type=int, default=0)
     p.add_argument("--max-concurrency", type=int, default=0, help="requests at once")
+    p.add_argument("--max-cost-per-day", type=float, default=0.0, metavar="COST",
+                   help="budget: cost (the registry's prices) per UTC day")
+    p.add_argument("--max-tokens-per-month", type=int, default=0, metavar="TOKENS",
+                   help="budget: input and output tokens per UTC month")
+    p.add_argument("--expires", type=span, metavar="SPAN", help="refused after this long: 30d, 12h, 2w (default never)")
     p.add_argument("--priority", choices=["interactive", "batch"], help="its requests' default X-Priority")
     p.add_argument("--file", help="keys file (default GATEWAY_KEYS_FILE)")
     p.add_argument("--registry", help="registry the --models are checked against (default models.json)")
@@ -40,6 +48,17 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--file", help="keys file (default GATEWAY_KEYS_FILE)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_ls)
+    p = actions.add_parser("rotate", help="Issue a new secret for a key (printed once); the old one works a while.",
+                           description="Issue a new secret for a key, printed once. The old secret keeps working, as "
+                                       "the same key, for the overlap window, so apps can move over; usage stays with "
+                                       "the key's name.")
+    p.add_argument("name")
+    p.add_argument("--overlap", type=span, default=span("1d"), metavar="SPAN",
+                   help="how long the old secret keeps working (default 1d)")
+    p.add_argument("--expires", type=span, metavar="SPAN", help="the key's new expiry from now (default: unchanged)")
+    p.add_argument("--file", help="keys file (default GATEWAY_KEYS_FILE)")
+    p.add_argument("--json", action="store_true", help="print the name and the new key as JSON")
+    p.set_defaults(func=cmd_rotate)
     p = actions.add_parser("rm", help="Remove a key.")
     p.add_argument("name")
     p.add_argument("--file", help="keys file (default GATEWAY_KEYS_FILE)")
@@ -78,13 +97,8 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml as pyyaml
-
-        text = pyyaml.safe_dump(data, sort_keys=False)
-    else:
-        text = json.dumps(data, indent=2) + "\n"
-    parse_keys(text, label=path.name, yaml=path.suffix.lower() in (".yaml", ".yml"))
+    text = _dumped(path, data)
+    parse_keys(text, label=path.name, yaml=_is_yaml(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(text, encoding="utf-8")
@@ -114,8 +128,13 @@ def cmd_add(args: argparse.Namespace) -> int:
     for field in LIMITS:
         if getattr(args, field):
             entry[field.value] = getattr(args, field)
+    for field in BUDGETS:
+        if getattr(args, field):
+            entry[field.value] = getattr(args, field)
     if args.priority:
         entry["priority"] = args.priority
+    if args.expires:
+        entry["expires_at"] = iso(time.time() + args.expires)
     data["keys"].append(entry)
     _write(path, data)
     if args.json:
@@ -134,12 +153,55 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if args.json:
         output.json_out({"file": str(path), "keys": rows})
         return 0
-    output.table(["name", "models", "tasks", "req/min", "tokens/min", "tokens/day", "at once", "priority"],
+    output.table(["name", "models", "tasks", "req/min", "tokens/min", "tokens/day", "at once", "cost/day",
+                  "tokens/month", "priority", "expires"],
                  [[row["name"], ", ".join(row["models"]) if row["models"] else "all",
                    ", ".join(row["tasks"]) if row["tasks"] else "all",
-                   *(str(row[f]) if row[f] else "–" for f in LIMITS), row["priority"] or "–"] for row in rows],
-                 title=f"Keys — {path}")
+                   *(str(row[f]) if row[f] else "–" for f in (*LIMITS, *BUDGETS)), row["priority"] or "–",
+                   row["expires_at"] or "never"] for row in rows],
+                 title=f"Keys — {path}", spare=("tasks", "cost/day", "tokens/month"))
     return 0
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    path = _path(args)
+    data = _read(path)
+    entry = next((k for k in data["keys"] if k.get("name") == args.name), None)
+    if entry is None:
+        raise CliError(f"no key named '{args.name}' in {path}")
+    now = time.time()
+    current = next(k for k in parse_keys(_dumped(path, data), label=path.name, yaml=_is_yaml(path))
+                   if k.name == args.name)
+    kept = [(sha, until) for sha, until in current.previous if until > now]  # replaced secrets that still work
+    old = current.sha256
+    entry.pop("key", None)
+    key = "fgw-" + secrets.token_urlsafe(32)
+    entry["key_sha256"] = digest(key)
+    entry["previous"] = [{"key_sha256": sha, "expires_at": iso(until)} for sha, until in kept] + \
+        [{"key_sha256": old, "expires_at": iso(now + args.overlap)}]
+    if args.expires:
+        entry["expires_at"] = iso(now + args.expires)
+    _write(path, data)
+    if args.json:
+        output.json_out({"name": args.name, "key": key, "file": str(path),
+                         "old_key_works_until": iso(now + args.overlap)})
+        return 0
+    output.note(styled("rotated", "green"), f" '{args.name}' in {path}: the old secret works until "
+                f"{iso(now + args.overlap)}. The new key (shown once, store it now):")
+    sys.stdout.write(key + "\n")
+    return 0
+
+
+def _is_yaml(path: Path) -> bool:
+    return path.suffix.lower() in (".yaml", ".yml")
+
+
+def _dumped(path: Path, data: dict[str, Any]) -> str:
+    if _is_yaml(path):
+        import yaml as pyyaml
+
+        return str(pyyaml.safe_dump(data, sort_keys=False))
+    return json.dumps(data, indent=2) + "\n"
 
 
 def cmd_rm(args: argparse.Namespace) -> int:

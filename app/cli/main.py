@@ -16,7 +16,21 @@ from typing import Any
 
 from app import __version__
 from app.access.keys import KeysError
-from app.cli import batches, bench, cache, compile, keys, modelcache, models, output, registry, serve, settings, status
+from app.cli import (
+    batches,
+    bench,
+    cache,
+    compile,
+    keys,
+    modelcache,
+    models,
+    output,
+    registry,
+    serve,
+    settings,
+    status,
+    usage,
+)
 from app.cli.output import CliError
 from app.core.errors import GatewayError
 from app.core.registry import RegistryError
@@ -33,7 +47,7 @@ EPILOG = """examples:
 In a pipe every table is printed as tab-separated lines (a header, then one line a row); --json everywhere.
 """
 
-GROUPS = (serve, models, status, registry, compile, modelcache, cache, settings, bench, keys, batches)
+GROUPS = (serve, models, status, usage, registry, compile, modelcache, cache, settings, bench, keys, batches)
 
 
 class Parser(argparse.ArgumentParser):

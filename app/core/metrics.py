@@ -42,7 +42,7 @@ OTHER = "other"
 REJECTION_REASONS = frozenset({
     "invalid_json", "invalid_type", "invalid_value", "missing_required_parameter", "unsupported_value",
     "unknown_task", "model_not_found", "no_viable_model", "insufficient_ram", "model_unavailable",
-    "overloaded", "invalid_api_key", "body_too_large", "headers_too_large", "shutting_down",
+    "overloaded", "invalid_api_key", "expired_api_key", "body_too_large", "headers_too_large", "shutting_down",
     "request_timeout", "insufficient_storage", "conversation_too_large", "previous_response_not_found",
 })
 STATUS_CLASSES = ("2xx", "4xx", "5xx", "aborted")
@@ -204,6 +204,14 @@ class Metrics:
             "gateway_state_full", "1 while the state store has no room (free space under "
             "GATEWAY_STATE_MIN_FREE_BYTES, or a write just ran out of it): uploads, stored responses and batches "
             "are refused with 507.", registry=r, multiprocess_mode="max",
+        )
+        self.usage_dropped = Counter(
+            "gateway_usage_dropped", "Requests whose usage was not recorded: the state store was down for so long that "
+            "the usage held for it reached its bound.", registry=r,
+        )
+        self.usage_flush_errors = Counter(
+            "gateway_usage_flush_errors", "Usage flushes the state store refused (the usage is kept for the next).",
+            registry=r,
         )
         self._models: frozenset[str] = frozenset()
         self._tasks: frozenset[str] = frozenset()

@@ -40,6 +40,11 @@ FIELDS: dict[str, str] = {
     "parse_tool_calls": "Turn `<tool_call>{…}</tool_call>` text the model emits into OpenAI `tool_calls` "
     "(Foundry Local streams them as text, its issue #874). Default false.",
     "pinned": "Never unloaded by the gateway (LRU eviction to make room, the idle unload). Default false.",
+    "cost_per_1k_input_tokens": "Price of 1,000 prompt tokens, for charge-back in usage (`GET /v1/usage`); any "
+    "currency, the same one across the registry. Number ≥ 0.",
+    "cost_per_1k_output_tokens": "Price of 1,000 generated tokens (as above).",
+    "cost_per_runtime_second": "Price of one second of the runtime's time a request held (queue excluded): local "
+    "models cost compute, not tokens (as above).",
     "measured": "What the team's benchmark found (latency, TTFT, tokens/s, RAM, ratings): written by "
     "`bench --update-registry` or `registry annotate`; used by GATEWAY_RANK_BY and X-Latency-Budget-Ms.",
 }
@@ -67,6 +72,27 @@ class RegistryError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class Prices:
+    """What a model's use costs (models.json ``cost_per_*``): for charge-back, in the registry's one currency."""
+
+    per_1k_input_tokens: float = 0.0
+    per_1k_output_tokens: float = 0.0
+    per_runtime_second: float = 0.0
+
+    def cost(self, input_tokens: int, output_tokens: int, runtime_seconds: float) -> float:
+        return (input_tokens * self.per_1k_input_tokens + output_tokens * self.per_1k_output_tokens) / 1000 \
+            + runtime_seconds * self.per_runtime_second
+
+    def to_dict(self) -> dict[str, float]:
+        return {f"cost_{name}": value for name, value in (
+            ("per_1k_input_tokens", self.per_1k_input_tokens), ("per_1k_output_tokens", self.per_1k_output_tokens),
+            ("per_runtime_second", self.per_runtime_second)) if value}
+
+
+PRICE_FIELDS = ("cost_per_1k_input_tokens", "cost_per_1k_output_tokens", "cost_per_runtime_second")
+
+
+@dataclass(frozen=True, slots=True)
 class ModelEntry:
     name: str
     tasks: tuple[str, ...]
@@ -84,6 +110,7 @@ class ModelEntry:
     parse_tool_calls: bool = False
     pinned: bool = False
     measured: Measured | None = None
+    prices: Prices | None = None
 
     @property
     def task(self) -> str:
@@ -123,6 +150,8 @@ class ModelEntry:
         for key in ("parse_tool_calls", "pinned"):
             if getattr(self, key):
                 out[key] = True
+        if self.prices is not None:
+            out.update(self.prices.to_dict())
         if self.measured is not None:
             out["measured"] = self.measured.raw
         return out
@@ -293,6 +322,10 @@ def _validate_entry(
         if not isinstance(value, bool):
             bad(key, "must be true or false")
 
+    price_values = [optional(key, (int, float), "must be a number ≥ 0", lambda v: math.isfinite(v) and v >= 0)
+                     for key in PRICE_FIELDS]
+    prices = Prices(*(float(v or 0) for v in price_values)) if any(v is not None for v in price_values) else None
+
     path: Path | None = None
     if raw_path:
         path = Path(raw_path)
@@ -317,4 +350,5 @@ def _validate_entry(
         parse_tool_calls=bool(switches["parse_tool_calls"]),
         pinned=bool(switches["pinned"]),
         measured=measured,
+        prices=prices,
     )

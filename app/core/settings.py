@@ -194,6 +194,16 @@ class State(BaseModel):
         "`storage_bytes` in the keys file overrides it): past it the key's own responses that would expire soonest "
         "go first — never another key's.",
     )
+    usage: bool = Field(
+        True, description="Record each request's usage (key, model, endpoint, task; tokens, runtime seconds, cost) "
+        "in the state store, for `GET /v1/usage`, `foundry-gateway usage`, the console's Usage view and the keys' "
+        "budgets (`max_cost_per_day`, `max_tokens_per_month`: not enforced when off). Written in batches twice a "
+        "second, off the request path.",
+    )
+    usage_retention_days: int = Field(
+        90, ge=1, le=3660, description="Days usage is kept, in daily buckets; hourly buckets are kept 31 days (at "
+        "most this), minute buckets one day.",
+    )
     sweep_interval: float = Field(
         300.0, gt=0, description="Seconds between sweeps of what expired: records and their index entries, "
         "files whose record went, temporary files of uploads a crash cut off (also once at start).",

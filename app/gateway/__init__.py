@@ -14,6 +14,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from app.access.control import Access
+from app.access.usage import UsageBook
 from app.core import tracing
 from app.core.hardware import GIB, host_memory
 from app.core.metrics import Metrics
@@ -63,7 +64,10 @@ class Gateway:
         self.residency = Residency(self.router.fit_together, hold=settings.swap_hold)
         self.state = open_store(settings)  # what must outlive a request: quotas, stored responses (SQLite or Redis)
         self.disk = DiskSpace(settings.state_dir, settings.state_min_free_bytes, on_reading=self._disk_reading)
-        self.access = Access(settings, metrics, self.state)  # team keys and quotas (GATEWAY_KEYS_FILE)
+        # who used what (GET /v1/usage); a front's own space: its nodes' books never add into its totals
+        self.usage = UsageBook(self.state, metrics, space="usage-front" if self.fleet is not None else "usage",
+                               retention_days=settings.usage_retention_days) if settings.usage else None
+        self.access = Access(settings, metrics, self.state, self.usage)  # team keys, quotas, budgets
         self.conversations = Conversations(self.state, settings, self.disk)  # stored responses (the Responses API)
         self.cache = ResponseCache(settings, metrics, self.state)  # answers kept for requests that come again
         self.recent = Recent()  # the last minutes, for the console
@@ -96,6 +100,8 @@ class Gateway:
             log.warning("%s", warning)
         self.disk.free()  # the gauges from the start
         self.spawn(self._heartbeat())
+        if self.usage is not None:
+            self.spawn(self.usage.run())
         if self.settings.registry_watch_interval > 0:  # the registry and the keys file
             self.spawn(self.live.watch(self.settings.registry_watch_interval, also=self.access.reload_if_changed))
         if self.fleet is not None:  # a front: its nodes run the runtimes

@@ -6,7 +6,7 @@ relays the upstream's bytes as they arrive. The flow:
   a frozen ``Call`` (who, which endpoint, priority, deadline) → read body → parse and check (the endpoint)
   → the stages (``app.proxy.stages``): routing → caching → quota → fallback → attempt (lease, send, relay)
   → the answer kept → the ``Outcome``, frozen, to each observer once (``app.proxy.observers``: the key charged,
-  metrics, access log, the console's recent list, the trace)
+  metrics, access log, the console's recent list, usage, the trace)
 
 Who is calling was decided before (``app.access.middleware``); where attempts run — this gateway's runtime or the
 nodes of a front — is the backend's business (``app.proxy.stages.backend``). ``GATEWAY_TOTAL_TIMEOUT`` bounds all.
@@ -35,7 +35,7 @@ from app.openai.inspector import generated_texts
 from app.policy.limiter import PRIORITIES
 from app.proxy.activity import Activity
 from app.proxy.exchange import Exchange, Responder, clock
-from app.proxy.observers import AccessLog, Charge, MetricsObserver, Observer, Recent, Trace
+from app.proxy.observers import AccessLog, Charge, MetricsObserver, Observer, Recent, Trace, UsageObserver
 from app.proxy.outcome import Call, Outcome, next_slot
 from app.proxy.stages.backend import LocalBackend, NodeBackend
 from app.proxy.stages.caching import Caching
@@ -75,6 +75,8 @@ class Proxy:
         if self.settings.access_log:
             self.observers.append(AccessLog(sys.stderr, self.settings.log_prompts))
         self.observers.append(Recent(gateway.recent))
+        if gateway.usage is not None:
+            self.observers.append(UsageObserver(gateway.usage, lambda: gateway.registry))
         self.trace = Trace(self.settings.log_prompts)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any, endpoint: Endpoint) -> None:

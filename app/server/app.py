@@ -40,7 +40,7 @@ from app.core.settings import Settings, load_settings
 from app.gateway import Gateway
 from app.openai import BY_PATH, Endpoint
 from app.proxy.handler import Proxy
-from app.server import admin, batches, console, files, models, openapi, probes, stored
+from app.server import admin, batches, console, files, models, openapi, probes, stored, usage
 from app.server.bodies import bounded, declared_length
 from app.server.multipart import FIELDS_LIMIT
 from app.server.protocol import GuardedProtocol
@@ -167,8 +167,8 @@ def build_app(settings: Settings, gateway: Gateway | None = None, *, tune_gc: bo
     )
     api.state.gateway = gw
     api.state.batches = batch_api
-    for part in (models.router, stored.router, files.router, batches.router, console.router, probes.router,
-                 admin.router,
+    for part in (models.router, stored.router, files.router, batches.router, console.router, usage.router,
+                 probes.router, admin.router,
                  openapi.router(settings.task_header)):
         api.include_router(part)
     _install_error_handlers(api)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from fastapi.responses import Response
 
 from app.server.batches import batches
 from app.server.context import caller, gateway
+from app.server.usage import console_usage
 from app.server.views import console_state
 
 router = APIRouter()
@@ -20,7 +22,10 @@ _PAGE = Path(__file__).parent / "static" / "console.html"
 @router.get("/v1/console", summary="Everything the console (/ui) and `foundry-gateway status` show")
 async def console(request: Request) -> dict[str, Any]:
     state = console_state(gateway(request), caller(request))
-    state["batches"] = await batches(request).recent(caller(request))
+    who = caller(request)
+    state["batches"] = await batches(request).recent(who)
+    team = who.key.name if who.key is not None and not who.admin else None
+    state["usage"] = await console_usage(gateway(request).usage, team, time.time())
     return state
 
 

@@ -6,7 +6,18 @@ batches — behind one small interface (:class:`~app.state.base.StateStore`): em
 from __future__ import annotations
 
 from app.core.settings import Settings
-from app.state.base import Decision, Limits, Record, StateStore, StoreDown, StoreFull, Usage
+from app.state.base import (
+    COUNTERS,
+    DIMENSIONS,
+    Decision,
+    Limits,
+    Record,
+    StateStore,
+    StoreDown,
+    StoreFull,
+    Tally,
+    Usage,
+)
 
 
 def open_store(settings: Settings) -> StateStore:
@@ -20,4 +31,5 @@ def open_store(settings: Settings) -> StateStore:
     return SqliteStore(settings.state_dir / "gateway.sqlite3")
 
 
-__all__ = ["Decision", "Limits", "Record", "StateStore", "StoreDown", "StoreFull", "Usage", "open_store"]
+__all__ = ["COUNTERS", "DIMENSIONS", "Decision", "Limits", "Record", "StateStore", "StoreDown", "StoreFull", "Tally",
+           "Usage", "open_store"]

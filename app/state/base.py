@@ -15,6 +15,10 @@ by at most one request's tokens (an estimate that was short), never by all of th
 lapsed (a process SIGKILLed) are freed by the next admission, within ``LEASE`` seconds — ``stale_after`` is only
 the last resort for a holder that stays alive and forgets to settle.
 
+Usage tallies (``app.access.usage``): counters per bucket of time (a minute, an hour, a day) and set of dimensions
+(key, model, endpoint, task, node, batch), added to — never rewritten — so every process of a host or a fleet adds
+its own requests into the same buckets; each bucket expires a while after it ends (the finer, the sooner).
+
 A store out of space (a full disk under SQLite, Redis at ``maxmemory``) raises :class:`StoreFull`, a kind of
 :class:`StoreDown` that callers turn into a 507 for writes that would need the room.
 """
@@ -85,6 +89,24 @@ class Decision:
     usage: Usage
 
 
+# What a usage bucket is counted by, and what it counts (``Tally``): the store keeps them in this order.
+DIMENSIONS = ("key", "model", "endpoint", "task", "node", "batch")
+COUNTERS = (
+    "requests", "input_tokens", "output_tokens", "estimated_requests", "cached_requests", "error_requests",
+    "runtime_seconds", "latency_seconds", "ttft_seconds", "ttft_requests", "cost", "priced_requests",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """One usage bucket's counters for one set of dimensions (``DIMENSIONS``, ``COUNTERS``, in order)."""
+
+    width: int  # seconds: 60, 3600 or 86400
+    start: int  # UTC epoch seconds, a multiple of ``width``
+    dims: tuple[str, ...]
+    counts: tuple[float, ...]
+
+
 def windows(now: float) -> tuple[int, int, float, float]:
     """(minute number, day number, minute reset, day reset) for UTC epoch seconds ``now``."""
     minute, day = int(now // 60), int(now // 86400)
@@ -151,6 +173,14 @@ class StateStore(Protocol):
 
     async def sweep(self, space: str) -> int:
         """Drop the records that expired and every index entry of theirs; returns how many."""
+        ...
+
+    async def add_tallies(self, space: str, tallies: list[Tally], keep: dict[int, float]) -> None:
+        """Add these counters into their buckets (created at 0), each kept ``keep[width]`` seconds past its end."""
+        ...
+
+    async def tallies(self, space: str, width: int, start: int, end: int, key: str | None = None) -> list[Tally]:
+        """The live buckets of ``width`` starting in ``[start, end)`` (of one key if given), any order."""
         ...
 
     async def heartbeat(self) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast
 
 from app.state.base import (
+    COUNTERS,
     FAR,
     LEASE,
     REASONS,
@@ -32,6 +33,7 @@ from app.state.base import (
     Record,
     StoreDown,
     StoreFull,
+    Tally,
     Usage,
     pack,
     unpack,
@@ -317,6 +319,48 @@ class RedisStore:
             if swept < _SWEEP_BATCH:
                 return gone
 
+    # --- usage tallies ------------------------------------------------------------------------------------------
+
+    @_down
+    async def add_tallies(self, space: str, tallies: list[Tally], keep: dict[int, float]) -> None:
+        """One hash per bucket (``fgw:t:<space>:<width>:<start>``), a field per dimensions and counter, added to with
+        HINCRBYFLOAT in one MULTI: every replica adds into the same buckets, and a flush counts whole or not at all."""
+        if not tallies:
+            return
+        async with self.client.pipeline(transaction=True) as pipe:
+            expiries: dict[str, int] = {}
+            for tally in tallies:
+                bucket = _bucket(space, tally.width, tally.start)
+                prefix = _SEP.join(tally.dims) + _SEP
+                for counter, value in zip(COUNTERS, tally.counts, strict=True):
+                    if value:
+                        pipe.hincrbyfloat(bucket, prefix + counter, value)
+                expiries[bucket] = int(tally.start + tally.width + keep[tally.width])
+            for bucket, at in expiries.items():
+                pipe.expireat(bucket, at)
+            await pipe.execute()
+
+    @_down
+    async def tallies(self, space: str, width: int, start: int, end: int, key: str | None = None) -> list[Tally]:
+        first = -(-start // width) * width  # the first bucket starting at or after ``start``
+        starts = list(range(first, end, width))
+        out: list[Tally] = []
+        for part in range(0, len(starts), 500):
+            chunk = starts[part:part + 500]
+            async with self.client.pipeline(transaction=False) as pipe:
+                for at in chunk:
+                    pipe.hgetall(_bucket(space, width, at))
+                replies = await pipe.execute()
+            for at, fields in zip(chunk, replies, strict=True):
+                rows: dict[tuple[str, ...], list[float]] = {}
+                for name, value in cast(dict[bytes, bytes], fields).items():
+                    *dims, counter = name.decode().split(_SEP)
+                    if (key is not None and dims[0] != key) or counter not in _COUNTER_AT:
+                        continue
+                    rows.setdefault(tuple(dims), [0.0] * len(COUNTERS))[_COUNTER_AT[counter]] = float(value)
+                out += [Tally(width, at, dims, tuple(counts)) for dims, counts in rows.items()]
+        return out
+
     # --- quotas -------------------------------------------------------------------------------------------------
 
     @_down
@@ -355,6 +399,14 @@ class RedisStore:
         with contextlib.suppress(redis.RedisError, OSError):  # a clean stop: this holder's slots are free at once
             await self.client.delete(_LEASES + self.holder)
         await self.client.aclose()
+
+
+_SEP = "\x1f"  # between a tally field's dimensions and its counter (never in a name: the usage book drops it)
+_COUNTER_AT = {name: at for at, name in enumerate(COUNTERS)}
+
+
+def _bucket(space: str, width: int, start: int) -> str:
+    return f"fgw:t:{space}:{width}:{start}"
 
 
 def _prefix(space: str) -> str:

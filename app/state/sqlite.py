@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.state.base import (
+    COUNTERS,
+    DIMENSIONS,
     FAR,
     LEASE,
     REASONS,
@@ -31,6 +33,7 @@ from app.state.base import (
     Record,
     StoreDown,
     StoreFull,
+    Tally,
     Usage,
     pack,
     unpack,
@@ -50,9 +53,21 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS leased_slots (name TEXT NOT NULL, slot TEXT NOT NULL, tokens INTEGER NOT NULL,
     started REAL NOT NULL, holder TEXT NOT NULL, PRIMARY KEY (name, slot)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (holder TEXT PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID;
-"""  # the slots of the version before (table ``slots``, by process id) are left to its processes during an upgrade
+CREATE TABLE IF NOT EXISTS tallies (space TEXT NOT NULL, width INTEGER NOT NULL, start INTEGER NOT NULL,
+    DIMS, COUNTS, expires REAL NOT NULL, PRIMARY KEY (space, width, start, KEYS)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tallies_by_key ON tallies (space, width, key, start);
+CREATE INDEX IF NOT EXISTS tallies_by_expiry ON tallies (expires);
+""".replace("DIMS", ", ".join(f"{d} TEXT NOT NULL" for d in DIMENSIONS)).replace(
+    "COUNTS", ", ".join(f"{c} REAL NOT NULL" for c in COUNTERS)).replace("KEYS", ", ".join(DIMENSIONS))
+# (the slots of the version before, table ``slots`` by process id, are left to its processes during an upgrade)
 _COLUMNS = "key, owner, value, created, expires"
 _LIVE = "(expires IS NULL OR expires >= ?)"
+_ADD_TALLY = (
+    f"INSERT INTO tallies VALUES ({', '.join('?' * (3 + len(DIMENSIONS) + len(COUNTERS) + 1))}) "
+    f"ON CONFLICT (space, width, start, {', '.join(DIMENSIONS)}) DO UPDATE SET "
+    + ", ".join(f"{c} = {c} + excluded.{c}" for c in COUNTERS) + ", expires = max(expires, excluded.expires)"
+)
+_TALLY_COLUMNS = ", ".join(("width", "start", *DIMENSIONS, *COUNTERS))
 _PURGE_EVERY = 500  # writes between purges of expired records, counters and leases
 _IN = 500  # keys per IN (...) list
 
@@ -68,6 +83,7 @@ class SqliteStore:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-sqlite")
         self._db: sqlite3.Connection | None = None
         self._writes = 0
+        self._tallies_purged = 0.0
 
     # --- the one thread -----------------------------------------------------------------------------------
 
@@ -241,6 +257,37 @@ class SqliteStore:
                               (space, now)).rowcount
 
         return await self._run(work)
+
+    # --- usage tallies ------------------------------------------------------------------------------------------
+
+    async def add_tallies(self, space: str, tallies: list[Tally], keep: dict[int, float]) -> None:
+        now = self.clock()
+        rows = [(space, t.width, t.start, *t.dims, *t.counts, t.start + t.width + keep[t.width]) for t in tallies]
+
+        def work(db: sqlite3.Connection) -> None:
+            with self._transaction(db):  # all of a flush or none of it: a retry never counts twice
+                db.executemany(_ADD_TALLY, rows)
+            if now - self._tallies_purged > 60:
+                self._tallies_purged = now
+                db.execute("DELETE FROM tallies WHERE expires < ?", (now,))
+
+        if rows:
+            await self._run(work)
+
+    async def tallies(self, space: str, width: int, start: int, end: int, key: str | None = None) -> list[Tally]:
+        now = self.clock()
+        sql = f"SELECT {_TALLY_COLUMNS} FROM tallies WHERE space = ? AND width = ? AND start >= ? AND start < ? " \
+              "AND expires >= ?"
+        args: list[Any] = [space, width, start, end, now]
+        if key is not None:
+            sql += " AND key = ?"
+            args.append(key)
+        split = 2 + len(DIMENSIONS)
+
+        def work(db: sqlite3.Connection) -> list[Any]:
+            return db.execute(sql, args).fetchall()
+
+        return [Tally(row[0], row[1], tuple(row[2:split]), tuple(row[split:])) for row in await self._run(work)]
 
     # --- quotas -------------------------------------------------------------------------------------------------
 

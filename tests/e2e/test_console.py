@@ -178,3 +178,46 @@ def test_with_keys_the_console_asks_for_one_and_its_error_clears(page: Any, tmp_
         assert not page.locator("tr[data-model='alpha'] button.load").is_disabled()
         ram = page.locator("tr[data-model='alpha'] td.num").nth(2).inner_text()
         assert ram == "2 GiB (registry)", ram
+
+
+def test_the_usage_view_charts_each_key_and_model(browser: Any, tmp_path: Path) -> None:
+    """Issue 34: the console's Usage view — the last 24 h per key and per model (tokens, runtime seconds, cost) and
+    the totals; a team key's console shows its own usage only. ``FGW_SCREENSHOTS=DIR`` keeps the picture (the
+    README's docs/usage.png is made so)."""
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"keys": [{"name": "search-team", "key": "search-secret-key"},
+                                         {"name": "docs-bot", "key": "docs-secret-key"}]}))
+    registry = write_registry(tmp_path / "models.json", [
+        {**REGISTRY[0], "cost_per_1k_input_tokens": 0.2, "cost_per_1k_output_tokens": 0.6}, REGISTRY[1]])
+    env = {**ENV, "GATEWAY_KEYS_FILE": str(keys), "GATEWAY_CACHE": "off"}
+    with UpstreamProcess(models=MODELS, foundry=True) as up, \
+            GatewayProcess(upstream=up.url, registry=registry, env=env, log_path=tmp_path / "gw.log") as gw:
+        gw.wait_ready()
+        up.configure(chunks=24)
+        for secret, model, count in (("search", "alpha", 5), ("search", "beta", 2), ("docs", "alpha", 3)):
+            for _ in range(count):
+                body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 32}
+                assert httpx.post(f"{gw.base_url}/chat/completions", json=body, timeout=30,
+                                  headers={"Authorization": f"Bearer {secret}-secret-key"}).status_code == 200
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        try:
+            page = context.new_page()
+            page.add_init_script("sessionStorage.setItem('fgw-key', 'admin-key')")
+            page.goto(f"{gw.url}/ui")
+            page.wait_for_function("document.querySelectorAll('#usage tbody tr').length === 3")
+            table = page.inner_text("#usage")
+            assert "search-team" in table and "docs-bot" in table
+            assert page.inner_text("#usage-key-labels").split() == ["search-team", "docs-bot"] or \
+                sorted(page.inner_text("#usage-key-labels").split()) == ["docs-bot", "search-team"]
+            page.select_option("#usage-measure", "cost")
+            assert page.eval_on_selector("#chart-usage-model", "svg => svg.querySelectorAll('polyline').length") == 2
+            shots = os.environ.get("FGW_SCREENSHOTS")
+            section = page.locator("#usage-section")
+            section.screenshot(path=str(Path(shots) / "usage.png") if shots else str(tmp_path / "usage.png"))
+            team = context.new_page()
+            team.add_init_script("sessionStorage.setItem('fgw-key', 'docs-secret-key')")
+            team.goto(f"{gw.url}/ui")
+            team.wait_for_function("document.querySelectorAll('#usage tbody tr').length >= 1")
+            assert "search-team" not in team.inner_text("#usage") and "docs-bot" in team.inner_text("#usage")
+        finally:
+            context.close()

@@ -5,6 +5,7 @@ after the last byte, and none of them can change what the client got or what ano
   Metrics    Prometheus series: status, latency, tokens, cache, the gateway's own overhead
   AccessLog  one JSON line per request (GATEWAY_ACCESS_LOG)
   Recent     the console's list of recent requests
+  Usage      the usage book: who used which model, how much, at what cost (GET /v1/usage)
   Trace      the request's span ended with its attributes (tracing on)
 
 The pipeline's stages never import this package (a checked contract in pyproject.toml): they return values,
@@ -20,6 +21,7 @@ from app.proxy.observers.charge import Charge
 from app.proxy.observers.metrics import MetricsObserver
 from app.proxy.observers.recent import Recent
 from app.proxy.observers.trace import Trace
+from app.proxy.observers.usage import UsageObserver
 from app.proxy.outcome import Outcome
 
 
@@ -29,4 +31,4 @@ class Observer(Protocol):
     def observe(self, outcome: Outcome) -> None: ...
 
 
-__all__ = ["AccessLog", "Charge", "MetricsObserver", "Observer", "Recent", "Trace"]
+__all__ = ["AccessLog", "Charge", "MetricsObserver", "Observer", "Recent", "Trace", "UsageObserver"]
