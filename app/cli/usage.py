@@ -26,7 +26,7 @@ _SUMMED = ("num_model_requests", "input_tokens", "output_tokens", "runtime_secon
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("usage", help="Who used what: requests, tokens, runtime seconds and cost per key, model, ….",
+    p = sub.add_parser("usage", help="Who used what: requests, tokens, runtime seconds and cost per key and model.",
                        description="Usage on a running gateway (GET /v1/usage), summed over --since and grouped "
                        "with --by. A team key sees its own usage; the admin key sees every key's.")
     remote.add_options(p, gateway_help="the gateway to ask (default: this host's, from GATEWAY_HOST/GATEWAY_PORT)")

@@ -167,8 +167,9 @@ def test_budgets_refuse_with_429_and_their_headers(request: pytest.FixtureReques
             assert first.headers["x-ratelimit-limit-" + ("tokens-per-month" if name == "capped" else "cost-per-day")]
 
             def refused(name: str = name) -> httpx.Response | None:
-                r = httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {name}-secret-key"},
-                               json={"model": "chat-a", "messages": HI, "max_tokens": 16}, timeout=30)
+                r = httpx.post(f"{gw.base_url}/chat/completions",
+                               headers={"Authorization": f"Bearer {name}-secret-key"}, timeout=30,
+                               json={"model": "chat-a", "messages": HI, "max_tokens": 16})
                 return r if r.status_code == 429 else None
 
             assert wait_for(refused, timeout=10, interval=0.2)  # spent: within a second of the usage landing

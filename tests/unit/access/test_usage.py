@@ -64,7 +64,8 @@ def test_two_keys_two_models_read_back_grouped_each_way(tmp_path: Path) -> None:
         assert {r["endpoint"]: r["num_model_requests"] for b in by_endpoint["data"] for r in b["results"]} == \
             {"chat": 2, "completions": 1}
         by_task = await book.report(parse_query({"group_by": ["task"]}, clock.now))
-        assert {r["task"]: r["input_tokens"] for b in by_task["data"] for r in b["results"]} == {"chat": 11, "code": 100}
+        assert {r["task"]: r["input_tokens"] for b in by_task["data"] for r in b["results"]} == \
+            {"chat": 11, "code": 100}
         mine = await book.report(parse_query({"key": ["beta"]}, clock.now))
         assert written_totals(mine) == (1, 100, 200)
         await store.aclose()

@@ -87,9 +87,9 @@ def test_redis_buckets_expire_by_width(redis_url: str) -> None:
 
     async def scenario() -> None:
         try:
+            day = minute // 86400 * 86400
             await store.add_tallies("usage", [Tally(60, minute, dims("a", "m"), counts(requests=1)),
-                                              Tally(86400, minute // 86400 * 86400, dims("a", "m"), counts(requests=1))],
-                                    KEEP)
+                                              Tally(86400, day, dims("a", "m"), counts(requests=1))], KEEP)
         finally:
             await store.aclose()
 
