@@ -162,8 +162,9 @@ def test_keys_cli_add_ls_rm(tmp_path: Path) -> None:
     assert cli("add", "team-x").returncode == 1  # names are unique
     listed = json.loads(cli("ls", "--json").stdout)["keys"]
     assert listed == [{"name": "team-x", "models": ["tiny-chat"], "tasks": None, "requests_per_minute": 60,
-                       "tokens_per_minute": 0, "tokens_per_day": 0, "max_concurrency": 0, "priority": None,
-                       "storage_bytes": None}]
+                       "tokens_per_minute": 0, "tokens_per_day": 0, "max_concurrency": 0, "max_cost_per_day": None,
+                       "max_tokens_per_month": None, "priority": None, "storage_bytes": None, "expires_at": None,
+                       "previous_secrets": []}]
     assert cli("rm", "team-x").returncode == 0 and json.loads(cli("ls", "--json").stdout)["keys"] == []
 
 
